@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backend;
+mod error;
+mod lock;
+pub mod memory;
+mod retry;
+pub mod stream;
+mod types;
+pub mod url;
+
+pub use backend::{BoxStream, StateBackend};
+pub use bytes::Bytes;
+pub use error::{ErrorKind, Result, StateError};
+pub use lock::{DistributedLock, GuardState, LockGuard};
+pub use memory::{MemoryBackend, MemoryBackendBuilder, MemoryStore};
+pub use retry::{Idempotency, RetryPolicy};
+pub use types::{
+    Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Limits, MAX_TTL, Ttl,
+    expiry_after, remaining_ttl, ttl_millis,
+};
+pub use url::{HostPort, Registry, Scheme, Secret, StateUrl, parse_duration};
