@@ -1,0 +1,7 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+pub mod model;
+pub mod services;

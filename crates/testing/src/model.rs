@@ -1,0 +1,1 @@
+//! Model-based property tests against a `BTreeMap` model (being written).

@@ -1,0 +1,1 @@
+//! Service fixtures: how tests find or start Redis and PostgreSQL (being written).
