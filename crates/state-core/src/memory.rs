@@ -519,10 +519,10 @@ impl StateBackend for MemoryBackend {
         self.limits.check_entry(key, value)?;
         let full = self.full_key(key);
         self.write(|inner, now| {
-            if let Some(&current) = inner.fences.get(&full) {
-                if current > token.0 {
-                    return Err(StateError::fenced(token.0, current));
-                }
+            if let Some(&current) = inner.fences.get(&full)
+                && current > token.0
+            {
+                return Err(StateError::fenced(token.0, current));
             }
             let slot = self.slot(value, self.default_expiry(now)?);
             inner.fences.insert(full.clone(), token.0);

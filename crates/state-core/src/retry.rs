@@ -258,8 +258,10 @@ mod tests {
 
     #[test]
     fn validate_names_the_field() {
-        let mut p = RetryPolicy::default();
-        p.max_attempts = 0;
+        let p = RetryPolicy {
+            max_attempts: 0,
+            ..RetryPolicy::default()
+        };
         assert!(
             p.validate()
                 .err()

@@ -1,1 +1,0 @@
-//! Model-based property tests against a `BTreeMap` model (being written).
