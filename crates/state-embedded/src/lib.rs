@@ -1,0 +1,37 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backend;
+mod config;
+mod error;
+mod read;
+mod record;
+mod store;
+mod streams;
+mod task;
+
+use std::sync::Arc;
+
+pub use backend::RedbBackend;
+pub use config::{Durability, RedbConfig, URL_PARAMS};
+pub use redb;
+pub use state_core::{
+    Bytes, Capabilities, Checkpoint, Entry, ErrorKind, FencingToken, ImportMode, Limits, Registry,
+    Result, StateBackend, StateError, StateUrl, Ttl,
+};
+pub use store::SWEEP_BATCH;
+
+use state_core::Scheme;
+
+/// Registers `redb:PATH` URLs with `registry`, so that `registry.connect("redb:…")` opens a
+/// [`RedbBackend`]. The file is opened on the blocking pool (a crashed file is repaired on
+/// open, which reads all of it).
+pub fn register(registry: &mut Registry) {
+    registry.register(&[Scheme::Redb], |url| {
+        Box::pin(async move {
+            let backend = task::spawn(move || RedbBackend::from_url(&url)).await?;
+            Ok(Arc::new(backend) as Arc<dyn StateBackend>)
+        })
+    });
+}
