@@ -1,1 +1,0 @@
-//! Service fixtures: how tests find or start Redis and PostgreSQL (being written).
