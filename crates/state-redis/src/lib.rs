@@ -1,0 +1,55 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+// The async state machines of batched, retried operations nest deeply.
+#![recursion_limit = "256"]
+
+mod backend;
+mod config;
+mod conn;
+mod error;
+mod keys;
+mod restore;
+mod scan;
+mod scripts;
+mod stats;
+
+use std::sync::Arc;
+
+pub use backend::{NodeInfo, RedisStateBackend};
+pub use config::{RedisConfig, RedisConfigBuilder, Topology, URL_PARAMS, WaitReplicas};
+pub use stats::RedisStats;
+
+/// The driver, re-exported so that users need no separate dependency on it.
+pub use redis;
+pub use state_core::{
+    Capabilities, Checkpoint, Entry, ErrorKind, FencingToken, Health, ImportMode, Result,
+    StateBackend, StateError, Ttl,
+};
+
+/// Registers this backend for `redis://`, `rediss://`, `redis+sentinel://` and
+/// `redis+cluster://` URLs.
+///
+/// ```
+/// let mut registry = state_core::Registry::new();
+/// state_redis::register(&mut registry);
+/// assert!(registry.schemes().contains(&state_core::Scheme::RedisCluster));
+/// ```
+pub fn register(registry: &mut state_core::Registry) {
+    use state_core::Scheme;
+    registry.register(
+        &[
+            Scheme::Redis,
+            Scheme::Rediss,
+            Scheme::RedisSentinel,
+            Scheme::RedisCluster,
+        ],
+        |url| {
+            Box::pin(async move {
+                let config = RedisConfig::from_state_url(&url)?;
+                let backend = RedisStateBackend::new(config).await?;
+                Ok(Arc::new(backend) as Arc<dyn StateBackend>)
+            })
+        },
+    );
+}

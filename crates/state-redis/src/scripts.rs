@@ -1,0 +1,99 @@
+//! The Lua scripts, sent by EVALSHA and loaded by EVAL when the server lacks them.
+//!
+//! Each touches only the keys it declares, all in one hash slot, so they run in Cluster too.
+
+use std::sync::OnceLock;
+
+use redis::Cmd;
+
+/// A script with its SHA1, computed once.
+#[derive(Debug)]
+pub(crate) struct Script {
+    body: &'static str,
+    sha: OnceLock<String>,
+}
+
+impl Script {
+    const fn new(body: &'static str) -> Self {
+        Script {
+            body,
+            sha: OnceLock::new(),
+        }
+    }
+
+    fn sha(&self) -> &str {
+        self.sha
+            .get_or_init(|| redis::Script::new(self.body).get_hash().to_string())
+    }
+
+    /// `EVALSHA sha numkeys keys… args…`.
+    pub(crate) fn evalsha(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.sha());
+        Self::push(&mut cmd, keys, args);
+        cmd
+    }
+
+    /// `EVAL body numkeys keys… args…` (which also caches the script on the server).
+    pub(crate) fn eval(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(self.body);
+        Self::push(&mut cmd, keys, args);
+        cmd
+    }
+
+    /// `SCRIPT LOAD body`.
+    pub(crate) fn load(&self) -> Cmd {
+        redis::cmd("SCRIPT").arg("LOAD").arg(self.body).clone()
+    }
+
+    fn push(cmd: &mut Cmd, keys: &[&[u8]], args: &[&[u8]]) {
+        cmd.arg(keys.len());
+        for k in keys {
+            cmd.arg(*k);
+        }
+        for a in args {
+            cmd.arg(*a);
+        }
+    }
+}
+
+/// KEYS[1] data key; ARGV: "1" if a value is expected else "0", the expected value, the
+/// new value, the PX milliseconds of the default TTL or "". Returns 1 if swapped, else 0.
+pub(crate) static CAS: Script = Script::new(
+    r"local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if cur ~= ARGV[2] then return 0 end
+elseif cur then
+  return 0
+end
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+return 1",
+);
+
+/// KEYS[1] data key, KEYS[2] its fencing key; ARGV: the token as 20 zero-padded digits
+/// (so that string order is numeric order, with no float rounding of 64-bit tokens), the
+/// value, the PX of the default TTL or "". Returns 0 when written, or the higher token
+/// that already wrote the key.
+pub(crate) static FENCED_PUT: Script = Script::new(
+    r"local cur = redis.call('GET', KEYS[2])
+if cur and cur > ARGV[1] then return cur end
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('SET', KEYS[2], ARGV[1])
+return 0",
+);
+
+/// KEYS[1]: returns nil if absent, else {value, pttl}, read together.
+pub(crate) static GET_WITH_PTTL: Script = Script::new(
+    r"local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.call('PTTL', KEYS[1])}",
+);
