@@ -165,9 +165,9 @@ fn embedded_modes() -> Vec<Mode> {
             ],
         },
         Mode {
-            title: "Commits fsync'd before returning (the default on both sides): bound by \
-                    the disk and the kernel's journal, which batches fsyncs differently by \
-                    thread, so these ratios say little about our code",
+            title: "Commits fsync'd before returning (the default on both sides): what a \
+                    durable write costs, bound by a disk whose fsync latency on this shared VM \
+                    varies tenfold between runs",
             url_query: "",
             raw_durability: "immediate",
             cases: vec![

@@ -1,0 +1,56 @@
+//! `bench-ref`: the `statectl bench` workloads straight on a raw engine, the denominator of
+//! every ratio in BENCHMARKS.md. See the crate README.
+#![forbid(unsafe_code)]
+
+mod postgres;
+mod redb;
+mod redis;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Runs the statectl bench workloads on a raw engine (no state-* crates in between).
+#[derive(Debug, Parser)]
+#[command(name = "bench-ref", version)]
+struct Cli {
+    #[command(subcommand)]
+    engine: Engine,
+}
+
+// One variant and one module per engine: `redis` and `postgres` modes plug in here.
+#[derive(Debug, Subcommand)]
+enum Engine {
+    /// The raw redb API on a local file.
+    Redb(redb::RedbArgs),
+    /// The raw redis crate: tokio tasks on one multiplexed connection.
+    Redis(redis::RedisArgs),
+    /// The raw sqlx driver: tokio tasks, each with a dedicated PgConnection.
+    Postgres(postgres::PostgresArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (report, json) = match &cli.engine {
+        Engine::Redb(args) => (redb::run(args), args.shape.json.as_deref()),
+        Engine::Redis(args) => (redis::run(args), args.shape.json.as_deref()),
+        Engine::Postgres(args) => (postgres::run(args), args.shape.json.as_deref()),
+    };
+    let outcome = report.and_then(|report| {
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (`| head`) is not worth failing the run for.
+        let _ = stdout.write_all(report.table().as_bytes());
+        match json {
+            Some(path) => report.write_json(path),
+            None => Ok(()),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("bench-ref: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The command line (DESIGN.md "statectl": a public interface, keep it stable).
+
+use bench_ref::plan::ShapeArgs;
+use clap::{Parser, Subcommand};
+
+/// Reads and writes distributed state from a shell, on any backend picked by URL.
+///
+/// Exit codes: 0 success; 1 the key does not exist (get, ttl); 2 a bad URL, option or input;
+/// 3 the backend failed (unreachable server, I/O error, locked or corrupt file).
+#[derive(Debug, Parser)]
+#[command(name = "statectl", version, max_term_width = 100)]
+pub struct Cli {
+    /// The backend: memory://, redb:PATH, redis://…, postgres://… [default: $STATE_URL, else
+    /// redb:.statectl/state.redb]
+    // The env value is hidden from --help: it may hold a password.
+    #[arg(long, global = true, env = "STATE_URL", hide_env_values = true)]
+    pub url: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stores VALUE under KEY (any old TTL is cleared unless --ttl is given).
+    Put {
+        /// The key (its UTF-8 bytes).
+        key: String,
+        /// The value (its UTF-8 bytes).
+        value: String,
+        /// Expire after this long: 1500ms, 30s, 2m…
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+    },
+    /// Prints the value of KEY and a newline; exit 1 if missing.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Deletes KEY and prints how many keys were deleted (0 or 1).
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Prints KEY's remaining lifetime in ms, or `persistent`; exit 1 if missing.
+    Ttl {
+        /// The key.
+        key: String,
+    },
+    /// Lists the keys that start with PREFIX, one per line.
+    ///
+    /// PREFIX is literal (no glob: `a*` matches keys starting with `a*`). Printable UTF-8 is
+    /// written as is; `\`, tab, newline and CR as `\\`, `\t`, `\n`, `\r`; other control
+    /// characters and bytes that are not UTF-8 as `\xNN`.
+    Scan {
+        /// The prefix (default: every key).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Print `key<TAB>value` (values escaped the same way).
+        #[arg(long)]
+        values: bool,
+    },
+    /// Prints how many keys start with PREFIX.
+    Count {
+        /// The prefix (default: every key).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Measures throughput and latency (p50/p99/p99.9) of the backend.
+    ///
+    /// Keys are `bench:XXXXXXXX:0000000042` under a prefix unique to the run, removed at
+    /// the end. Batch workloads count ops in keys (entries) and report latency per batch.
+    Bench(ShapeArgs),
+}

@@ -1,0 +1,101 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backends;
+mod bench;
+mod cli;
+mod commands;
+mod error;
+mod escape;
+
+use std::io::{BufWriter, Write as _};
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Backend(format!("cannot start the async runtime ({e})")))
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(message) = err.message() {
+                eprintln!("statectl: {message}");
+            }
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// Help and version print as clap formats them; a usage error becomes one line on stderr
+/// (exit 2), like every other error.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    let text = e.render().to_string();
+    let mut line = String::new();
+    for part in text.lines().map(str::trim) {
+        if part.is_empty() || part.starts_with("For more information") {
+            continue;
+        }
+        let part = part.strip_prefix("error: ").unwrap_or(part);
+        if !line.is_empty() {
+            line.push_str(if part.starts_with("Usage:") {
+                "; "
+            } else {
+                " "
+            });
+        }
+        line.push_str(part);
+    }
+    eprintln!("statectl: {line}; see statectl --help");
+    ExitCode::from(2)
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let url = backends::resolve(cli.url.as_deref())?;
+    let backend = backends::registry().connect_url(url.clone()).await?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let b = &*backend;
+    let result = match &cli.command {
+        Command::Put { key, value, ttl } => commands::put(b, key, value, ttl.as_deref()).await,
+        Command::Get { key } => commands::get(b, key, &mut out).await,
+        Command::Del { key } => commands::del(b, key, &mut out).await,
+        Command::Ttl { key } => commands::ttl(b, key, &mut out).await,
+        Command::Scan { prefix, values } => commands::scan(b, prefix, *values, &mut out).await,
+        Command::Count { prefix } => commands::count(b, prefix, &mut out).await,
+        Command::Bench(args) => match bench::run(backend.clone(), &url, args).await {
+            Ok(report) => {
+                out.write_all(report.table().as_bytes())?;
+                match &args.json {
+                    Some(path) => report.write_json(path).map_err(CliError::Usage),
+                    None => Ok(()),
+                }
+            }
+            Err(e) => Err(e),
+        },
+    };
+    out.flush()?;
+    // Close the store before the process exits, so an embedded file is released cleanly.
+    drop(backend);
+    result
+}
