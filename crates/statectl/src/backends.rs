@@ -11,6 +11,8 @@ pub const DEFAULT_URL: &str = "redb:.statectl/state.redb";
 pub fn registry() -> Registry {
     let mut registry = Registry::new(); // memory://
     state_embedded::register(&mut registry);
+    state_redis::register(&mut registry);
+    state_postgres::register(&mut registry);
     registry
 }
 
