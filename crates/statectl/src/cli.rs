@@ -5,8 +5,9 @@ use clap::{Parser, Subcommand};
 
 /// Reads and writes distributed state from a shell, on any backend picked by URL.
 ///
-/// Exit codes: 0 success; 1 the key does not exist (get, ttl); 2 a bad URL, option or input;
-/// 3 the backend failed (unreachable server, I/O error, locked or corrupt file).
+/// Exit codes: 0 success; 1 the key or checkpoint does not exist (get, ttl, checkpoint
+/// restore/delete); 2 a bad URL, option or input; 3 the backend failed (unreachable server,
+/// I/O error, locked or corrupt file).
 #[derive(Debug, Parser)]
 #[command(name = "statectl", version, max_term_width = 100)]
 pub struct Cli {
@@ -72,4 +73,30 @@ pub enum Command {
     /// Keys are `bench:XXXXXXXX:0000000042` under a prefix unique to the run, removed at
     /// the end. Batch workloads count ops in keys (entries) and report latency per batch.
     Bench(ShapeArgs),
+    /// Creates, lists, restores and deletes server-side checkpoints (postgres:// only).
+    ///
+    /// A checkpoint copies every live entry under the URL's key prefix inside the server;
+    /// restoring replaces that prefix's entries with it in one transaction, each keeping its
+    /// absolute expiry.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+}
+
+/// `statectl checkpoint …`.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Takes a checkpoint and prints its id.
+    Create,
+    /// Prints `id<TAB>created_at (RFC 3339, UTC)<TAB>rows<TAB>bytes`, oldest first.
+    List,
+    /// Replaces the entries with checkpoint ID's; exit 1 if there is no such checkpoint.
+    Restore {
+        /// The checkpoint id (from `create` or `list`).
+        id: i64,
+    },
+    /// Deletes checkpoint ID; exit 1 if there is no such checkpoint.
+    Delete {
+        /// The checkpoint id.
+        id: i64,
+    },
 }

@@ -10,7 +10,8 @@ use crate::escape::escape;
 /// A failed command.
 #[derive(Debug)]
 pub enum CliError {
-    /// `get`/`ttl` of a key that does not exist (exit 1).
+    /// `get`/`ttl` of a key, or `checkpoint restore`/`delete` of an id, that does not exist
+    /// (exit 1).
     Missing(String),
     /// A bad URL, option or input: fix the command line (exit 2).
     Usage(String),

@@ -4,6 +4,7 @@
 
 mod backends;
 mod bench;
+mod checkpoint;
 mod cli;
 mod commands;
 mod error;
@@ -13,6 +14,7 @@ use std::io::{BufWriter, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use state_core::StateUrl;
 
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
@@ -72,6 +74,14 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Checkpoint(command) = &cli.command {
+        // The default store is embedded and refused anyway: no directory is created for it.
+        let url = StateUrl::parse(cli.url.as_deref().unwrap_or(backends::DEFAULT_URL))?;
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        let result = checkpoint::run(&url, command, &mut out).await;
+        out.flush()?;
+        return result;
+    }
     let url = backends::resolve(cli.url.as_deref())?;
     let backend = backends::registry().connect_url(url.clone()).await?;
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -83,6 +93,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ttl { key } => commands::ttl(b, key, &mut out).await,
         Command::Scan { prefix, values } => commands::scan(b, prefix, *values, &mut out).await,
         Command::Count { prefix } => commands::count(b, prefix, &mut out).await,
+        // Handled above: it needs the concrete PostgreSQL backend, not the registry's.
+        Command::Checkpoint(_) => Ok(()),
         Command::Bench(args) => match bench::run(backend.clone(), &url, args).await {
             Ok(report) => {
                 out.write_all(report.table().as_bytes())?;
