@@ -24,6 +24,7 @@ mod ttl;
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -325,6 +326,63 @@ pub fn bytes(b: &[u8]) -> Bytes {
 /// The names of every case, in the order the macro expands them.
 pub const CASES: &[&str] = crate::__conformance_cases!(__conformance_names!());
 
+/// Runs one conformance case against the backends of a factory.
+pub type CaseFn = fn(Factory);
+
+/// Every case with its runner, in the order of [`CASES`].
+pub const CASE_TABLE: &[(&str, CaseFn)] = crate::__conformance_cases!(__conformance_table!());
+
+/// Runs every conformance case, `parallel` at a time, then every property, all from ONE
+/// test; panics naming each case that failed (their own panics are printed above it).
+///
+/// For backends whose server topology is costly to start (a Redis Cluster, Sentinels):
+/// nextest runs each `#[test]` in its own process, so the one-test-per-case expansion of
+/// [`conformance_suite!`](crate::conformance_suite) would start a topology per case.
+pub fn run_all_in_one(factory: Factory, parallel: usize) {
+    let properties: [(&str, CaseFn); 3] = [
+        (
+            "operations_agree_with_model",
+            crate::model::operations_agree_with_model,
+        ),
+        (
+            "export_import_round_trip",
+            crate::model::export_import_round_trip,
+        ),
+        (
+            "checkpoint_restore_round_trip",
+            crate::model::checkpoint_restore_round_trip,
+        ),
+    ];
+    let mut failed = Vec::new();
+    for chunk in CASE_TABLE.chunks(parallel.max(1)) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|(name, case)| {
+                    let factory = Arc::clone(&factory);
+                    let run = move || catch_unwind(AssertUnwindSafe(|| case(factory)));
+                    (*name, scope.spawn(run))
+                })
+                .collect();
+            for (name, handle) in handles {
+                if !matches!(handle.join(), Ok(Ok(()))) {
+                    failed.push(name);
+                }
+            }
+        });
+    }
+    for (name, property) in properties {
+        let factory = Arc::clone(&factory);
+        if catch_unwind(AssertUnwindSafe(|| property(factory))).is_err() {
+            failed.push(name);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "failed cases (see their panics above): {failed:?}"
+    );
+}
+
 /// Runs every conformance case as its own `#[test]`.
 ///
 /// `$factory` is a path to an `async fn(namespace: String) -> Arc<dyn StateBackend>`
@@ -351,6 +409,23 @@ macro_rules! __conformance_tests {
                 );
             }
         )*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_table {
+    ($(;)? $($case:ident),* $(,)?) => {
+        &[$(
+            (
+                stringify!($case),
+                (|factory: $crate::conformance::Factory| {
+                    $crate::conformance::run_case(stringify!($case), factory, |ctx| async move {
+                        $crate::conformance::$case(&ctx).await
+                    })
+                }) as $crate::conformance::CaseFn,
+            ),
+        )*]
     };
 }
 
