@@ -4,7 +4,9 @@
 //! with the same shape, `--runs` times each (default 3), alternating which goes first, takes
 //! the medians, prints ours/raw ratios and rewrites this backend's section of BENCHMARKS.md.
 //! Both tools write the same JSON (`bench_ref::report`), parsed here by hand to keep xtask's
-//! dependencies at anyhow and clap.
+//! dependencies at anyhow and clap. `redis` (bench/redis.rs) also runs `redis-benchmark`, all
+//! on a private `redis-server`; `postgres` (bench/postgres.rs) also runs `pgbench` with the
+//! backend's SQL, in schemas of its own that it drops.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::util;
+
+mod postgres;
+mod redis;
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -77,21 +82,12 @@ fn parse(args: &[String]) -> Result<Options> {
 pub fn run(args: &[String]) -> Result<()> {
     let opts = parse(args)?;
     let root = util::workspace_root();
-    let mut unavailable = Vec::new();
     for backend in &opts.backends {
         match *backend {
             "embedded" => embedded(&root, &opts)?,
-            other => {
-                println!("{other}: not available yet (its backend helper adds the raw reference)");
-                unavailable.push(other);
-            }
+            "redis" => redis::run(&root, &opts)?,
+            _ => postgres::run(&root, &opts)?,
         }
-    }
-    if !opts.backends.contains(&"embedded") && !unavailable.is_empty() {
-        bail!(
-            "no benchmark ran: {} not available yet",
-            unavailable.join(", ")
-        );
     }
     Ok(())
 }
@@ -299,74 +295,147 @@ fn embedded_in(
                 "--batch".into(),
                 case.batch.to_string(),
             ];
-            let mut ours = Vec::new();
-            let mut raw = Vec::new();
-            for run in 0..opts.runs {
-                let db = scratch.join("bench.redb");
-                let json = scratch.join("result.json");
-                let mut sides = [false, true];
-                if run % 2 == 1 {
-                    sides.reverse();
+            let db = scratch.join("bench.redb");
+            let json = scratch.join("result.json");
+            let (ours, raw) = paired(case.label, opts.runs, |is_raw| {
+                let _ = std::fs::remove_file(&db);
+                let mut cmd;
+                if is_raw {
+                    cmd = Command::new(bench_ref);
+                    cmd.arg("redb")
+                        .arg("--path")
+                        .arg(&db)
+                        .args(["--durability", mode.raw_durability])
+                        .args(["--cache-size", RAW_CACHE_SIZE]);
+                } else {
+                    cmd = Command::new(statectl);
+                    cmd.arg("--url")
+                        .arg(format!("redb:{}{}", db.display(), mode.url_query))
+                        .arg("bench");
                 }
-                for is_raw in sides {
-                    let _ = std::fs::remove_file(&db);
-                    let mut cmd;
-                    if is_raw {
-                        cmd = Command::new(bench_ref);
-                        cmd.arg("redb")
-                            .arg("--path")
-                            .arg(&db)
-                            .args(["--durability", mode.raw_durability])
-                            .args(["--cache-size", RAW_CACHE_SIZE]);
-                    } else {
-                        cmd = Command::new(statectl);
-                        cmd.arg("--url")
-                            .arg(format!("redb:{}{}", db.display(), mode.url_query))
-                            .arg("bench");
-                    }
-                    cmd.args(&shape)
-                        .arg("--json")
-                        .arg(&json)
-                        .current_dir(scratch);
-                    let stats = run_one(&mut cmd, &json)?;
-                    let side = if is_raw { "raw " } else { "ours" };
-                    println!(
-                        "  {:<16} {side} run {}: {:>10.0} ops/s  p50 {:>9.1} µs  p99 {:>9.1} µs  \
-                         CPU {:>6.2} µs/op",
-                        case.label,
-                        run + 1,
-                        stats.ops_per_sec,
-                        stats.p50_us,
-                        stats.p99_us,
-                        stats.cpu_us_per_op
-                    );
-                    if is_raw {
-                        raw.push(stats)
-                    } else {
-                        ours.push(stats)
-                    }
-                }
-            }
-            let ratios: Vec<f64> = ours.iter().zip(&raw).map(|(o, r)| ratio(o, r)).collect();
-            let cpu_ratios = ours
-                .iter()
-                .zip(&raw)
-                .map(|(o, r)| cpu_ratio(o, r))
-                .collect();
-            rows.push(Row {
-                case: Case {
+                cmd.args(&shape)
+                    .arg("--json")
+                    .arg(&json)
+                    .current_dir(scratch);
+                run_one(&mut cmd, &json)
+            })?;
+            rows.push(Row::new(
+                Case {
                     ops,
                     ..case.clone()
                 },
-                ours: median(&ours),
-                raw: median(&raw),
-                ratio: median_of(ratios),
-                cpu_ratio: median_of(cpu_ratios),
-            });
+                &ours,
+                &raw,
+            ));
         }
         sections.push((mode.title, rows));
     }
     Ok(sections)
+}
+
+/// Runs each side `runs` times, alternating which goes first so neither always meets a
+/// warmer (or busier) machine; `side(is_raw)` runs one side once.
+fn paired(
+    label: &str,
+    runs: usize,
+    mut side: impl FnMut(bool) -> Result<Stats>,
+) -> Result<(Vec<Stats>, Vec<Stats>)> {
+    let mut ours = Vec::new();
+    let mut raw = Vec::new();
+    for run in 0..runs {
+        let mut sides = [false, true];
+        if run % 2 == 1 {
+            sides.reverse();
+        }
+        for is_raw in sides {
+            let stats = side(is_raw)?;
+            let name = if is_raw { "raw " } else { "ours" };
+            println!(
+                "  {label:<16} {name} run {}: {:>10.0} ops/s  p50 {:>9.1} µs  p99 {:>9.1} µs  \
+                 CPU {:>6.2} µs/op",
+                run + 1,
+                stats.ops_per_sec,
+                stats.p50_us,
+                stats.p99_us,
+                stats.cpu_us_per_op
+            );
+            if is_raw {
+                raw.push(stats)
+            } else {
+                ours.push(stats)
+            }
+        }
+    }
+    Ok((ours, raw))
+}
+
+impl Row {
+    /// The medians of both sides and of the per-run ratios.
+    fn new(case: Case, ours: &[Stats], raw: &[Stats]) -> Row {
+        let ratios = ours.iter().zip(raw).map(|(o, r)| ratio(o, r)).collect();
+        let cpu_ratios = ours.iter().zip(raw).map(|(o, r)| cpu_ratio(o, r)).collect();
+        Row {
+            case,
+            ours: median(ours),
+            raw: median(raw),
+            ratio: median_of(ratios),
+            cpu_ratio: median_of(cpu_ratios),
+        }
+    }
+}
+
+/// The `--workload … --json FILE` options both tools take, for one case.
+fn shape_args(case: &Case, ops: u64, concurrency: u64, json: &Path) -> Vec<String> {
+    vec![
+        "--workload".into(),
+        case.workload.into(),
+        "--ops".into(),
+        ops.to_string(),
+        "--concurrency".into(),
+        concurrency.to_string(),
+        "--value-size".into(),
+        VALUE_SIZE.to_string(),
+        "--keyspace".into(),
+        KEYSPACE.to_string(),
+        "--batch".into(),
+        case.batch.to_string(),
+        "--json".into(),
+        json.display().to_string(),
+    ]
+}
+
+/// `ops`, or a tenth of it (at least one batch) for `--quick`.
+fn scaled(case: &Case, opts: &Options) -> u64 {
+    if opts.quick {
+        (case.ops / 10).max(case.batch)
+    } else {
+        case.ops
+    }
+}
+
+/// A scratch directory under the system temp dir, removed by the caller.
+fn scratch_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("xtask-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A name no other run on this machine uses at the same time.
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}_{nanos:x}", std::process::id())
+}
+
+/// The verdict of a measured ratio against its goal.
+fn verdict(x: f64, goal: f64, at_most: bool) -> &'static str {
+    if (at_most && x <= goal) || (!at_most && x >= goal) {
+        "met"
+    } else {
+        "NOT met"
+    }
 }
 
 fn run_one(cmd: &mut Command, json: &Path) -> Result<Stats> {
