@@ -224,7 +224,7 @@ impl RedisStateBackend {
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
     {
-        let target = self.target().to_string();
+        let target = self.target();
         self.inner
             .config
             .retry
@@ -233,7 +233,6 @@ impl RedisStateBackend {
                 |_| self.inner.counters.retried(),
                 || {
                     let fut = f();
-                    let target = &target;
                     async move { fut.await.map_err(|e| to_state(what, target, e)) }
                 },
             )
@@ -257,20 +256,23 @@ impl RedisStateBackend {
         cmds: &[Cmd],
     ) -> Result<Vec<Value>> {
         let wait = self.inner.config.wait;
-        let mut pipe = redis::pipe();
-        for cmd in cmds {
-            pipe.add_command(cmd.clone());
-        }
-        if let Some(w) = wait {
-            pipe.cmd("WAIT")
-                .arg(w.replicas)
-                .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
-        }
         // A lone command goes unpipelined: in Cluster the driver then follows MOVED/ASK.
         let single = match (cmds, wait) {
             ([cmd], None) => Some(cmd),
             _ => None,
         };
+        // Built only when needed: the point-write hot path must not copy its command.
+        let mut pipe = redis::pipe();
+        if single.is_none() {
+            for cmd in cmds {
+                pipe.add_command(cmd.clone());
+            }
+            if let Some(w) = wait {
+                pipe.cmd("WAIT")
+                    .arg(w.replicas)
+                    .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
+            }
+        }
         let mut replies = self
             .retry(idempotency, what, || async {
                 let replies = match single {
@@ -497,7 +499,8 @@ impl StateBackend for RedisStateBackend {
     async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.op(async {
             let full = self.full_key(key)?;
-            let cmd = redis::cmd("GET").arg(&full).clone();
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(&full);
             let value = self
                 .retry(Idempotency::Idempotent, "GET", || {
                     self.inner.pool.query(&cmd)
@@ -549,7 +552,8 @@ impl StateBackend for RedisStateBackend {
     async fn delete(&self, key: &[u8]) -> Result<bool> {
         self.op(async {
             let full = self.full_key(key)?;
-            let cmd = redis::cmd("DEL").arg(&full).clone();
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(&full);
             let replies = self.write("DEL", Idempotency::Idempotent, &[cmd]).await?;
             first_error("DEL", self.target(), &replies)?;
             let n = replies.first().map(|v| int_of("DEL", v)).transpose()?;
@@ -683,7 +687,8 @@ impl StateBackend for RedisStateBackend {
     async fn get_and_delete(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.op(async {
             let full = self.full_key(key)?;
-            let cmd = redis::cmd("GETDEL").arg(&full).clone();
+            let mut cmd = redis::cmd("GETDEL");
+            cmd.arg(&full);
             let mut replies = self
                 .write("GETDEL", Idempotency::NotIdempotent, &[cmd])
                 .await?;
@@ -807,7 +812,8 @@ impl StateBackend for RedisStateBackend {
     async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
         self.op(async {
             let full = self.full_key(key)?;
-            let cmd = redis::cmd("PTTL").arg(&full).clone();
+            let mut cmd = redis::cmd("PTTL");
+            cmd.arg(&full);
             let reply = self
                 .retry(Idempotency::Idempotent, "PTTL", || {
                     self.inner.pool.query(&cmd)

@@ -34,8 +34,13 @@ impl Counters {
 
     /// Read results: `hits` keys found, `misses` not found.
     pub(crate) fn lookups(&self, hits: u64, misses: u64) {
-        self.hits.fetch_add(hits, Ordering::Relaxed);
-        self.misses.fetch_add(misses, Ordering::Relaxed);
+        // Skip zero adds: each is a contended read-modify-write on the hot path.
+        if hits > 0 {
+            self.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.misses.fetch_add(misses, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn read(&self, bytes: usize) {
