@@ -243,7 +243,30 @@ impl Pool {
 
     async fn conn(&self) -> std::result::Result<Conn, Failure> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.size();
-        self.conn_at_index(index).await
+        if let Some(conn) = self.ready_conn(index) {
+            return Ok(conn);
+        }
+        // Dialing is rare and its future is large: boxing it keeps the future of every
+        // request small (it is moved into the heap once per call by `async_trait`).
+        Box::pin(self.conn_at_index(index)).await
+    }
+
+    /// The connection of slot `index` if it is open: the hot path, with no await.
+    fn ready_conn(&self, index: usize) -> Option<Conn> {
+        match &self.kind {
+            Kind::Cluster { slots, .. } => slots
+                .get(index)?
+                .get()
+                .map(|conn| Conn::Cluster(conn.clone())),
+            Kind::Single { slots, .. } => {
+                let current = lock(&slots.get(index)?.current).clone();
+                current.map(|(generation, conn)| Conn::Single {
+                    conn,
+                    slot: index,
+                    generation,
+                })
+            }
+        }
     }
 
     async fn conn_at_index(&self, index: usize) -> std::result::Result<Conn, Failure> {
