@@ -276,92 +276,56 @@ impl Checkout<'_> {
         }
     }
 
-    /// Runs a query and returns at most one row.
-    pub async fn fetch_optional(&mut self, what: &str, query: PgQuery) -> Result<Option<PgRow>> {
+    /// Counts a query and hands out the open connection, marked as used.
+    fn begin_query(&mut self) -> Result<&mut PgConnection> {
         self.set
             .counters
             .shard()
             .queries
             .fetch_add(1, Ordering::Relaxed);
-        let Some(conn) = self.slot.conn.as_mut() else {
-            return Err(closed());
-        };
+        let conn = self.slot.conn.as_mut().ok_or_else(closed)?;
         self.dirty = true;
+        Ok(conn)
+    }
+
+    /// Runs a query and returns at most one row.
+    pub async fn fetch_optional(&mut self, what: &str, query: PgQuery) -> Result<Option<PgRow>> {
+        let conn = self.begin_query()?;
         let result = query.fetch_optional(conn).await;
         self.settle(what, result)
     }
 
     /// Runs a query and returns exactly one row.
     pub async fn fetch_one(&mut self, what: &str, query: PgQuery) -> Result<PgRow> {
-        self.set
-            .counters
-            .shard()
-            .queries
-            .fetch_add(1, Ordering::Relaxed);
-        let Some(conn) = self.slot.conn.as_mut() else {
-            return Err(closed());
-        };
-        self.dirty = true;
+        let conn = self.begin_query()?;
         let result = query.fetch_one(conn).await;
         self.settle(what, result)
     }
 
     /// Runs a query and returns every row (used for bounded pages only).
     pub async fn fetch_all(&mut self, what: &str, query: PgQuery) -> Result<Vec<PgRow>> {
-        self.set
-            .counters
-            .shard()
-            .queries
-            .fetch_add(1, Ordering::Relaxed);
-        let Some(conn) = self.slot.conn.as_mut() else {
-            return Err(closed());
-        };
-        self.dirty = true;
+        let conn = self.begin_query()?;
         let result = query.fetch_all(conn).await;
         self.settle(what, result)
     }
 
     /// Runs a query and returns the number of rows it affected.
     pub async fn execute(&mut self, what: &str, query: PgQuery) -> Result<PgQueryResult> {
-        self.set
-            .counters
-            .shard()
-            .queries
-            .fetch_add(1, Ordering::Relaxed);
-        let Some(conn) = self.slot.conn.as_mut() else {
-            return Err(closed());
-        };
-        self.dirty = true;
+        let conn = self.begin_query()?;
         let result = query.execute(conn).await;
         self.settle(what, result)
     }
 
     /// Runs SQL text without parameters or preparation (transaction control, VACUUM).
     pub async fn simple(&mut self, what: &str, sql: &'static str) -> Result<()> {
-        self.set
-            .counters
-            .shard()
-            .queries
-            .fetch_add(1, Ordering::Relaxed);
-        let Some(conn) = self.slot.conn.as_mut() else {
-            return Err(closed());
-        };
-        self.dirty = true;
+        let conn = self.begin_query()?;
         let result = sqlx::raw_sql(sql).execute(conn).await.map(|_| ());
         self.settle(what, result)
     }
 
     /// Runs an unprepared statement built at start-up (VACUUM cannot be prepared).
     pub async fn simple_owned(&mut self, what: &str, sql: sqlx::SqlStr) -> Result<()> {
-        self.set
-            .counters
-            .shard()
-            .queries
-            .fetch_add(1, Ordering::Relaxed);
-        let Some(conn) = self.slot.conn.as_mut() else {
-            return Err(closed());
-        };
-        self.dirty = true;
+        let conn = self.begin_query()?;
         let result = sqlx::raw_sql(sql).execute(conn).await.map(|_| ());
         self.settle(what, result)
     }
