@@ -184,6 +184,17 @@ impl StateError {
             ),
         )
     }
+
+    /// `NotOwner`: `operation` (release, extend) on lock `name` by a holder that lost it.
+    pub fn not_owner(name: &str, operation: &str) -> Self {
+        Self::new(
+            ErrorKind::NotOwner,
+            format!(
+                "{operation} of lock `{name}` refused: this guard no longer holds it (its lease \
+                 ran out or another holder took it); stop the work it protected"
+            ),
+        )
+    }
 }
 
 #[cfg(test)]

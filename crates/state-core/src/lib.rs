@@ -14,7 +14,9 @@ pub mod url;
 pub use backend::{BoxStream, StateBackend};
 pub use bytes::Bytes;
 pub use error::{ErrorKind, Result, StateError};
-pub use lock::{DistributedLock, GuardState, LockGuard};
+pub use lock::{
+    DistributedLock, GuardState, LockGuard, MAX_LOCK_NAME_LEN, check_lock_name, new_owner_token,
+};
 pub use memory::{MemoryBackend, MemoryBackendBuilder, MemoryStore};
 pub use retry::{Idempotency, RetryPolicy};
 pub use types::{

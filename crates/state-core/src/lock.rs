@@ -6,8 +6,50 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{Result, StateError};
 use crate::types::FencingToken;
+
+/// The longest lock name, in bytes.
+pub const MAX_LOCK_NAME_LEN: usize = 512;
+
+/// Checks a lock name: 1 to [`MAX_LOCK_NAME_LEN`] bytes. Every implementation calls it
+/// before the wire, so a bad name is the same `InvalidInput` error everywhere.
+pub fn check_lock_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(StateError::invalid_input(
+            "the lock name is empty; name the lock",
+        ));
+    }
+    if name.len() > MAX_LOCK_NAME_LEN {
+        return Err(StateError::invalid_input(format!(
+            "the lock name is {} bytes, over the limit of {MAX_LOCK_NAME_LEN}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A fresh owner token: 128 random bits from the operating system, as 32 hex digits.
+///
+/// Falls back to a process-seeded hash of the time and a counter if the OS has no random
+/// source: owner tokens must be unique, not secret.
+pub fn new_owner_token() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        use std::hash::BuildHasher;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let state = std::collections::hash_map::RandomState::new();
+        let seed = (
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::process::id(),
+            std::time::SystemTime::now(),
+        );
+        bytes[..8].copy_from_slice(&state.hash_one(seed).to_le_bytes());
+        bytes[8..].copy_from_slice(&state.hash_one((seed, 1u8)).to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A named, leased, mutually exclusive lock shared by processes.
 ///
@@ -17,8 +59,26 @@ use crate::types::FencingToken;
 /// its lease (paused, partitioned) cannot overwrite its successor.
 #[async_trait]
 pub trait DistributedLock: Send + Sync + fmt::Debug + 'static {
-    /// Takes the lock if it is free; `None` if someone else holds it.
-    async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>>;
+    /// Takes the lock if it is free; `None` if someone else holds it (this process
+    /// included: locks are not re-entrant). The owner token is a fresh
+    /// [`new_owner_token`].
+    async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
+        self.try_acquire_as(name, ttl, &new_owner_token()).await
+    }
+
+    /// [`try_acquire`](Self::try_acquire) with the owner token chosen by the caller.
+    ///
+    /// This is how an ambiguous acquire is resolved: when a request fails after it was sent
+    /// (the reply was lost), retrying with the *same* owner token returns a guard for the
+    /// lock the first attempt took (same fencing token, lease renewed) instead of waiting
+    /// for itself; a different owner still gets `None`. Implementations retry internally
+    /// this way.
+    async fn try_acquire_as(
+        &self,
+        name: &str,
+        ttl: Duration,
+        owner: &str,
+    ) -> Result<Option<LockGuard>>;
 
     /// Waits (with backoff and jitter) until the lock is free, up to the implementation's
     /// configured wait timeout, then takes it; a [`Timeout`](crate::ErrorKind::Timeout)
