@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod locks;
 pub mod model;
 pub mod services;

@@ -40,6 +40,7 @@ mod certs;
 mod cluster;
 #[cfg(feature = "containers")]
 mod containers;
+mod pgbouncer;
 mod postgres;
 pub mod process;
 mod redis;
@@ -47,6 +48,7 @@ mod sentinel;
 
 pub use certs::TestCerts;
 pub use cluster::RedisCluster;
+pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolMode};
 pub use postgres::{LocalPostgres, LocalPostgresOptions};
 pub use redis::{LocalRedis, LocalRedisOptions, RedisTls};
 pub use sentinel::RedisSentinel;
