@@ -441,15 +441,18 @@ impl PostgresConfig {
         ssl_mode_name(self.ssl_mode)
     }
 
-    pub(crate) fn statement_timeout(&self) -> Duration {
+    /// The server-side `statement_timeout` every connection is opened with.
+    pub fn statement_timeout(&self) -> Duration {
         self.statement_timeout
     }
 
-    pub(crate) fn acquire_timeout(&self) -> Duration {
+    /// How long an operation waits for a free connection.
+    pub fn acquire_timeout(&self) -> Duration {
         self.acquire_timeout
     }
 
-    pub(crate) fn connect_timeout(&self) -> Duration {
+    /// How long opening one connection may take.
+    pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
 
@@ -478,9 +481,13 @@ impl PostgresConfig {
         format!("{}:{}", self.host, self.port)
     }
 
-    /// The driver's connection options. Built field by field (never from the URL text) so
-    /// that no driver error can echo the password.
-    pub(crate) fn connect_options(&self) -> PgConnectOptions {
+    /// The driver's connection options: host, port, credentials, database, TLS (`sslmode`,
+    /// `sslrootcert`) and the session settings (`statement_timeout`, `TimeZone`,
+    /// `synchronous_commit`). Built field by field (never from the URL text) so that no
+    /// driver error can echo the password. Public so that other crates opening their own
+    /// connections to the same server (`state-lock`) parse URLs and set up TLS exactly as
+    /// this backend does.
+    pub fn connect_options(&self) -> PgConnectOptions {
         let mut settings = vec![
             (
                 "statement_timeout",

@@ -338,6 +338,69 @@ impl RedisStateBackend {
         }
     }
 
+    /// Runs `script` atomically on `keys` with `args` and returns its reply: the building
+    /// block for atomic operations the [`StateBackend`] trait lacks (the Redis lock of
+    /// `state-lock` is built on it).
+    ///
+    /// The request is handled like every operation of this backend: `EVALSHA`, with one
+    /// `EVAL` when the server answers `NOSCRIPT`; the retry policy; reconnection (a
+    /// Sentinel deployment asks the Sentinels for the new primary); Cluster routing by the
+    /// keys' slot, following `MOVED`/`ASK`; `WAIT` when `wait_replicas` is configured.
+    ///
+    /// - `keys` are this backend's keys, as for [`get`](StateBackend::get): the key prefix
+    ///   goes in front and the key limits apply. There must be at least one, and all must
+    ///   hash to one Cluster slot (give them a common hash tag, `{…}`) in every topology,
+    ///   so that a script that runs on a standalone server also runs on a Cluster;
+    ///   otherwise the error is `InvalidInput` and nothing is sent.
+    /// - `idempotency` tells the retry policy whether the script may be sent again after a
+    ///   lost reply (when the first attempt may have run): pass
+    ///   [`Idempotency::Idempotent`] only if running it twice has the effect of running it
+    ///   once.
+    /// - `what` names the operation in error messages. An error raised by the script is a
+    ///   `Backend` error with the server's message.
+    ///
+    /// ```no_run
+    /// use state_redis::{Idempotency, RedisStateBackend, Script, redis::Value};
+    ///
+    /// static INCR_BY: Script = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    /// # async fn demo(backend: RedisStateBackend) -> state_core::Result<()> {
+    /// let reply = backend
+    ///     .eval_script("add", Idempotency::NotIdempotent, &INCR_BY, &[&b"{c}:n"[..]], &[&b"2"[..]])
+    ///     .await?;
+    /// assert!(matches!(reply, Value::Int(_)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn eval_script(
+        &self,
+        what: &str,
+        idempotency: Idempotency,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<Value> {
+        self.op(async {
+            let fulls = keys
+                .iter()
+                .map(|k| self.full_key(k))
+                .collect::<Result<Vec<_>>>()?;
+            let Some(slot) = fulls.first().map(|k| keys::slot(k)) else {
+                return Err(StateError::invalid_input(format!(
+                    "{what}: the script declares no key; pass the keys it touches (they \
+                     route it to its Cluster node)"
+                )));
+            };
+            if fulls.iter().any(|k| keys::slot(k) != slot) {
+                return Err(StateError::invalid_input(format!(
+                    "{what}: the script's keys hash to different Cluster slots; give them \
+                     a common hash tag such as `{{name}}`"
+                )));
+            }
+            let fulls: Vec<&[u8]> = fulls.iter().map(Vec::as_slice).collect();
+            self.eval(what, idempotency, script, &fulls, args).await
+        })
+        .await
+    }
+
     /// Splits indices `0..keys.len()` into groups sent as one pipeline each: chunks of
     /// `pipeline_batch_size`, and in Cluster mode one slot per group.
     pub(crate) fn groups(&self, keys: &[Vec<u8>]) -> Vec<Vec<usize>> {

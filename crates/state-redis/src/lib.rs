@@ -18,13 +18,14 @@ use std::sync::Arc;
 
 pub use backend::{NodeInfo, RedisStateBackend};
 pub use config::{RedisConfig, RedisConfigBuilder, Topology, URL_PARAMS, WaitReplicas};
+pub use scripts::Script;
 pub use stats::RedisStats;
 
 /// The driver, re-exported so that users need no separate dependency on it.
 pub use redis;
 pub use state_core::{
-    Capabilities, Checkpoint, Entry, ErrorKind, FencingToken, Health, ImportMode, Result,
-    StateBackend, StateError, Ttl,
+    Capabilities, Checkpoint, Entry, ErrorKind, FencingToken, Health, Idempotency, ImportMode,
+    Result, StateBackend, StateError, Ttl,
 };
 
 /// Registers this backend for `redis://`, `rediss://`, `redis+sentinel://` and

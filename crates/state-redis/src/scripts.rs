@@ -6,15 +6,25 @@ use std::sync::OnceLock;
 
 use redis::Cmd;
 
-/// A script with its SHA1, computed once.
+/// A Lua script with its SHA1, computed once, for
+/// [`RedisStateBackend::eval_script`](crate::RedisStateBackend::eval_script): sent by
+/// `EVALSHA`, and by `EVAL` (which caches it on the server) when the server answers
+/// `NOSCRIPT`. Declare it once, as a `static`.
+///
+/// ```
+/// use state_redis::Script;
+///
+/// static EXISTS: Script = Script::new("return redis.call('EXISTS', KEYS[1])");
+/// ```
 #[derive(Debug)]
-pub(crate) struct Script {
+pub struct Script {
     body: &'static str,
     sha: OnceLock<String>,
 }
 
 impl Script {
-    const fn new(body: &'static str) -> Self {
+    /// The script with this Lua body.
+    pub const fn new(body: &'static str) -> Self {
         Script {
             body,
             sha: OnceLock::new(),

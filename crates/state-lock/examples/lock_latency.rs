@@ -1,0 +1,302 @@
+//! Uncontended acquire+release latency of each lock, as a ratio to one round trip to the
+//! same server measured in the same run (`PING` for Redis, `SELECT 1` for PostgreSQL).
+//!
+//! ```text
+//! cargo run --release -p state-lock --example lock_latency -- \
+//!     [--redis URL] [--postgres URL] [--iterations N] [--rounds R]
+//! ```
+//! Each round alternates blocks of round trips and of lock cycles (so both see the same
+//! machine noise); the report gives the median over rounds of each p50 and p99. The
+//! PostgreSQL locks work in a schema of their own, dropped at the end. Prints a Markdown
+//! table (what `cargo xtask bench locks` puts in BENCHMARKS.md).
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection as _;
+use state_lock::{
+    DistributedLock, LockMode, PostgresDistributedLock, PostgresLockConfig, RedisDistributedLock,
+};
+use state_redis::redis;
+
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+const BLOCK: usize = 100;
+const TTL: Duration = Duration::from_secs(30);
+
+struct Options {
+    redis: String,
+    postgres: String,
+    iterations: usize,
+    rounds: usize,
+}
+
+fn options() -> Result<Options> {
+    let mut opts = Options {
+        redis: std::env::var("STATE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        postgres: std::env::var("STATE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        iterations: 5_000,
+        rounds: 3,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--redis" => opts.redis = value()?,
+            "--postgres" => opts.postgres = value()?,
+            "--iterations" => opts.iterations = value()?.parse()?,
+            "--rounds" => opts.rounds = value()?.parse()?,
+            other => return Err(format!("unknown argument `{other}`").into()),
+        }
+    }
+    Ok(opts)
+}
+
+/// p50 and p99 of one side of one round, in microseconds.
+#[derive(Clone, Copy)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One row: the round trip and the lock cycle, medians over rounds.
+struct Row {
+    label: String,
+    round_trip: Percentiles,
+    cycle: Percentiles,
+}
+
+/// Runs `rounds` rounds of `iterations` round trips and lock cycles, in alternating blocks.
+async fn measure<RT, RTF, LC, LCF>(
+    label: &str,
+    opts: &Options,
+    mut round_trip: RT,
+    mut cycle: LC,
+) -> Result<Row>
+where
+    RT: FnMut() -> RTF,
+    RTF: Future<Output = Result<()>>,
+    LC: FnMut(usize) -> LCF,
+    LCF: Future<Output = Result<()>>,
+{
+    // Warm-up: connections, prepared statements, scripts.
+    for i in 0..BLOCK {
+        round_trip().await?;
+        cycle(i).await?;
+    }
+    let (mut rt50, mut rt99, mut c50, mut c99) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..opts.rounds {
+        let mut rts = Vec::with_capacity(opts.iterations);
+        let mut cycles = Vec::with_capacity(opts.iterations);
+        let mut i = 0;
+        while rts.len() < opts.iterations {
+            for _ in 0..BLOCK {
+                let t = Instant::now();
+                round_trip().await?;
+                rts.push(t.elapsed());
+            }
+            for _ in 0..BLOCK {
+                let t = Instant::now();
+                cycle(i).await?;
+                cycles.push(t.elapsed());
+                i += 1;
+            }
+        }
+        let (rt, c) = (percentiles(rts), percentiles(cycles));
+        rt50.push(rt.p50);
+        rt99.push(rt.p99);
+        c50.push(c.p50);
+        c99.push(c.p99);
+    }
+    Ok(Row {
+        label: label.to_string(),
+        round_trip: Percentiles {
+            p50: median(rt50),
+            p99: median(rt99),
+        },
+        cycle: Percentiles {
+            p50: median(c50),
+            p99: median(c99),
+        },
+    })
+}
+
+/// try_acquire + release of a lock name no one else uses; the guard must be granted.
+async fn lock_cycle(lock: &Arc<dyn DistributedLock>, name: &str) -> Result<()> {
+    let guard = lock
+        .try_acquire(name, TTL)
+        .await?
+        .ok_or_else(|| format!("lock {name} was busy in an uncontended benchmark"))?;
+    lock.release(guard).await?;
+    Ok(())
+}
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("bench_lock_{tag}_{}_{nanos}", std::process::id())
+}
+
+async fn redis_row(opts: &Options) -> Result<Row> {
+    let client = redis::Client::open(opts.redis.as_str())?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    let prefix = format!("{}:", unique("redis"));
+    let url = with_param(&opts.redis, "prefix", &prefix);
+    let lock: Arc<dyn DistributedLock> = Arc::new(RedisDistributedLock::new(&url).await?);
+    let name = "uncontended";
+    let row = measure(
+        "Redis (standalone)",
+        opts,
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+                if pong != "PONG" {
+                    return Err(format!("PING answered {pong}").into());
+                }
+                Ok(())
+            }
+        },
+        |_| lock_cycle(&lock, name),
+    )
+    .await;
+    // The fencing counter outlives the lock by design: remove this run's keys.
+    let mut conn = conn.clone();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        for key in keys {
+            let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    row
+}
+
+async fn postgres_rows(opts: &Options) -> Result<Vec<Row>> {
+    let schema = unique("pg");
+    let mut admin = sqlx::PgConnection::connect(&opts.postgres).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&mut admin)
+        .await?;
+    let rows = postgres_in(opts, &schema).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&mut admin)
+    .await?;
+    rows
+}
+
+async fn postgres_in(opts: &Options, schema: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for mode in [LockMode::Session, LockMode::Lease] {
+        let config = PostgresLockConfig::from_url(&opts.postgres)?
+            .with_schema(schema)
+            .with_mode(mode);
+        let lock: Arc<dyn DistributedLock> =
+            Arc::new(PostgresDistributedLock::with_config(config).await?);
+        let conn = tokio::sync::Mutex::new(sqlx::PgConnection::connect(&opts.postgres).await?);
+        let label = format!("PostgreSQL, {} mode", mode.as_str());
+        let row = measure(
+            &label,
+            opts,
+            || async {
+                let one: i32 = sqlx::query_scalar("SELECT 1")
+                    .fetch_one(&mut *conn.lock().await)
+                    .await?;
+                if one != 1 {
+                    return Err("SELECT 1 answered something else".into());
+                }
+                Ok(())
+            },
+            |_| lock_cycle(&lock, "uncontended"),
+        )
+        .await?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// `url` with one more query parameter.
+fn with_param(url: &str, name: &str, value: &str) -> String {
+    let has_path = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
+    let separator = match (url.contains('?'), has_path) {
+        (true, _) => "&",
+        (false, true) => "?",
+        (false, false) => "/?",
+    };
+    format!("{url}{separator}{name}={value}")
+}
+
+fn table(rows: &[Row], opts: &Options) -> String {
+    let mut out = format!(
+        "Uncontended `try_acquire` + `release` of one lock, one task, {} cycles per round, \
+         median of {} rounds (blocks of {BLOCK} round trips and {BLOCK} lock cycles \
+         alternate). Goal: a cycle costs at most 2.5 round trips.\n\n\
+         | lock | round trip p50 / p99 (µs) | acquire+release p50 / p99 (µs) | p50 ratio | p99 ratio | goal ≤ 2.5 |\n\
+         |---|---:|---:|---:|---:|---|\n",
+        opts.iterations, opts.rounds
+    );
+    for r in rows {
+        let (x50, x99) = (
+            r.cycle.p50 / r.round_trip.p50,
+            r.cycle.p99 / r.round_trip.p99,
+        );
+        let verdict = if x50 <= 2.5 && x99 <= 2.5 {
+            "met"
+        } else if x50 <= 2.5 {
+            "p50 met, p99 not"
+        } else {
+            "not met"
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {x50:.2} | {x99:.2} | {verdict} |\n",
+            r.label, r.round_trip.p50, r.round_trip.p99, r.cycle.p50, r.cycle.p99
+        ));
+    }
+    out
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let opts = options()?;
+    let mut rows = vec![redis_row(&opts).await?];
+    rows.extend(postgres_rows(&opts).await?);
+    print!("{}", table(&rows, &opts));
+    Ok(())
+}

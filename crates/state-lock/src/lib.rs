@@ -1,0 +1,41 @@
+//! Distributed locks with fencing tokens, a watchdog that keeps a lease alive, and leader
+//! election, over any [`DistributedLock`].
+//!
+//! | type | where the lock lives | lease (TTL) | fencing token |
+//! |---|---|---|---|
+//! | [`MemoryLock`] | this process | yes | a counter in the lock |
+//! | `RedisDistributedLock` (feature `redis`) | a key per lock, `SET NX PX` semantics by Lua | yes, server-side | a per-lock counter next to the key, seeded from the server clock |
+//! | `PostgresDistributedLock`, `Session` mode (feature `postgres`) | a session advisory lock on one dedicated connection | no: held as long as the connection | a sequence |
+//! | `PostgresDistributedLock`, `Lease` mode | a row of a lock table, expiry by the database clock | yes, server-side | a sequence |
+//!
+//! Every guard carries a [`FencingToken`] that increases strictly
+//! across holders of a name. A lease can always be lost (a pause longer than the TTL, a
+//! partition, a failover): pass the token to
+//! [`StateBackend::put_fenced`](state_core::StateBackend::put_fenced) so that the storage
+//! rejects a former holder's late writes.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod connect;
+mod leader;
+mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+mod wait;
+mod watchdog;
+
+pub use connect::connect;
+pub use leader::{LeaderElector, Leadership, Term};
+pub use memory::MemoryLock;
+#[cfg(feature = "postgres")]
+pub use postgres::{LockMode, PostgresDistributedLock, PostgresLockConfig, advisory_key};
+#[cfg(feature = "redis")]
+pub use redis::{RedisDistributedLock, RedisLockConfig};
+pub use watchdog::{Lease, WatchedGuard};
+
+pub use state_core::{
+    DistributedLock, ErrorKind, FencingToken, LockGuard, Result, StateError, new_owner_token,
+};

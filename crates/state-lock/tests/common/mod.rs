@@ -1,0 +1,5 @@
+//! Shared helpers of the state-lock integration tests.
+
+#![allow(dead_code)]
+
+pub mod leader;

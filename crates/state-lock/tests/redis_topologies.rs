@@ -1,0 +1,240 @@
+//! `RedisDistributedLock` on a Redis Cluster (3 masters + 3 replicas) and behind Sentinels
+//! (primary, replica, 3 sentinels): the whole lock suite in one test per topology (nextest
+//! runs each test in its own process, so one topology per test), and what a Sentinel
+//! failover does to a held lock.
+//!
+//! Each test starts its own topology; every loop is bounded in count and time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use state_core::{DistributedLock, ErrorKind, StateBackend};
+use state_lock::{RedisDistributedLock, RedisLockConfig};
+use state_redis::{RedisConfig, RedisStateBackend};
+use testing::locks::{LockKind, LockSubject, WAIT_TIMEOUT};
+use testing::services::{RedisCluster, RedisSentinel};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn redis_config(url: &str, prefix: &str) -> RedisConfig {
+    RedisConfig::builder()
+        .url(url)
+        .key_prefix(prefix)
+        .build()
+        .unwrap_or_else(|e| panic!("bad test config: {e}"))
+}
+
+async fn lock_on(url: &str, prefix: &str) -> RedisDistributedLock {
+    let config = RedisLockConfig::new(redis_config(url, prefix)).with_wait_timeout(WAIT_TIMEOUT);
+    RedisDistributedLock::with_config(config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect the lock to {url}: {e}"))
+}
+
+/// A subject factory over `url`: two independent handles and a fenced-write backend under
+/// a fresh prefix per subject, cleared afterwards.
+fn factory(url: String) -> testing::locks::LockFactory {
+    testing::locks::factory(move || {
+        let url = url.clone();
+        async move {
+            let prefix = format!("rlock-{}", testing::conformance::unique_namespace());
+            let lock = lock_on(&url, &prefix).await;
+            let other = lock_on(&url, &prefix).await;
+            let backend = RedisStateBackend::new(redis_config(&url, &prefix))
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+            let backend = Arc::new(backend);
+            let cleaner = Arc::clone(&backend);
+            LockSubject {
+                lock: Arc::new(lock),
+                other: Arc::new(other),
+                kind: LockKind::Lease,
+                backend,
+                cleanup: Some(Box::new(move || {
+                    Box::pin(async move {
+                        if let Err(e) = cleaner.clear(b"").await {
+                            eprintln!("cleanup of the test's keys failed: {e}");
+                        }
+                    })
+                })),
+            }
+        }
+    })
+}
+
+#[test]
+fn cluster_runs_the_lock_suite() {
+    let rt = testing::conformance::runtime();
+    let cluster = rt
+        .block_on(RedisCluster::start())
+        .unwrap_or_else(|e| panic!("cannot start the Redis Cluster: {e}"));
+    testing::locks::run_all_in_one(factory(cluster.url()));
+    drop(cluster);
+}
+
+#[test]
+fn sentinel_runs_the_lock_suite() {
+    let rt = testing::conformance::runtime();
+    let sentinel = rt
+        .block_on(RedisSentinel::start())
+        .unwrap_or_else(|e| panic!("cannot start the Sentinel topology: {e}"));
+    testing::locks::run_all_in_one(factory(sentinel.url()));
+    drop(sentinel);
+}
+
+/// Calls `attempt` until it returns anything but a retryable error (a failover in
+/// progress), for at most 45 s and 300 attempts, and returns that.
+async fn settled<T, F, Fut>(what: &str, mut attempt: F) -> state_core::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = state_core::Result<T>>,
+{
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Err(e)
+                if e.is_retryable()
+                    && attempts < 300
+                    && started.elapsed() < Duration::from_secs(45) =>
+            {
+                eprintln!("{what}: retrying after: {e}");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// RELIABILITY 4 and the module docs' failover story. Holder A takes a lock and writes
+/// with its token; the replica is made to miss the lock and its counter (as asynchronous
+/// replication can: the keys are deleted on the replica alone), then the primary is
+/// SIGKILLed. After the Sentinels promote the replica, B acquires the "free" lock while A's
+/// guard is still within its lease — and B's token is higher, so A's late fenced write is
+/// rejected and A's extend says `NotOwner`. The handles re-resolve the primary by
+/// themselves.
+#[test]
+fn sentinel_failover_that_loses_the_lock_still_fences_the_old_holder() {
+    let rt = testing::conformance::runtime();
+    let mut sentinel = rt
+        .block_on(RedisSentinel::start())
+        .unwrap_or_else(|e| panic!("cannot start the Sentinel topology: {e}"));
+    rt.block_on(async {
+        let url = sentinel.url();
+        let prefix = format!("rlock-{}", testing::conformance::unique_namespace());
+        let a_lock = lock_on(&url, &prefix).await;
+        let b_lock = lock_on(&url, &prefix).await;
+        let backend = RedisStateBackend::new(redis_config(&url, &prefix))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        let name = "failover";
+        let lock_key = format!("{prefix}lock:{{{name}}}");
+        let counter_key = format!("{lock_key}:fence");
+
+        let mut a = a_lock
+            .try_acquire(name, LONG)
+            .await
+            .expect("A acquires")
+            .expect("the lock is free");
+        let token_a = a.fencing_token();
+        backend
+            .put_fenced(b"resource", b"a1", token_a)
+            .await
+            .expect("A's fenced write");
+
+        // The replica got the lock and the counter; make it lose them, as a replica that
+        // lagged behind would not have them.
+        let replica = sentinel.replica_port().await.expect("the replica's port");
+        let started = Instant::now();
+        loop {
+            let both = sentinel
+                .cli(replica, &["EXISTS", &lock_key, &counter_key])
+                .await
+                .expect("redis-cli on the replica");
+            if both.trim() == "2" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the replica never received the lock keys ({both})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for args in [
+            &["CONFIG", "SET", "replica-read-only", "no"][..],
+            &["DEL", &lock_key, &counter_key][..],
+            &["CONFIG", "SET", "replica-read-only", "yes"][..],
+        ] {
+            sentinel
+                .cli(replica, args)
+                .await
+                .expect("redis-cli on the replica");
+        }
+        let left = sentinel
+            .cli(replica, &["EXISTS", &lock_key, &counter_key])
+            .await
+            .expect("redis-cli on the replica");
+        assert_eq!(left.trim(), "0", "the replica still has the lock keys");
+
+        let old = sentinel.kill_primary().await.expect("kill the primary");
+        let new = sentinel
+            .wait_for_new_primary(old, Duration::from_secs(60))
+            .await
+            .expect("a new primary");
+        assert_eq!(new, replica, "the replica was promoted");
+
+        let b = settled("B acquires after the failover", || {
+            b_lock.try_acquire(name, LONG)
+        })
+        .await
+        .expect("B's acquire after the failover")
+        .expect("the promoted replica does not have A's lock, so B gets it");
+        assert!(
+            !a.is_expired(),
+            "A's guard still believes it holds the lock"
+        );
+        assert!(
+            b.fencing_token() > token_a,
+            "B's token {:?} must be above A's {token_a:?} although the counter was lost",
+            b.fencing_token()
+        );
+        settled("B's fenced write", || {
+            backend.put_fenced(b"resource", b"b1", b.fencing_token())
+        })
+        .await
+        .expect("B's fenced write");
+        let late = settled("A's late write", || {
+            backend.put_fenced(b"resource", b"a2", token_a)
+        })
+        .await;
+        let e = late.expect_err("A's late write must be fenced");
+        assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
+        // A's handle may still be reconnecting: retry what is retryable, bounded.
+        let mut extended = a_lock.extend(&mut a, LONG).await;
+        for _ in 0..100 {
+            match &extended {
+                Err(e) if e.is_retryable() => {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    extended = a_lock.extend(&mut a, LONG).await;
+                }
+                _ => break,
+            }
+        }
+        let e = extended.expect_err("A lost the lock");
+        assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
+        assert_eq!(
+            backend
+                .get(b"resource")
+                .await
+                .expect("read back")
+                .as_deref(),
+            Some(&b"b1"[..])
+        );
+        b_lock.release(b).await.expect("B releases");
+        let e = a_lock.release(a).await.expect_err("A no longer holds it");
+        assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
+        backend.clear(b"").await.expect("cleanup");
+    });
+    drop(sentinel);
+}
