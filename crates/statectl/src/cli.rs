@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 ///
 /// Exit codes: 0 success; 1 the key or checkpoint does not exist (get, ttl, checkpoint
 /// restore/delete); 2 a bad URL, option or input; 3 the backend failed (unreachable server,
-/// I/O error, locked or corrupt file).
+/// I/O error, locked or corrupt file, a lock lost while its command ran); 75 `lock run`
+/// could not get the lock within --wait. `lock run` otherwise exits with its command's
+/// status (128 + N if a signal N ended it).
 #[derive(Debug, Parser)]
 #[command(name = "statectl", version, max_term_width = 100)]
 pub struct Cli {
@@ -80,6 +82,34 @@ pub enum Command {
     /// absolute expiry.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Runs a command while holding a distributed lock (redis://…, postgres://…).
+    #[command(subcommand)]
+    Lock(LockCommand),
+}
+
+/// `statectl lock …`.
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Takes lock NAME (waiting up to --wait), runs COMMAND while extending the lease every
+    /// TTL/3, releases the lock, and exits with COMMAND's status.
+    ///
+    /// COMMAND gets the lock's fencing token in STATE_FENCING_TOKEN (and the name in
+    /// STATE_LOCK_NAME): pass it to fenced writes. If the lease is lost while COMMAND runs
+    /// (the lock service was unreachable for a whole TTL), COMMAND is killed and statectl
+    /// exits 3. On PostgreSQL the URL's `lock_mode=session|lease` picks the lock kind.
+    Run {
+        /// The lock's name.
+        name: String,
+        /// The lease: how long the lock outlives a statectl that dies without releasing it.
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
+        ttl: String,
+        /// How long to wait for the lock before giving up with exit code 75.
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
+        wait: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// `statectl checkpoint …`.

@@ -19,6 +19,11 @@ pub enum CliError {
     Backend(String),
     /// Ctrl-C (exit 130, as shells report SIGINT).
     Interrupted(String),
+    /// `lock run` could not get the lock within its wait (exit 75, EX_TEMPFAIL: try again
+    /// later).
+    LockBusy(String),
+    /// `lock run`'s command ended with this status, passed through without a message.
+    Child(u8),
     /// stdout was closed by the reader (`statectl scan | head`): stop quietly (exit 0).
     StdoutClosed,
 }
@@ -37,6 +42,8 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Backend(_) => 3,
             CliError::Interrupted(_) => 130,
+            CliError::LockBusy(_) => 75,
+            CliError::Child(code) => *code,
         }
     }
 
@@ -46,8 +53,9 @@ impl CliError {
             CliError::Missing(m)
             | CliError::Usage(m)
             | CliError::Backend(m)
-            | CliError::Interrupted(m) => Some(m),
-            CliError::StdoutClosed => None,
+            | CliError::Interrupted(m)
+            | CliError::LockBusy(m) => Some(m),
+            CliError::StdoutClosed | CliError::Child(_) => None,
         }
     }
 }

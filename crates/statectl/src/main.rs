@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod error;
 mod escape;
+mod lock;
 
 use std::io::{BufWriter, Write as _};
 use std::process::ExitCode;
@@ -82,6 +83,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         out.flush()?;
         return result;
     }
+    if let Command::Lock(command) = &cli.command {
+        // Locks need a lock service: the default embedded store is refused, not created.
+        return lock::run(cli.url.as_deref().unwrap_or(backends::DEFAULT_URL), command).await;
+    }
     let url = backends::resolve(cli.url.as_deref())?;
     let backend = backends::registry().connect_url(url.clone()).await?;
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -93,8 +98,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ttl { key } => commands::ttl(b, key, &mut out).await,
         Command::Scan { prefix, values } => commands::scan(b, prefix, *values, &mut out).await,
         Command::Count { prefix } => commands::count(b, prefix, &mut out).await,
-        // Handled above: it needs the concrete PostgreSQL backend, not the registry's.
-        Command::Checkpoint(_) => Ok(()),
+        // Handled above: they need concrete types, not the registry's backend.
+        Command::Checkpoint(_) | Command::Lock(_) => Ok(()),
         Command::Bench(args) => match bench::run(backend.clone(), &url, args).await {
             Ok(report) => {
                 out.write_all(report.table().as_bytes())?;
