@@ -1,4 +1,4 @@
-//! `cargo xtask bench [embedded|redis|postgres|all] [--runs N] [--quick] [--no-write]`
+//! `cargo xtask bench [embedded|redis|postgres|locks|all] [--runs N] [--quick] [--no-write]`
 //!
 //! For each workload, runs `statectl bench` (ours) and the raw-engine reference `bench-ref`
 //! with the same shape, `--runs` times each (default 3), alternating which goes first, takes
@@ -6,7 +6,8 @@
 //! Both tools write the same JSON (`bench_ref::report`), parsed here by hand to keep xtask's
 //! dependencies at anyhow and clap. `redis` (bench/redis.rs) also runs `redis-benchmark`, all
 //! on a private `redis-server`; `postgres` (bench/postgres.rs) also runs `pgbench` with the
-//! backend's SQL, in schemas of its own that it drops.
+//! backend's SQL, in schemas of its own that it drops. `locks` runs state-lock's
+//! `lock_latency` example: uncontended acquire+release against one round trip, same run.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,8 +29,8 @@ struct Options {
     write: bool,
 }
 
-const USAGE: &str =
-    "usage: cargo xtask bench [embedded|redis|postgres|all] [--runs N] [--quick] [--no-write]";
+const USAGE: &str = "usage: cargo xtask bench [embedded|redis|postgres|locks|all] [--runs N] \
+                     [--quick] [--no-write]";
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut opts = Options {
@@ -44,7 +45,10 @@ fn parse(args: &[String]) -> Result<Options> {
             "embedded" | "redb" => opts.backends.push("embedded"),
             "redis" => opts.backends.push("redis"),
             "postgres" => opts.backends.push("postgres"),
-            "all" => opts.backends.extend(["embedded", "redis", "postgres"]),
+            "locks" | "lock" => opts.backends.push("locks"),
+            "all" => opts
+                .backends
+                .extend(["embedded", "redis", "postgres", "locks"]),
             "--runs" => {
                 let n = it.next().context(USAGE)?;
                 opts.runs =
@@ -86,8 +90,39 @@ pub fn run(args: &[String]) -> Result<()> {
         match *backend {
             "embedded" => embedded(&root, &opts)?,
             "redis" => redis::run(&root, &opts)?,
+            "locks" => locks(&root, &opts)?,
             _ => postgres::run(&root, &opts)?,
         }
+    }
+    Ok(())
+}
+
+/// `bench locks`: the lock latency table, against the test services (STATE_TEST_REDIS_URL
+/// and STATE_TEST_POSTGRES_URL, else the local defaults).
+fn locks(root: &Path, opts: &Options) -> Result<()> {
+    let built = util::run_shown(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "state-lock",
+        "--example",
+        "lock_latency",
+    ]))?;
+    if !built.ok {
+        bail!("cargo build --release -p state-lock --example lock_latency failed");
+    }
+    let bin = target_dir(root).join("release/examples/lock_latency");
+    let iterations = if opts.quick { "500" } else { "5000" };
+    let rounds = opts.runs.to_string();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--iterations", iterations, "--rounds", &rounds]);
+    println!("$ {}", util::show(&cmd));
+    let table = util::capture(&mut cmd).with_context(|| format!("{} failed", bin.display()))?;
+    print!("{table}");
+    if opts.write {
+        let md = format!("## Locks\n\n{}\n\n{table}\n", machine());
+        write_section(root, "locks", &md)?;
+        println!("BENCHMARKS.md updated (section locks).");
     }
     Ok(())
 }
@@ -578,8 +613,8 @@ fn command_line(program: &str, args: &[&str]) -> String {
 }
 
 const HEADER: &str = "# Benchmarks\n\n\
-Written by `cargo xtask bench [embedded|redis|postgres|all]`; each backend's section is \
-replaced when that backend is measured. Every number is compared with the raw engine \
+Written by `cargo xtask bench [embedded|redis|postgres|locks|all]`; each section is \
+replaced when that part is measured. Every number is compared with the raw engine \
 measured in the same run on the same machine, with the same value size, keyspace, \
 concurrency and batch size (DESIGN.md, \"Performance method\"). Machines are shared and \
 noisy: the ratios matter more than the absolute numbers.\n";
