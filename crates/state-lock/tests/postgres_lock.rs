@@ -374,6 +374,67 @@ async fn lease_survives_killed_pool_connections() {
     .await;
 }
 
+/// `relpersistence` of the schema's lock table: `u` unlogged, `p` logged.
+async fn table_persistence(schema: &str) -> String {
+    let mut conn = common::admin().await;
+    let persistence: String =
+        sqlx::query_scalar("SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($1)")
+            .bind(format!("\"{schema}\".state_locks"))
+            .fetch_one(&mut conn)
+            .await
+            .expect("reading the lock table's relpersistence");
+    let _ = sqlx::Connection::close(conn).await;
+    persistence
+}
+
+/// Lease mode's table is `UNLOGGED` by default and logged with durable leases; opening a
+/// lock switches an existing table to its setting, and held leases survive the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_table_is_unlogged_unless_durable() {
+    in_schema("lpersist", |schema| async move {
+        let url = common::url().await;
+        let unlogged = open(config(&url, &schema, LockMode::Lease)).await;
+        assert_eq!(table_persistence(&schema).await, "u", "the default");
+        let lock_name = name("persist");
+        let guard = unlogged
+            .try_acquire(&lock_name, LONG)
+            .await
+            .expect("try_acquire")
+            .expect("a free lock");
+
+        let durable = open(config(&url, &schema, LockMode::Lease).with_durable_leases(true)).await;
+        assert_eq!(table_persistence(&schema).await, "p", "durable_leases");
+        assert!(
+            durable.is_locked(&lock_name).await.expect("is_locked"),
+            "the switch keeps held leases"
+        );
+        unlogged.release(guard).await.expect("release");
+        let mut guard = durable
+            .try_acquire(&lock_name, LONG)
+            .await
+            .expect("try_acquire")
+            .expect("a free lock");
+        durable.extend(&mut guard, LONG).await.expect("extend");
+        durable.release(guard).await.expect("release");
+
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let url_param = format!("{url}{separator}durable_leases=false");
+        let again = open(config(&url_param, &schema, LockMode::Lease)).await;
+        assert_eq!(
+            table_persistence(&schema).await,
+            "u",
+            "durable_leases=false"
+        );
+        let guard = again
+            .try_acquire(&lock_name, LONG)
+            .await
+            .expect("try_acquire")
+            .expect("a free lock");
+        again.release(guard).await.expect("release");
+    })
+    .await;
+}
+
 /// A guard goes back to the lock type and mode that issued it; another one refuses it
 /// with `InvalidInput` and leaves the lock held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

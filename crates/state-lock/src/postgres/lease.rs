@@ -1,30 +1,52 @@
 //! [`LockMode::Lease`](super::LockMode::Lease): a row per held lock, with an expiry set by
 //! the database clock. Every operation is one statement in the simple query protocol, so a
 //! transaction pooler may hand each one to a different server connection.
+//!
+//! The table is `UNLOGGED` unless the config asks for durable leases: its commits then
+//! write no WAL for the row and do not wait for a flush, while the token sequence stays
+//! crash-safe (the reasoning is on [`super::PostgresDistributedLock`]).
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Row};
+use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::{Connection, PgConnection, Row};
 use state_core::{ErrorKind, FencingToken, GuardState, LockGuard, Result, StateError};
+use tokio::sync::Semaphore;
 
 use super::key::{advisory_key, pg_locks_ids};
 use super::{
-    PostgresLockConfig, breaks_connection, client_timeout, convert, deadline_after, foreign_guard,
-    is_creation_race, setup_sql, text_literal,
+    LockTable, PostgresLockConfig, breaks_connection, client_timeout, convert, deadline_after,
+    foreign_guard, is_creation_race, setup_sql, text_literal,
 };
 
 /// What the lock and its guards share.
 struct Shared {
-    pool: PgPool,
+    pool: Connections,
     table: String,
     sequence: String,
     op_timeout: Duration,
     /// How many attempts an idempotent statement gets when connections break: enough to
     /// get past every pooled connection a server restart left dead.
     attempts: u32,
+}
+
+/// Lease mode's connections: at most `pool_max` open, the free ones kept for reuse.
+///
+/// Not sqlx's `PgPool`: that one tests every connection handed back with a round trip
+/// (`Sync`/`ReadyForQuery`) before another task may use it, one extra round trip per lock
+/// operation. Here a connection goes back to the free list only after its statement
+/// succeeded or was refused by the server (the connection is then in a known state); one
+/// that broke, timed out or whose statement was abandoned (the future dropped) is closed.
+struct Connections {
+    options: PgConnectOptions,
+    endpoint: String,
+    free: StdMutex<Vec<PgConnection>>,
+    /// One permit per connection that may be open (`pool_max`).
+    slots: Semaphore,
+    acquire_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 /// The Lease-mode implementation behind [`super::PostgresDistributedLock`].
@@ -68,8 +90,9 @@ impl GuardState for LeaseGuard {
 }
 
 impl LeaseLock {
-    /// Creates the (lazy, bounded) pool, then the schema, the sequence and the table,
-    /// which also checks the server and the credentials.
+    /// Creates the (lazy, bounded) connection pool, then the schema, the sequence and the
+    /// table (or switches the table's persistence to the config's), which also checks the
+    /// server and the credentials.
     pub(super) async fn open(config: &PostgresLockConfig) -> Result<LeaseLock> {
         let pg = config.postgres_config();
         let options = pg
@@ -78,14 +101,20 @@ impl LeaseLock {
             // We read no floating-point values; PgBouncer refuses this parameter.
             .extra_float_digits(None);
         let (_, max) = pg.pool_size();
-        let pool = PgPoolOptions::new()
-            .max_connections(max)
-            .min_connections(0)
-            .acquire_timeout(pg.acquire_timeout())
-            // A ping before every use would double the round trips; a dead connection
-            // fails its statement instead, is closed, and the statement is retried.
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
+        // No check before a connection is used: a dead one fails its statement instead, is
+        // closed, and the (idempotent) statement is retried on another.
+        let pool = Connections {
+            options,
+            endpoint: pg.redacted_url(),
+            free: StdMutex::new(Vec::new()),
+            slots: Semaphore::new(
+                usize::try_from(max)
+                    .unwrap_or(Semaphore::MAX_PERMITS)
+                    .min(Semaphore::MAX_PERMITS),
+            ),
+            acquire_timeout: pg.acquire_timeout(),
+            connect_timeout: pg.connect_timeout(),
+        };
         let schema = config.quoted_schema();
         let shared = Arc::new(Shared {
             pool,
@@ -94,7 +123,10 @@ impl LeaseLock {
             op_timeout: config.op_timeout(),
             attempts: max.saturating_add(1),
         });
-        let sql = setup_sql(config.schema(), true);
+        let table = LockTable::Lease {
+            durable: config.durable_leases(),
+        };
+        let sql = setup_sql(config.schema(), table);
         let what = format!("creating the lock table in schema `{}`", config.schema());
         let mut attempt = 0;
         loop {
@@ -307,28 +339,89 @@ impl Shared {
 
     async fn run_once(&self, sql: &str, what: &str) -> std::result::Result<Option<PgRow>, Attempt> {
         let attempt = async {
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(|e| Attempt::Failed(convert(e, what, false)))?;
+            // The slot is given back after the connection (on every path), so a task woken
+            // by it finds the connection free.
+            let _slot = self.pool.slot(what).await?;
+            let mut conn = match self.pool.take_free() {
+                Some(conn) => conn,
+                None => self.pool.connect(what).await?,
+            };
             match fetch_optional(&mut conn, sql).await {
-                Ok(row) => Ok(row),
-                Err(e) if breaks_connection(&e) => {
-                    conn.close_on_drop();
-                    Err(Attempt::Broken(convert(e, what, true)))
+                Ok(row) => {
+                    self.pool.put_free(conn);
+                    Ok(row)
                 }
+                // Dropped, which closes it.
+                Err(e) if breaks_connection(&e) => Err(Attempt::Broken(convert(e, what, true))),
                 Err(e) => {
+                    // The server refused the statement and is ready for the next one.
+                    self.pool.put_free(conn);
                     let race = is_creation_race(&e);
                     Err(Attempt::Refused(convert(e, what, true), race))
                 }
             }
         };
-        // Dropping the attempt drops its pooled connection mid-statement; sqlx then
-        // checks that connection before reusing it.
+        // Dropping the attempt (a timeout here, or the caller's future dropped) drops its
+        // connection mid-statement, which closes it: its state is unknown.
         match tokio::time::timeout(self.op_timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(Attempt::Failed(client_timeout(what, self.op_timeout))),
+        }
+    }
+}
+
+impl Connections {
+    /// Waits (up to `acquire_timeout`) until fewer than `pool_max` connections are in use.
+    async fn slot(
+        &self,
+        what: &str,
+    ) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, Attempt> {
+        match tokio::time::timeout(self.acquire_timeout, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed.
+            Ok(Err(_)) | Err(_) => Err(Attempt::Failed(StateError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{what} failed: no connection was free within acquire_timeout ({:?}); \
+                     is pool_max too low for the number of concurrent lock operations?",
+                    self.acquire_timeout
+                ),
+            ))),
+        }
+    }
+
+    fn take_free(&self) -> Option<PgConnection> {
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    }
+
+    fn put_free(&self, conn: PgConnection) {
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+    }
+
+    /// Opens a connection, within `connect_timeout`.
+    async fn connect(&self, what: &str) -> std::result::Result<PgConnection, Attempt> {
+        let connect = PgConnection::connect_with(&self.options);
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(Attempt::Failed(convert(
+                e,
+                &format!("{what}: opening a connection to {}", self.endpoint),
+                false,
+            ))),
+            Err(_) => Err(Attempt::Failed(StateError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{what}: opening a connection to {} took longer than connect_timeout \
+                     ({:?}); is the server up?",
+                    self.endpoint, self.connect_timeout
+                ),
+            ))),
         }
     }
 }

@@ -20,7 +20,8 @@ use state_postgres::PostgresConfig;
 pub use key::advisory_key;
 
 /// Query parameters a lock URL accepts besides those of [`PostgresConfig`].
-pub(crate) const LOCK_URL_PARAMS: [&str; 3] = ["lock_mode", "wait_timeout", "pgbouncer"];
+pub(crate) const LOCK_URL_PARAMS: [&str; 4] =
+    ["lock_mode", "wait_timeout", "pgbouncer", "durable_leases"];
 
 /// How long [`acquire`](DistributedLock::acquire) waits by default.
 pub(crate) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,6 +101,7 @@ impl FromStr for LockMode {
 ///
 /// let config = PostgresLockConfig::from_url("postgres://db/app?lock_mode=lease&wait_timeout=2s")?;
 /// assert_eq!(config.mode(), LockMode::Lease);
+/// assert!(!config.durable_leases());
 /// # Ok::<(), state_core::StateError>(())
 /// ```
 #[derive(Clone)]
@@ -107,6 +109,7 @@ pub struct PostgresLockConfig {
     pg: PostgresConfig,
     mode: Option<LockMode>,
     behind_pooler: bool,
+    durable_leases: bool,
     wait_timeout: Duration,
     application_name: String,
     problem: Option<String>,
@@ -120,6 +123,7 @@ impl fmt::Debug for PostgresLockConfig {
             .field("schema", &self.pg.schema())
             .field("ssl_mode", &self.pg.ssl_mode())
             .field("behind_pooler", &self.behind_pooler)
+            .field("durable_leases", &self.durable_leases)
             .field("wait_timeout", &self.wait_timeout)
             .field("pool_max", &self.pg.pool_size().1)
             .field("application_name", &self.application_name)
@@ -146,7 +150,7 @@ impl PostgresLockConfig {
 
     /// A config from a URL, failing with a `Config` error on anything wrong in it. Accepts
     /// every parameter of [`PostgresConfig`] plus `lock_mode=session|lease`,
-    /// `wait_timeout=DURATION` and `pgbouncer=true|false`.
+    /// `wait_timeout=DURATION`, `pgbouncer=true|false` and `durable_leases=true|false`.
     pub fn from_url(url: &str) -> Result<Self> {
         let parsed = StateUrl::parse(url)?;
         let mode = parsed
@@ -161,21 +165,13 @@ impl PostgresLockConfig {
                 })
             })
             .transpose()?;
-        let behind_pooler = match parsed.param("pgbouncer") {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
-            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
-            Some(v) => {
-                return Err(StateError::config(format!(
-                    "parameter `pgbouncer`: `{}` is not true or false",
-                    v.chars().take(40).collect::<String>()
-                )));
-            }
-        };
+        let behind_pooler = bool_param(&parsed, "pgbouncer")?;
+        let durable_leases = bool_param(&parsed, "durable_leases")?;
         let pg = PostgresConfig::from_url(&strip_lock_params(url))?;
         let mut config = PostgresLockConfig::from_postgres_config(pg);
         config.mode = mode;
         config.behind_pooler = behind_pooler;
+        config.durable_leases = durable_leases;
         if let Some(wait) = wait_timeout {
             config.wait_timeout = wait;
         }
@@ -196,6 +192,7 @@ impl PostgresLockConfig {
             pg: postgres,
             mode: None,
             behind_pooler: false,
+            durable_leases: false,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             application_name: DEFAULT_APPLICATION_NAME.to_string(),
             problem: None,
@@ -213,6 +210,21 @@ impl PostgresLockConfig {
     /// mode becomes Lease and Session is refused without connecting.
     pub fn with_transaction_pooler(mut self, behind_pooler: bool) -> Self {
         self.behind_pooler = behind_pooler;
+        self
+    }
+
+    /// Lease mode only: keep the lock table as a normal, WAL-logged table (`true`) instead
+    /// of an `UNLOGGED` one (`false`, the default; URL `durable_leases=true|false`).
+    ///
+    /// Durable leases survive a crash and a failover to a standby, at the price of a
+    /// commit that waits for the WAL flush (fsync) on every acquire and release. With the
+    /// default, a crash or failover loses the held leases, as it loses Session mode's
+    /// advisory locks; the fencing tokens stay increasing either way (see
+    /// [`PostgresDistributedLock`], "Lease mode in detail"). Opening a lock switches an
+    /// existing table to the persistence asked for (`ALTER TABLE … SET LOGGED|UNLOGGED`),
+    /// so every process sharing a schema should use the same setting.
+    pub fn with_durable_leases(mut self, durable: bool) -> Self {
+        self.durable_leases = durable;
         self
     }
 
@@ -285,6 +297,12 @@ impl PostgresLockConfig {
         self.pg.schema()
     }
 
+    /// Whether Lease mode's lock table is a logged (durable) table; see
+    /// [`with_durable_leases`](Self::with_durable_leases).
+    pub fn durable_leases(&self) -> bool {
+        self.durable_leases
+    }
+
     /// How long `acquire` waits.
     pub fn wait_timeout(&self) -> Duration {
         self.wait_timeout
@@ -328,6 +346,19 @@ impl PostgresLockConfig {
     /// How long the client waits for one statement before dropping its connection.
     fn op_timeout(&self) -> Duration {
         self.pg.statement_timeout() + Duration::from_secs(5)
+    }
+}
+
+/// A `true|false` (or `1|0`) URL parameter, `false` when absent.
+fn bool_param(url: &StateUrl, name: &str) -> Result<bool> {
+    match url.param(name) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
+        Some(v) => Err(StateError::config(format!(
+            "parameter `{name}`: `{}` is not true or false",
+            v.chars().take(40).collect::<String>()
+        ))),
     }
 }
 
@@ -398,10 +429,13 @@ fn strip_lock_params(url: &str) -> String {
 /// | TTL | none on the server: held as long as the connection lives; the guard's TTL is a local deadline only | `expires_at = now() + ttl` by the **database** clock; a lease that runs out can be taken over |
 /// | `extend` | checks in `pg_locks` that the connection still holds the lock, then moves the local deadline | moves `expires_at` if the lease is still ours and unexpired |
 /// | holder dies / connection cut | the server frees the lock as soon as it notices the closed session | the lease runs out after its TTL |
+/// | server crash, failover to a standby | the locks are gone (sessions end) | the leases are gone: the table is `UNLOGGED` (unless [`with_durable_leases`](PostgresLockConfig::with_durable_leases)) |
 /// | fencing token | `nextval('<schema>.state_lock_tokens')`, taken in the same statement as the lock | the same sequence, taken under a per-name transaction lock |
 /// | behind PgBouncer (transaction pooling) | **refused**: the server connection changes between transactions, so the lock would not be on "our" backend | safe: every operation is one self-contained statement (simple query protocol, no prepared statement) |
-/// | connections | one per held lock, plus up to 4 idle ones reused by later acquires | a bounded `sqlx::PgPool` (`pool_max`, default 10) |
+/// | statements | named prepared statements, parsed and planned once per connection | simple query protocol, parsed and planned on every call |
+/// | connections | one per held lock, plus up to 4 idle ones reused by later acquires | up to `pool_max` (default 10), reused without a check round trip (a broken one fails its statement, which is retried on another) |
 /// | uncontended acquire + release | 2 round trips | 2 round trips |
+/// | WAL flushes (fsync) | 1 acquire in 32 (the token sequence logs 32 values ahead) | the same; with durable leases, every acquire and release |
 ///
 /// Pick **Session** when clients reach PostgreSQL directly and a crashed holder should free
 /// its locks at once. Pick **Lease** behind a transaction-mode pooler (PgBouncer), when the
@@ -417,13 +451,18 @@ fn strip_lock_params(url: &str) -> String {
 /// ## Session mode in detail
 ///
 /// - Acquire is one statement on a connection taken from the idle list (or newly opened):
-///   `SELECT CASE … WHEN pg_try_advisory_lock(key) THEN nextval(…) END`. The in-flight
+///   `SELECT CASE … WHEN pg_try_advisory_lock($2) THEN nextval(…) END`. The in-flight
 ///   acquire owns that connection: if the future is dropped (a timeout, a cancelled task) or
 ///   the statement fails, the connection is dropped and the server releases whatever it
 ///   took. A connection goes back to the idle list only when it provably holds nothing.
 /// - Release is `pg_advisory_unlock(key)` on the guard's own connection. An unlock that
 ///   returns false is an error ([`NotOwner`](state_core::ErrorKind::NotOwner)) and that
 ///   connection is closed, never reused.
+/// - Acquire, release and extend are named prepared statements with bound parameters
+///   (sqlx's statement cache, extended query protocol): each is parsed and planned once per
+///   connection, and every later call is one Bind/Execute/Sync round trip. Only safe
+///   because Session mode never runs behind a pooler (below), which could hand a prepared
+///   statement's next execution to a server connection that never saw it.
 /// - Two acquirers never share a connection, so PostgreSQL's re-entrant session locks can
 ///   never grant one lock twice inside a process.
 /// - A killed backend (`pg_terminate_backend`) or a cut connection frees the lock on the
@@ -453,6 +492,23 @@ fn strip_lock_params(url: &str) -> String {
 ///   tokens are drawn in the order the lock changes hands.
 /// - `extend` updates `expires_at` only while the lease is ours and unexpired; `release`
 ///   deletes our row and reports `NotOwner` if it was gone or had expired.
+/// - The lock table is `UNLOGGED` by default. A transaction that writes only unlogged
+///   tables writes no WAL for its rows (only a commit record, which is not flushed at once),
+///   so its commit does not wait for a WAL flush (fsync): acquire and release do not wait
+///   for the disk. (They still cost a parse, plan and write transaction each, several times a
+///   `SELECT 1`; Session mode is the faster one.) The fencing tokens stay
+///   crash-safe: `nextval` WAL-logs 32 values ahead of what it hands out, and the
+///   transaction that writes that record flushes it at commit (before the client gets the
+///   token), so after a crash the sequence resumes above every token handed out and
+///   tokens never go backwards. What a crash or a failover to a standby loses is the leases
+///   themselves (unlogged tables are truncated by crash recovery and are not replicated):
+///   exactly what a session advisory lock loses too, and then as there the still-increasing
+///   fencing token is what protects the storage from a holder that does not know it lost
+///   its lock. [`PostgresLockConfig::with_durable_leases`] (URL `durable_leases=true`)
+///   keeps a normal logged table instead: leases survive crashes and failovers, and every
+///   acquire and release waits for a WAL flush. Opening a lock creates the table with the
+///   persistence asked for, or switches an existing one (`ALTER TABLE … SET LOGGED` /
+///   `SET UNLOGGED`, under the same setup lock as the creation).
 /// - Every statement is sent with the simple query protocol and its values as literals
 ///   (text as hex, decoded by the server), so no prepared statement, named or unnamed, has
 ///   to survive between two messages: a transaction pooler may move us to another server
@@ -465,9 +521,9 @@ fn strip_lock_params(url: &str) -> String {
 ///
 /// Everything [`PostgresConfig`] accepts (`sslmode`, `sslrootcert`, `schema`, `pool_max`,
 /// `statement_timeout`, `connect_timeout`, …) plus `lock_mode=session|lease`,
-/// `wait_timeout=30s` (how long [`acquire`](DistributedLock::acquire) waits) and
+/// `wait_timeout=30s` (how long [`acquire`](DistributedLock::acquire) waits),
 /// `pgbouncer=true` (the URL points at a transaction pooler: the default mode becomes
-/// Lease and Session is refused).
+/// Lease and Session is refused) and `durable_leases=true` (Lease mode's table is logged).
 ///
 /// ```no_run
 /// use state_lock::{DistributedLock, PostgresDistributedLock};
@@ -619,19 +675,30 @@ fn deadline_after(started: Instant, ttl: Duration) -> Instant {
 /// A text value as an SQL expression that cannot break out of its quotes: its UTF-8 bytes
 /// in hex, decoded by the server. Independent of `standard_conforming_strings`.
 fn text_literal(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(text.len() * 2 + 40);
     out.push_str("convert_from(decode('");
-    for byte in text.as_bytes() {
-        out.push_str(&format!("{byte:02x}"));
+    for &byte in text.as_bytes() {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     out.push_str("', 'hex'), 'UTF8')");
     out
 }
 
+/// What lock table a mode needs: none (Session), or Lease mode's, logged (`durable`) or
+/// `UNLOGGED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockTable {
+    None,
+    Lease { durable: bool },
+}
+
 /// The statements that create what a mode needs, in one implicit transaction (one simple
 /// query message, so a transaction pooler keeps it on one server connection), serialised
-/// across processes by a transaction-level advisory lock so `IF NOT EXISTS` cannot race.
-fn setup_sql(schema: &str, with_table: bool) -> String {
+/// across processes by a transaction-level advisory lock so `IF NOT EXISTS` and the
+/// persistence switch cannot race.
+fn setup_sql(schema: &str, table: LockTable) -> String {
     let (high, low) = key::pg_locks_ids(advisory_key(&format!("state-lock setup {schema}")));
     let quoted = format!("\"{schema}\"");
     let mut sql = format!(
@@ -641,13 +708,25 @@ fn setup_sql(schema: &str, with_table: bool) -> String {
         i32::from_ne_bytes(high.to_ne_bytes()),
         i32::from_ne_bytes(low.to_ne_bytes()),
     );
-    if with_table {
+    if let LockTable::Lease { durable } = table {
+        // relpersistence: 'p' permanent (logged), 'u' unlogged.
+        let (create, persistence, switch) = if durable {
+            ("CREATE TABLE", 'p', "LOGGED")
+        } else {
+            ("CREATE UNLOGGED TABLE", 'u', "UNLOGGED")
+        };
         sql.push_str(&format!(
-            " CREATE TABLE IF NOT EXISTS {quoted}.state_locks (\
+            " {create} IF NOT EXISTS {quoted}.state_locks (\
                name TEXT PRIMARY KEY, \
                owner TEXT NOT NULL, \
                token BIGINT NOT NULL, \
-               expires_at TIMESTAMPTZ NOT NULL);"
+               expires_at TIMESTAMPTZ NOT NULL); \
+             DO $state_lock$ BEGIN \
+               IF (SELECT relpersistence FROM pg_class \
+                   WHERE oid = '{quoted}.state_locks'::regclass) <> '{persistence}' THEN \
+                 ALTER TABLE {quoted}.state_locks SET {switch}; \
+               END IF; \
+             END $state_lock$;"
         ));
     }
     sql
@@ -812,6 +891,17 @@ mod tests {
 
         let c = PostgresLockConfig::from_url("postgres://db/app?pgbouncer=true")?;
         assert_eq!(c.mode(), LockMode::Lease);
+        assert!(!c.durable_leases());
+
+        let c = PostgresLockConfig::from_url("postgres://db/app?durable_leases=true")?;
+        assert!(c.durable_leases());
+        let c = PostgresLockConfig::from_url("postgres://db/app?durable_leases=0")?;
+        assert!(!c.durable_leases());
+        assert!(
+            PostgresLockConfig::new("postgres://db/app")
+                .with_durable_leases(true)
+                .durable_leases()
+        );
         Ok(())
     }
 
@@ -821,6 +911,7 @@ mod tests {
             ("postgres://db/app?lock_mode=advisory", "lock_mode"),
             ("postgres://db/app?wait_timeout=soon", "wait_timeout"),
             ("postgres://db/app?pgbouncer=maybe", "pgbouncer"),
+            ("postgres://db/app?durable_leases=yes", "durable_leases"),
             ("postgres://db/app?colour=red", "colour"),
             ("postgres://db/app?schema=Bad-Name", "schema"),
             (
@@ -866,7 +957,7 @@ mod tests {
             "postgres://h/d?schema=s"
         );
         assert_eq!(
-            strip_lock_params("postgres://h/d?pgbouncer=true"),
+            strip_lock_params("postgres://h/d?pgbouncer=true&durable_leases=false"),
             "postgres://h/d"
         );
         assert_eq!(strip_lock_params("postgres://h/d"), "postgres://h/d");
@@ -892,11 +983,26 @@ mod tests {
     }
 
     #[test]
+    fn the_lease_table_is_unlogged_unless_durable() {
+        let unlogged = setup_sql("locks", LockTable::Lease { durable: false });
+        assert!(unlogged.contains("CREATE UNLOGGED TABLE IF NOT EXISTS \"locks\".state_locks"));
+        assert!(unlogged.contains("<> 'u' THEN ALTER TABLE \"locks\".state_locks SET UNLOGGED;"));
+        let durable = setup_sql("locks", LockTable::Lease { durable: true });
+        assert!(durable.contains(" CREATE TABLE IF NOT EXISTS \"locks\".state_locks"));
+        assert!(durable.contains("<> 'p' THEN ALTER TABLE \"locks\".state_locks SET LOGGED;"));
+        assert!(!setup_sql("locks", LockTable::None).contains("state_locks"));
+    }
+
+    #[test]
     fn text_literals_are_hex() {
         assert_eq!(
             text_literal("a'b"),
             "convert_from(decode('612762', 'hex'), 'UTF8')"
         );
         assert_eq!(text_literal(""), "convert_from(decode('', 'hex'), 'UTF8')");
+        assert_eq!(
+            text_literal("é\u{1}\u{ff}"),
+            "convert_from(decode('c3a901c3bf', 'hex'), 'UTF8')"
+        );
     }
 }

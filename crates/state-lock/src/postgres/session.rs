@@ -4,13 +4,19 @@
 //! The invariant everything here keeps: a connection is in the idle list only when it holds
 //! no advisory lock. A connection whose state is unknown (a failed or abandoned statement,
 //! a false unlock) is dropped, and closing it makes the server release anything it held.
+//!
+//! Acquire, release and extend run as named prepared statements (sqlx's per-connection
+//! statement cache): parsed and planned once per connection, then one Bind/Execute/Sync
+//! round trip per call. That relies on no pooler being in the way, which `connect` checks.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row};
 use state_core::{
     ErrorKind, FencingToken, GuardState, LockGuard, Result, StateError, new_owner_token,
 };
@@ -18,8 +24,8 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::key::{advisory_key, pg_locks_ids};
 use super::{
-    POOLER_REFUSAL, PostgresLockConfig, breaks_connection, client_timeout, convert, deadline_after,
-    foreign_guard, is_creation_race, setup_sql,
+    LockTable, POOLER_REFUSAL, PostgresLockConfig, breaks_connection, client_timeout, convert,
+    deadline_after, foreign_guard, is_creation_race, setup_sql,
 };
 
 /// How many lock-free connections are kept for later acquires. Enough that an uncontended
@@ -28,6 +34,24 @@ pub(super) const IDLE_MAX: usize = 4;
 
 /// The custom setting that carries the pooler probe in the startup `options`.
 const PROBE_SETTING: &str = "state_lock.session_probe";
+
+/// Releases lock `$2` (bigint) if the connection still reaches backend `$1`, else NULL.
+const UNLOCK_SQL: &str = "SELECT CASE WHEN pg_backend_pid() <> $1 THEN NULL \
+     ELSE pg_advisory_unlock($2) END";
+
+/// The backend pid, and whether it holds the bigint advisory lock whose `pg_locks` ids are
+/// `$1` (classid) and `$2` (objid).
+const HELD_SQL: &str = "SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks \
+     WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
+     AND classid = $1 AND objid = $2 AND objsubid = 1 AND granted)";
+
+/// Whether any session of this database holds the bigint advisory lock `$1`/`$2`.
+const IS_LOCKED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND classid = $1 AND objid = $2 AND objsubid = 1 AND granted)";
+
+/// A statement of ours with its parameters, run as a named prepared statement.
+type Statement = Query<'static, Postgres, PgArguments>;
 
 /// One server session: the connection and the backend pid it had when opened.
 struct Session {
@@ -39,7 +63,9 @@ struct Session {
 struct Shared {
     options: PgConnectOptions,
     probe: String,
-    sequence: String,
+    /// The acquire statement: it names the schema's token sequence, so it is built once
+    /// (the text is the key of each connection's prepared-statement cache).
+    acquire_sql: Arc<str>,
     endpoint: String,
     idle: StdMutex<Vec<Session>>,
     connect_timeout: Duration,
@@ -108,17 +134,25 @@ impl SessionLock {
             .extra_float_digits(None);
         let probe = new_owner_token();
         let options = options.options([(PROBE_SETTING, probe.as_str())]);
+        // CASE evaluates in order: the lock is only tried on the backend this connection was
+        // opened on (`$1`), and the token is only drawn once the lock (`$2`) is ours.
+        let acquire_sql = format!(
+            "SELECT CASE WHEN pg_backend_pid() <> $1 THEN NULL \
+             WHEN pg_try_advisory_lock($2) THEN nextval('{}.state_lock_tokens') END, \
+             pg_backend_pid()",
+            config.quoted_schema()
+        );
         let shared = Arc::new(Shared {
             options,
             probe,
-            sequence: format!("{}.state_lock_tokens", config.quoted_schema()),
+            acquire_sql: Arc::from(acquire_sql),
             endpoint: pg.redacted_url(),
             idle: StdMutex::new(Vec::new()),
             connect_timeout: pg.connect_timeout(),
             op_timeout: config.op_timeout(),
         });
         let mut session = shared.connect().await?;
-        let sql = setup_sql(config.schema(), false);
+        let sql = setup_sql(config.schema(), LockTable::None);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -157,20 +191,14 @@ impl SessionLock {
         // one is tried. Bounded: every idle connection plus one new.
         for attempt in 0..=IDLE_MAX {
             let (mut session, reused) = self.shared.checkout().await?;
-            // CASE evaluates in order: the lock is only tried on the backend this
-            // connection was opened on, and the token is only drawn once the lock is ours.
-            let sql = format!(
-                "SELECT CASE WHEN pg_backend_pid() <> {pid} THEN NULL \
-                 WHEN pg_try_advisory_lock({key}) THEN nextval('{seq}') END, \
-                 pg_backend_pid()",
-                pid = session.pid,
-                seq = self.shared.sequence,
-            );
+            let statement = sqlx::query(AssertSqlSafe(Arc::clone(&self.shared.acquire_sql)))
+                .bind(session.pid)
+                .bind(key);
             let started = Instant::now();
             // `session` is owned by this future: if it is dropped here (a timeout around
             // acquire, a cancelled task), the connection closes and the server frees the
             // lock if the statement had taken it.
-            let row = match self.shared.fetch(&mut session, sql, &what).await {
+            let row = match self.shared.fetch(&mut session, statement, &what).await {
                 Ok(row) => row,
                 Err(Failure::Broken(_)) if reused && attempt < IDLE_MAX => continue,
                 Err(failure) => return Err(failure.into_error()),
@@ -229,14 +257,10 @@ impl SessionLock {
         let Some(session) = slot.as_mut() else {
             return Err(StateError::not_owner(&name, "extend"));
         };
-        let sql = format!(
-            "SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks \
-             WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
-             AND classid = '{high}'::oid AND objid = '{low}'::oid AND objsubid = 1 AND granted)"
-        );
+        let statement = sqlx::query(HELD_SQL).bind(Oid(high)).bind(Oid(low));
         let started = Instant::now();
         let what = format!("extending lock `{name}`");
-        let row = match self.shared.fetch(session, sql, &what).await {
+        let row = match self.shared.fetch(session, statement, &what).await {
             Ok(row) => row,
             Err(Failure::Broken(e)) => {
                 // The session is gone, and the server released the lock with it.
@@ -311,12 +335,8 @@ impl SessionLock {
         let what = format!("checking lock `{name}`");
         for attempt in 0..=IDLE_MAX {
             let (mut session, reused) = self.shared.checkout().await?;
-            let sql = format!(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                 AND classid = '{high}'::oid AND objid = '{low}'::oid AND objsubid = 1 AND granted)"
-            );
-            let row = match self.shared.fetch(&mut session, sql, &what).await {
+            let statement = sqlx::query(IS_LOCKED_SQL).bind(Oid(high)).bind(Oid(low));
+            let row = match self.shared.fetch(&mut session, statement, &what).await {
                 Ok(row) => row,
                 Err(Failure::Broken(_)) if reused && attempt < IDLE_MAX => continue,
                 Err(failure) => return Err(failure.into_error()),
@@ -437,15 +457,17 @@ impl Shared {
         drop(surplus);
     }
 
-    /// Runs one simple-protocol statement that returns one row. On a broken connection the
-    /// caller gets `Broken` and must drop the session (it does, by not keeping it).
+    /// Runs one statement that returns one row, as a named prepared statement: prepared
+    /// (one more round trip) the first time this connection runs its text, then one round
+    /// trip. On a broken connection the caller gets `Broken` and must drop the session (it
+    /// does, by not keeping it).
     async fn fetch(
         &self,
         session: &mut Session,
-        sql: String,
+        statement: Statement,
         what: &str,
     ) -> std::result::Result<PgRow, Failure> {
-        let run = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(&mut session.conn);
+        let run = statement.fetch_one(&mut session.conn);
         match tokio::time::timeout(self.op_timeout, run).await {
             Ok(Ok(row)) => Ok(row),
             Ok(Err(e)) if breaks_connection(&e) => Err(Failure::Broken(convert(e, what, true))),
@@ -457,13 +479,9 @@ impl Shared {
     /// Unlocks `key` on the session that holds it. The connection is kept only after a
     /// true unlock; anything else closes it (the server then frees whatever it held).
     async fn unlock(&self, mut session: Session, key: i64, name: &str) -> Unlock {
-        let sql = format!(
-            "SELECT CASE WHEN pg_backend_pid() <> {pid} THEN NULL \
-             ELSE pg_advisory_unlock({key}) END",
-            pid = session.pid
-        );
+        let statement = sqlx::query(UNLOCK_SQL).bind(session.pid).bind(key);
         let what = format!("releasing lock `{name}`");
-        match self.fetch(&mut session, sql, &what).await {
+        match self.fetch(&mut session, statement, &what).await {
             Ok(row) => match row.try_get::<Option<bool>, _>(0) {
                 Ok(Some(true)) => {
                     self.put_idle(session);
