@@ -656,7 +656,7 @@ mod tests {
         assert_eq!(median(&[s(3.0), s(1.0), s(2.0)]).ops_per_sec, 2.0);
         assert_eq!(median(&[s(4.0), s(1.0)]).p50_us, 2.5);
         let o = parse(&["all".into(), "--runs".into(), "5".into()])?;
-        assert_eq!((o.backends.len(), o.runs), (3, 5));
+        assert_eq!((o.backends.len(), o.runs), (4, 5));
         assert!(parse(&["--runs".into(), "0".into()]).is_err());
         assert!(parse(&["mysql".into()]).is_err());
         Ok(())

@@ -159,14 +159,62 @@ fn unique(tag: &str) -> String {
     format!("bench_lock_{tag}_{}_{nanos}", std::process::id())
 }
 
-async fn redis_row(opts: &Options) -> Result<Row> {
+/// The floor: the lock's own two scripts (acquire, release) by EVALSHA on one raw
+/// multiplexed connection, without our library around them.
+async fn redis_raw_row(
+    opts: &Options,
+    conn: &redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Result<Row> {
+    let acquire = redis::Script::new(state_lock::redis_scripts::ACQUIRE);
+    let release = redis::Script::new(state_lock::redis_scripts::RELEASE);
+    let key = format!("{prefix}raw:{{uncontended}}");
+    let fence = format!("{key}:fence");
+    measure(
+        "Redis: the same two scripts on the raw `redis` crate (floor)",
+        opts,
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                Ok(())
+            }
+        },
+        |_| {
+            let mut conn = conn.clone();
+            let (acquire, release, key, fence) = (&acquire, &release, &key, &fence);
+            async move {
+                let token: String = acquire
+                    .key(key)
+                    .key(fence)
+                    .arg("bench-owner")
+                    .arg(30_000)
+                    .invoke_async(&mut conn)
+                    .await?;
+                let released: i64 = release
+                    .key(key)
+                    .arg(format!("bench-owner {token}"))
+                    .invoke_async(&mut conn)
+                    .await?;
+                if released != 1 {
+                    return Err("the raw release found the lock not held".into());
+                }
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+async fn redis_rows(opts: &Options) -> Result<Vec<Row>> {
     let client = redis::Client::open(opts.redis.as_str())?;
     let conn = client.get_multiplexed_async_connection().await?;
     let prefix = format!("{}:", unique("redis"));
     let url = with_param(&opts.redis, "prefix", &prefix);
     let lock: Arc<dyn DistributedLock> = Arc::new(RedisDistributedLock::new(&url).await?);
     let name = "uncontended";
-    let row = measure(
+    let raw = redis_raw_row(opts, &conn, &prefix).await;
+    let ours = measure(
         "Redis (standalone)",
         opts,
         || {
@@ -202,7 +250,7 @@ async fn redis_row(opts: &Options) -> Result<Row> {
         }
         cursor = next;
     }
-    row
+    Ok(vec![ours?, raw?])
 }
 
 async fn postgres_rows(opts: &Options) -> Result<Vec<Row>> {
@@ -295,7 +343,7 @@ fn table(rows: &[Row], opts: &Options) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let opts = options()?;
-    let mut rows = vec![redis_row(&opts).await?];
+    let mut rows = redis_rows(&opts).await?;
     rows.extend(postgres_rows(&opts).await?);
     print!("{}", table(&rows, &opts));
     Ok(())

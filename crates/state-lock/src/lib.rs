@@ -34,6 +34,12 @@ pub use memory::MemoryLock;
 pub use postgres::{LockMode, PostgresDistributedLock, PostgresLockConfig, advisory_key};
 #[cfg(feature = "redis")]
 pub use redis::{RedisDistributedLock, RedisLockConfig};
+/// The Lua scripts [`RedisDistributedLock`] runs by `EVALSHA`: for audits, ACL reviews, and
+/// `SCRIPT LOAD` ahead of time. KEYS and ARGV are described on each.
+#[cfg(feature = "redis")]
+pub mod redis_scripts {
+    pub use crate::redis::{ACQUIRE_LUA as ACQUIRE, EXTEND_LUA as EXTEND, RELEASE_LUA as RELEASE};
+}
 pub use watchdog::{Lease, WatchedGuard};
 
 pub use state_core::{

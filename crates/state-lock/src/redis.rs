@@ -28,14 +28,13 @@ const FENCE_SUFFIX: &[u8] = b":fence";
 /// The longest owner token accepted, in bytes (generated ones are 32).
 const MAX_OWNER_LEN: usize = 1024;
 
-/// KEYS[1] lock key, KEYS[2] counter key; ARGV[1] owner, ARGV[2] lease in ms. Returns the
-/// fencing token (as decimal text) of the lock now held by the owner, or nil if another
-/// owner holds it.
+/// `KEYS[1]` lock key, `KEYS[2]` counter key; `ARGV[1]` owner, `ARGV[2]` lease in ms.
+/// Returns the fencing token (as decimal text) of the lock now held by the owner, or nil if
+/// another owner holds it.
 ///
 /// Numbers are Lua doubles: exact below 2^53, and formatted with `%.0f` because `tostring`
 /// would print 1.7e+15.
-static ACQUIRE: Script = Script::new(
-    r"local cur = redis.call('GET', KEYS[1])
+pub const ACQUIRE_LUA: &str = r"local cur = redis.call('GET', KEYS[1])
 if cur then
   local token = string.match(cur, ' (%d+)$')
   if token and string.sub(cur, 1, #cur - #token - 1) == ARGV[1] then
@@ -51,25 +50,23 @@ if last + 1 > token then token = last + 1 end
 local text = string.format('%.0f', token)
 redis.call('SET', KEYS[2], text)
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. text, 'PX', ARGV[2])
-return text",
-);
+return text";
+static ACQUIRE: Script = Script::new(ACQUIRE_LUA);
 
-/// KEYS[1] lock key; ARGV[1] `"<owner> <token>"`. Returns 1 if deleted, 0 if not held so.
-static RELEASE: Script = Script::new(
-    r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+/// `KEYS[1]` lock key; `ARGV[1]` `"<owner> <token>"`. Returns 1 if deleted, 0 if not held so.
+pub const RELEASE_LUA: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
-return 0",
-);
+return 0";
+static RELEASE: Script = Script::new(RELEASE_LUA);
 
-/// KEYS[1] lock key; ARGV[1] `"<owner> <token>"`, ARGV[2] lease in ms. Returns 1 if the
+/// `KEYS[1]` lock key; `ARGV[1]` `"<owner> <token>"`, `ARGV[2]` lease in ms. Returns 1 if the
 /// lease was moved, 0 if not held so (an expired lock is not re-created).
-static EXTEND: Script = Script::new(
-    r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+pub const EXTEND_LUA: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 0",
-);
+return 0";
+static EXTEND: Script = Script::new(EXTEND_LUA);
 
 /// How to build a [`RedisDistributedLock`]: where Redis is, how long `acquire` waits, and
 /// the key prefix of lock keys. `Debug` never shows the password.
