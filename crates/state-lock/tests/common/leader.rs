@@ -9,7 +9,8 @@ use state_core::{DistributedLock, ErrorKind, LockGuard, Result, StateBackend};
 use state_lock::{LeaderElector, Leadership, Lease, WatchedGuard};
 use testing::locks::unique_name;
 
-const TTL: Duration = Duration::from_millis(600);
+/// Renewed every 400 ms: a loaded machine still gets an extend through in time.
+const TTL: Duration = Duration::from_millis(1200);
 
 /// A real lock whose `extend` stalls for twice the TTL while `stall` is set: what a holder
 /// paused by SIGSTOP or a long GC sees. Fault injection around a real implementation.
