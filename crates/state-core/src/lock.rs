@@ -100,18 +100,14 @@ pub trait DistributedLock: Send + Sync + fmt::Debug + 'static {
 
 /// Implementation state a guard carries (a dedicated connection, a client handle).
 ///
-/// The implementation downcasts it back in `release`/`extend` via [`GuardState::into_any`].
-pub trait GuardState: Send + Sync + fmt::Debug + 'static {
+/// The implementation gets its own type back in `release`/`extend` by upcasting to `Any`
+/// and downcasting: `(state as &dyn Any).downcast_ref::<MyState>()`, or
+/// `(boxed as Box<dyn Any + Send + Sync>).downcast::<MyState>()`.
+pub trait GuardState: Any + Send + Sync + fmt::Debug {
     /// Called exactly once when a guard is dropped without an explicit release. It must
     /// release best-effort without blocking and without panicking, inside or outside a
     /// Tokio runtime (the lease expiring is the fallback).
     fn release_on_drop(self: Box<Self>, name: &str, owner: &str);
-
-    /// The state as `Any`, for the implementation to downcast.
-    fn as_any(&self) -> &dyn Any;
-
-    /// The boxed state as `Any`, for the implementation to take back.
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
 /// Proof of holding a lock: its name, the owner token, the fencing token, and the deadline
@@ -225,12 +221,6 @@ mod tests {
     impl GuardState for Counting {
         fn release_on_drop(self: Box<Self>, _name: &str, _owner: &str) {
             self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        fn as_any(&self) -> &dyn Any {
-            self
-        }
-        fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-            self
         }
     }
 

@@ -1,6 +1,5 @@
 //! [`MemoryLock`]: the in-process reference implementation.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -100,14 +99,6 @@ impl GuardState for MemoryGuardState {
         if table.holders.get(name).is_some_and(|h| h.owner == owner) {
             table.holders.remove(name);
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        self
     }
 }
 

@@ -4,7 +4,6 @@
 //!
 //! The type's documentation says how it works and what a failover can do to a held lock.
 
-use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -438,14 +437,6 @@ impl GuardState for RedisGuardState {
         runtime.spawn(async move {
             let _ = self.lock.release_held(&name, &owner, self.token).await;
         });
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        self
     }
 }
 

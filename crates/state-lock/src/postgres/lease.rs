@@ -79,14 +79,6 @@ impl GuardState for LeaseGuard {
             });
         }
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        self
-    }
 }
 
 impl LeaseLock {
@@ -210,7 +202,7 @@ impl LeaseLock {
         let Some(state) = guard.state() else {
             return Err(StateError::not_owner(guard.name(), "extend"));
         };
-        let Some(state) = state.as_any().downcast_ref::<LeaseGuard>() else {
+        let Some(state) = (state as &dyn Any).downcast_ref::<LeaseGuard>() else {
             return Err(foreign_guard(guard));
         };
         let sql = format!(
@@ -238,7 +230,7 @@ impl LeaseLock {
         let name = guard.name().to_string();
         let token = match guard.state() {
             None => return Err(StateError::not_owner(&name, "release")),
-            Some(state) => match state.as_any().downcast_ref::<LeaseGuard>() {
+            Some(state) => match (state as &dyn Any).downcast_ref::<LeaseGuard>() {
                 Some(state) => state.token,
                 None => return Err(foreign_guard(&guard)),
             },

@@ -112,14 +112,6 @@ impl GuardState for SessionGuard {
             Err(_) => drop(session),
         }
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        self
-    }
 }
 
 impl SessionLock {
@@ -249,7 +241,7 @@ impl SessionLock {
         let Some(state) = guard.state() else {
             return Err(StateError::not_owner(&name, "extend"));
         };
-        let Some(state) = state.as_any().downcast_ref::<SessionGuard>() else {
+        let Some(state) = (state as &dyn Any).downcast_ref::<SessionGuard>() else {
             return Err(foreign_guard(guard));
         };
         let (high, low) = pg_locks_ids(state.key);
@@ -300,7 +292,7 @@ impl SessionLock {
         let name = guard.name().to_string();
         match guard.state() {
             None => return Err(StateError::not_owner(&name, "release")),
-            Some(state) if !state.as_any().is::<SessionGuard>() => {
+            Some(state) if !(state as &dyn Any).is::<SessionGuard>() => {
                 return Err(foreign_guard(&guard));
             }
             Some(_) => {}
@@ -309,7 +301,7 @@ impl SessionLock {
         let Some(state) = guard.take_state() else {
             return Err(StateError::not_owner(&name, "release"));
         };
-        let Ok(state) = state.into_any().downcast::<SessionGuard>() else {
+        let Ok(state) = (state as Box<dyn Any + Send + Sync>).downcast::<SessionGuard>() else {
             return Err(foreign_guard(&guard));
         };
         let SessionGuard { key, conn, shared } = *state;
