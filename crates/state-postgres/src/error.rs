@@ -2,9 +2,14 @@
 
 use state_core::{ErrorKind, StateError};
 
+/// What a caller adds to the classification of a server error: for the SQLSTATE `code` and
+/// the server's `message`, another kind and a hint (`"; do this"`) appended to the message,
+/// or `None` to keep the general ones.
+pub type ServerHint = fn(code: &str, message: &str) -> Option<(ErrorKind, &'static str)>;
+
 /// Whether the connection that produced `err` must be thrown away: the byte stream is in an
 /// unknown state or the server is closing the session.
-pub(crate) fn breaks_connection(err: &sqlx::Error) -> bool {
+pub fn breaks_connection(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -23,19 +28,32 @@ pub(crate) fn breaks_connection(err: &sqlx::Error) -> bool {
 /// sending leaves the outcome unknown, and a retry loop must not re-send a non-idempotent
 /// operation then.
 pub(crate) fn convert(err: sqlx::Error, what: &str, sent: bool) -> StateError {
+    convert_with(err, what, sent, backend_hint)
+}
+
+/// The backend's own hint: its tables are missing.
+fn backend_hint(code: &str, _message: &str) -> Option<(ErrorKind, &'static str)> {
+    matches!(code, "42P01" | "3F000" | "42883").then_some((
+        kind_of_sqlstate(code),
+        "; the tables are missing: let the backend migrate (the default) or run \
+         `cargo xtask migrate --url URL`",
+    ))
+}
+
+/// [`convert`] for crates that run their own sqlx connections beside the backend (such as
+/// state-lock): the same classification by SQLSTATE and the same messages, with `hint`
+/// consulted first for server errors.
+pub fn convert_with(err: sqlx::Error, what: &str, sent: bool, hint: ServerHint) -> StateError {
     let (kind, message) = match &err {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            let kind = kind_of_sqlstate(&code);
-            let hint = match code.as_str() {
-                "42P01" | "3F000" | "42883" => {
-                    "; the tables are missing: let the backend migrate (the default) or run \
-                     `cargo xtask migrate --url URL`"
-                }
+            let general = match code.as_str() {
                 "57014" => "; the statement ran past statement_timeout",
                 c if c.starts_with("28") => "; check the user name and password",
                 _ => "",
             };
+            let (kind, hint) =
+                hint(&code, db.message()).unwrap_or((kind_of_sqlstate(&code), general));
             (
                 kind,
                 format!(
@@ -104,7 +122,7 @@ pub(crate) fn convert(err: sqlx::Error, what: &str, sent: bool) -> StateError {
 }
 
 /// The kind of a server error, by SQLSTATE class.
-pub(crate) fn kind_of_sqlstate(code: &str) -> ErrorKind {
+pub fn kind_of_sqlstate(code: &str) -> ErrorKind {
     match code {
         // Lost or refused connections; the server going down, starting up or out of slots.
         c if c.starts_with("08") => ErrorKind::Connection,

@@ -15,6 +15,10 @@ mod stats;
 use std::sync::Arc;
 
 pub use backend::{PostgresStateBackend, migrate};
+/// Driver errors as [`StateError`]s, for crates with sqlx connections of their own.
+pub mod errors {
+    pub use crate::error::{ServerHint, breaks_connection, convert_with, kind_of_sqlstate};
+}
 pub use config::{MAX_FULL_KEY_LEN, MAX_TABLE_NAME_LEN, PostgresConfig, URL_PARAMS};
 pub use extras::CheckpointInfo;
 pub use migrate::{AppliedMigration, MIGRATION_LOCK_KEY};

@@ -16,6 +16,7 @@ use state_core::{
     ttl_millis,
 };
 use state_postgres::PostgresConfig;
+use state_postgres::errors::breaks_connection;
 
 pub use key::advisory_key;
 
@@ -739,122 +740,28 @@ fn is_creation_race(err: &sqlx::Error) -> bool {
         if db.code().is_some_and(|c| matches!(&*c, "23505" | "42P06" | "42P07" | "42710")))
 }
 
-/// Whether the connection that produced `err` is unusable: the byte stream is in an unknown
-/// state or the server ended the session (which frees its session locks).
-fn breaks_connection(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
-        }),
-        _ => false,
-    }
+/// A driver error from doing `what`, classified like state-postgres does, with the lock's
+/// own hints. `sent`: the request may have reached the server, so its outcome is unknown
+/// after a lost connection.
+fn convert(err: sqlx::Error, what: &str, sent: bool) -> StateError {
+    state_postgres::errors::convert_with(err, what, sent, lock_hint)
 }
 
-/// A driver error from doing `what`, classified by SQLSTATE like state-postgres does.
-/// `sent`: the request may have reached the server, so its outcome is unknown after a lost
-/// connection.
-fn convert(err: sqlx::Error, what: &str, sent: bool) -> StateError {
-    let (kind, message) = match &err {
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            let kind = match code.as_str() {
-                c if c.starts_with("08") => ErrorKind::Connection,
-                "57P01" | "57P02" | "57P03" | "25006" => ErrorKind::Unavailable,
-                c if c.starts_with("53") => ErrorKind::Unavailable,
-                "57014" => ErrorKind::Timeout,
-                "40001" | "40P01" | "55P03" => ErrorKind::Conflict,
-                c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
-                    ErrorKind::InvalidInput
-                }
-                c if c.starts_with("28") || c == "3D000" || c == "42501" => ErrorKind::Config,
-                _ => ErrorKind::Backend,
-            };
-            let refused_options = db.message().contains("unsupported startup parameter");
-            // A pooler refusing our startup parameters will refuse them on every retry.
-            let kind = if refused_options {
-                ErrorKind::Config
-            } else {
-                kind
-            };
-            let hint = if refused_options {
-                "; a pooler (PgBouncer) refused the startup `options` parameter: add \
-                 `options` to its ignore_startup_parameters, and use lock_mode=lease behind it"
-            } else if code == "57014" {
-                "; the statement ran past statement_timeout"
-            } else if code.starts_with("28") {
-                "; check the user name and password"
-            } else if code == "42501" {
-                "; the user needs CREATE on the database/schema, or create the lock objects \
-                 beforehand"
-            } else {
-                ""
-            };
-            (
-                kind,
-                format!(
-                    "{what} failed: the server said \"{}\" (SQLSTATE {code}){hint}",
-                    db.message()
-                ),
-            )
-        }
-        sqlx::Error::Io(io) if !sent && io.kind() == std::io::ErrorKind::InvalidData => (
+/// What only the lock can say about a server error.
+fn lock_hint(code: &str, message: &str) -> Option<(ErrorKind, &'static str)> {
+    if message.contains("unsupported startup parameter") {
+        // A pooler refusing our startup parameters will refuse them on every retry.
+        return Some((
             ErrorKind::Config,
-            format!(
-                "{what} failed: the TLS handshake was refused ({io}); check sslmode, \
-                 sslrootcert and the server's certificate"
-            ),
-        ),
-        sqlx::Error::Io(io) => (
-            ErrorKind::Connection,
-            format!("{what} failed: the connection broke ({io})"),
-        ),
-        sqlx::Error::Tls(tls) => (
-            ErrorKind::Config,
-            format!(
-                "{what} failed: the TLS handshake was refused ({tls}); check sslmode, \
-                 sslrootcert and the server's certificate"
-            ),
-        ),
-        sqlx::Error::Protocol(p) => (
-            ErrorKind::Connection,
-            format!("{what} failed: the server sent something unexpected ({p})"),
-        ),
-        sqlx::Error::WorkerCrashed => (
-            ErrorKind::Connection,
-            format!("{what} failed: the connection's worker stopped"),
-        ),
-        sqlx::Error::PoolTimedOut => (
-            ErrorKind::Timeout,
-            format!(
-                "{what} failed: no connection was free or could be opened within \
-                 acquire_timeout; is the server up, or is pool_max too low?"
-            ),
-        ),
-        sqlx::Error::PoolClosed => (
-            ErrorKind::Unavailable,
-            format!("{what} failed: the connection pool is closed"),
-        ),
-        sqlx::Error::Configuration(c) => (
-            ErrorKind::Config,
-            format!("{what} failed: bad connection options ({c})"),
-        ),
-        other => (ErrorKind::Backend, format!("{what} failed: {other}")),
-    };
-    let unknown = sent
-        && matches!(
-            err,
-            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
-        );
-    let out = StateError::new(kind, message).with_source(err);
-    if unknown {
-        out.with_outcome_unknown()
-    } else {
-        out
+            "; a pooler (PgBouncer) refused the startup `options` parameter: add `options` \
+             to its ignore_startup_parameters, and use lock_mode=lease behind it",
+        ));
     }
+    (code == "42501").then_some((
+        ErrorKind::Config,
+        "; the user needs CREATE on the database/schema, or create the lock objects \
+         beforehand",
+    ))
 }
 
 /// The client gave up on a statement after `after`; its connection was dropped.
