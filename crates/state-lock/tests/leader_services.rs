@@ -8,50 +8,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use common::leader::{self, Stalling};
-use state_core::StateBackend;
-use state_lock::{LockMode, RedisDistributedLock, RedisLockConfig};
-use state_redis::{RedisConfig, RedisStateBackend};
-use testing::locks::{LockSubject, WAIT_TIMEOUT};
-
-/// Two Redis lock handles and a backend under one fresh prefix, cleared afterwards.
-async fn redis() -> LockSubject {
-    let service = testing::services::redis()
-        .await
-        .unwrap_or_else(|e| panic!("no Redis for the tests: {e}"));
-    let prefix = format!("rleader-{}", testing::conformance::unique_namespace());
-    let config = || {
-        RedisConfig::builder()
-            .url(service.url())
-            .key_prefix(&prefix)
-            .build()
-            .unwrap_or_else(|e| panic!("bad test config: {e}"))
-    };
-    let lock = || async {
-        let config = RedisLockConfig::new(config()).with_wait_timeout(WAIT_TIMEOUT);
-        RedisDistributedLock::with_config(config)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect the lock: {e}"))
-    };
-    let backend = Arc::new(
-        RedisStateBackend::new(config())
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect the backend: {e}")),
-    );
-    let cleaner = Arc::clone(&backend);
-    LockSubject {
-        lock: Arc::new(lock().await),
-        other: Arc::new(lock().await),
-        kind: testing::locks::LockKind::Lease,
-        backend,
-        cleanup: Some(Box::new(move || {
-            Box::pin(async move {
-                if let Err(e) = cleaner.clear(b"").await {
-                    eprintln!("cleanup of the test's keys failed: {e}");
-                }
-            })
-        })),
-    }
-}
+use state_lock::LockMode;
+use testing::locks::LockSubject;
 
 async fn postgres(mode: LockMode) -> LockSubject {
     let url = pg_lock_common::url().await;
@@ -95,7 +53,7 @@ async fn all_checks(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_and_election_on_redis() {
-    all_checks(|| Box::pin(redis())).await;
+    all_checks(|| Box::pin(common::redis::standalone())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

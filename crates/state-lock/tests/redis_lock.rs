@@ -4,65 +4,17 @@
 //! show — tokens that keep increasing across a restart that lost every key, and the
 //! counter winning over a server clock that is behind it.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use state_core::{DistributedLock, ErrorKind, FencingToken, StateBackend};
 use state_lock::{RedisDistributedLock, RedisLockConfig};
-use state_redis::{RedisConfig, RedisStateBackend};
-use testing::locks::{LockKind, LockSubject, WAIT_TIMEOUT};
 use testing::services::{LocalRedis, LocalRedisOptions};
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn redis_config(url: &str, prefix: &str) -> RedisConfig {
-    RedisConfig::builder()
-        .url(url)
-        .key_prefix(prefix)
-        .build()
-        .unwrap_or_else(|e| panic!("bad test config: {e}"))
-}
+mod common;
 
-/// A lock handle with its own connections, waiting [`WAIT_TIMEOUT`] in `acquire`.
-async fn lock_on(url: &str, prefix: &str) -> RedisDistributedLock {
-    let config = RedisLockConfig::new(redis_config(url, prefix)).with_wait_timeout(WAIT_TIMEOUT);
-    RedisDistributedLock::with_config(config)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect the lock to {url}: {e}"))
-}
-
-/// Two independent lock handles and a backend for fenced writes, all under one fresh key
-/// prefix, which the cleanup clears (lock keys, counters and fencing marks included).
-async fn subject_on(url: &str) -> LockSubject {
-    let prefix = format!("rlock-{}", testing::conformance::unique_namespace());
-    let lock = lock_on(url, &prefix).await;
-    let other = lock_on(url, &prefix).await;
-    let backend = RedisStateBackend::new(redis_config(url, &prefix))
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-    let backend = Arc::new(backend);
-    let cleaner = Arc::clone(&backend);
-    LockSubject {
-        lock: Arc::new(lock),
-        other: Arc::new(other),
-        kind: LockKind::Lease,
-        backend,
-        cleanup: Some(Box::new(move || {
-            Box::pin(async move {
-                if let Err(e) = cleaner.clear(b"").await {
-                    eprintln!("cleanup of the test's keys failed: {e}");
-                }
-            })
-        })),
-    }
-}
-
-async fn standalone() -> LockSubject {
-    let service = testing::services::redis()
-        .await
-        .unwrap_or_else(|e| panic!("no Redis for the tests: {e}"));
-    subject_on(&service.url()).await
-}
+use common::redis::{lock_on, redis_config, standalone};
 
 testing::lock_conformance_suite!(standalone);
 testing::lock_property_suite!(standalone);

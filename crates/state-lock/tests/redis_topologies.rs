@@ -5,60 +5,24 @@
 //!
 //! Each test starts its own topology; every loop is bounded in count and time.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use state_core::{DistributedLock, ErrorKind, StateBackend};
-use state_lock::{RedisDistributedLock, RedisLockConfig};
-use state_redis::{RedisConfig, RedisStateBackend};
-use testing::locks::{LockKind, LockSubject, WAIT_TIMEOUT};
+use state_redis::RedisStateBackend;
 use testing::services::{RedisCluster, RedisSentinel};
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn redis_config(url: &str, prefix: &str) -> RedisConfig {
-    RedisConfig::builder()
-        .url(url)
-        .key_prefix(prefix)
-        .build()
-        .unwrap_or_else(|e| panic!("bad test config: {e}"))
-}
+mod common;
 
-async fn lock_on(url: &str, prefix: &str) -> RedisDistributedLock {
-    let config = RedisLockConfig::new(redis_config(url, prefix)).with_wait_timeout(WAIT_TIMEOUT);
-    RedisDistributedLock::with_config(config)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect the lock to {url}: {e}"))
-}
+use common::redis::{lock_on, redis_config};
 
 /// A subject factory over `url`: two independent handles and a fenced-write backend under
 /// a fresh prefix per subject, cleared afterwards.
 fn factory(url: String) -> testing::locks::LockFactory {
     testing::locks::factory(move || {
         let url = url.clone();
-        async move {
-            let prefix = format!("rlock-{}", testing::conformance::unique_namespace());
-            let lock = lock_on(&url, &prefix).await;
-            let other = lock_on(&url, &prefix).await;
-            let backend = RedisStateBackend::new(redis_config(&url, &prefix))
-                .await
-                .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-            let backend = Arc::new(backend);
-            let cleaner = Arc::clone(&backend);
-            LockSubject {
-                lock: Arc::new(lock),
-                other: Arc::new(other),
-                kind: LockKind::Lease,
-                backend,
-                cleanup: Some(Box::new(move || {
-                    Box::pin(async move {
-                        if let Err(e) = cleaner.clear(b"").await {
-                            eprintln!("cleanup of the test's keys failed: {e}");
-                        }
-                    })
-                })),
-            }
-        }
+        async move { common::redis::subject_on(&url).await }
     })
 }
 

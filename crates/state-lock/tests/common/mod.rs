@@ -3,3 +3,5 @@
 #![allow(dead_code)]
 
 pub mod leader;
+#[cfg(feature = "redis")]
+pub mod redis;
