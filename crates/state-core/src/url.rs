@@ -299,6 +299,52 @@ impl StateUrl {
     pub fn redacted(&self) -> String {
         self.to_string()
     }
+
+    /// The URL of a server (not `memory://` or `redb:`) as text WITH its password, every
+    /// part percent-encoded so that [`parse`](Self::parse) reads it back unchanged; the
+    /// query parameters too if `with_query`. For handing to a driver or another parser
+    /// only: never log it.
+    pub fn expose(&self, with_query: bool) -> String {
+        let mut out = format!("{}://", self.scheme);
+        match (&self.username, &self.password) {
+            (user, Some(password)) => {
+                let user = percent_encode(user.as_deref().unwrap_or(""));
+                out.push_str(&format!("{user}:{}@", percent_encode(password.expose())));
+            }
+            (Some(user), None) => out.push_str(&format!("{}@", percent_encode(user))),
+            (None, None) => {}
+        }
+        let hosts: Vec<String> = self.hosts.iter().map(ToString::to_string).collect();
+        out.push_str(&hosts.join(","));
+        if let Some(path) = &self.path {
+            out.push('/');
+            out.push_str(&percent_encode(path));
+        }
+        if with_query {
+            for (i, (key, value)) in self.params.iter().enumerate() {
+                out.push(if i == 0 { '?' } else { '&' });
+                out.push_str(&format!(
+                    "{}={}",
+                    percent_encode(key),
+                    percent_encode(value)
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 impl fmt::Display for StateUrl {
@@ -626,6 +672,22 @@ mod tests {
                 e.to_string()
             }
         }
+    }
+
+    #[test]
+    fn expose_round_trips_with_the_password_and_only_there() -> Result<()> {
+        let url =
+            StateUrl::parse("redis+sentinel://u%20x:p%40ss%3Aw@h1:1,h2:2/mymaster?prefix=a%26b")?;
+        let full = url.expose(true);
+        assert!(full.contains("p%40ss%3Aw"), "{full}");
+        let again = StateUrl::parse(&full)?;
+        assert_eq!(again.password().map(Secret::expose), Some("p@ss:w"));
+        assert_eq!(again.username(), Some("u x"));
+        assert_eq!(again.key_prefix(), Some("a&b"));
+        assert_eq!(again.redacted(), url.redacted());
+        assert!(!url.expose(false).contains('?'));
+        assert!(!url.redacted().contains("p%40ss") && !url.redacted().contains("p@ss"));
+        Ok(())
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub fn kind_of_sqlstate(code: &str) -> ErrorKind {
 }
 
 /// A client-side deadline passed; the request may or may not have been applied.
-pub(crate) fn client_timeout(what: &str, after: std::time::Duration) -> StateError {
+pub fn client_timeout(what: &str, after: std::time::Duration) -> StateError {
     StateError::new(
         ErrorKind::Timeout,
         format!(

@@ -17,7 +17,9 @@ use std::sync::Arc;
 pub use backend::{PostgresStateBackend, migrate};
 /// Driver errors as [`StateError`]s, for crates with sqlx connections of their own.
 pub mod errors {
-    pub use crate::error::{ServerHint, breaks_connection, convert_with, kind_of_sqlstate};
+    pub use crate::error::{
+        ServerHint, breaks_connection, client_timeout, convert_with, kind_of_sqlstate,
+    };
 }
 pub use config::{MAX_FULL_KEY_LEN, MAX_TABLE_NAME_LEN, PostgresConfig, URL_PARAMS};
 pub use extras::CheckpointInfo;

@@ -407,7 +407,9 @@ impl RedisConfigBuilder {
     fn apply_url(mut self, url: &StateUrl) -> Result<Self> {
         url.check_params(&URL_PARAMS)?;
         // The real URL (with password) stays inside the builder, never printed.
-        self.urls = vec![reassemble(url)];
+        // Without its query (already applied), password included: kept inside the
+        // builder only, for `build()` to parse the hosts and credentials again.
+        self.urls = vec![url.expose(false)];
         if let Some(prefix) = url.key_prefix() {
             self.key_prefix = prefix.as_bytes().to_vec();
         }
@@ -715,44 +717,6 @@ fn duration_param(url: &StateUrl, name: &str) -> Result<Option<Duration>> {
                 .map_err(|e| StateError::config(format!("parameter `{name}`: {}", e.message())))
         })
         .transpose()
-}
-
-/// The URL without its query (already applied), password included: kept inside the
-/// builder only, for `build()` to parse the hosts and credentials again.
-fn reassemble(url: &StateUrl) -> String {
-    let mut out = format!("{}://", url.scheme());
-    match (url.username(), url.password()) {
-        (user, Some(pass)) => {
-            out.push_str(&encode(user.unwrap_or("")));
-            out.push(':');
-            out.push_str(&encode(pass.expose()));
-            out.push('@');
-        }
-        (Some(user), None) => {
-            out.push_str(&encode(user));
-            out.push('@');
-        }
-        (None, None) => {}
-    }
-    let hosts: Vec<String> = url.hosts().iter().map(ToString::to_string).collect();
-    out.push_str(&hosts.join(","));
-    if let Some(path) = url.path() {
-        out.push('/');
-        out.push_str(&encode(path));
-    }
-    out
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use state_core::{
     ttl_millis,
 };
 use state_postgres::PostgresConfig;
-use state_postgres::errors::breaks_connection;
+use state_postgres::errors::{breaks_connection, client_timeout};
 
 pub use key::advisory_key;
 
@@ -183,7 +183,7 @@ impl PostgresLockConfig {
     /// A config from a parsed URL (what [`crate::connect`] and tools that parse URLs
     /// first use), with the same parameters as [`from_url`](Self::from_url).
     pub fn from_state_url(url: &StateUrl) -> Result<Self> {
-        PostgresLockConfig::from_url(&unparse(url))
+        PostgresLockConfig::from_url(&url.expose(true))
     }
 
     /// A config for the server (and TLS, timeouts, schema, pool size) of `postgres`, in
@@ -361,44 +361,6 @@ fn bool_param(url: &StateUrl, name: &str) -> Result<bool> {
             v.chars().take(40).collect::<String>()
         ))),
     }
-}
-
-/// The text of a parsed URL with its password (a `StateUrl` displays it redacted), every
-/// part percent-encoded, so that [`PostgresLockConfig::from_url`] reads it back unchanged.
-fn unparse(url: &StateUrl) -> String {
-    let mut out = format!("{}://", url.scheme());
-    match (url.username(), url.password()) {
-        (Some(user), Some(password)) => {
-            out.push_str(&format!("{}:{}@", encode(user), encode(password.expose())));
-        }
-        (Some(user), None) => out.push_str(&format!("{}@", encode(user))),
-        (None, Some(password)) => out.push_str(&format!(":{}@", encode(password.expose()))),
-        (None, None) => {}
-    }
-    let hosts: Vec<String> = url.hosts().iter().map(ToString::to_string).collect();
-    out.push_str(&hosts.join(","));
-    if let Some(path) = url.path() {
-        out.push('/');
-        out.push_str(&encode(path));
-    }
-    for (i, (key, value)) in url.params().iter().enumerate() {
-        out.push(if i == 0 { '?' } else { '&' });
-        out.push_str(&format!("{}={}", encode(key), encode(value)));
-    }
-    out
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// `url` without the lock's own query parameters, for [`PostgresConfig::from_url`] (which
@@ -764,18 +726,6 @@ fn lock_hint(code: &str, message: &str) -> Option<(ErrorKind, &'static str)> {
     ))
 }
 
-/// The client gave up on a statement after `after`; its connection was dropped.
-fn client_timeout(what: &str, after: Duration) -> StateError {
-    StateError::new(
-        ErrorKind::Timeout,
-        format!(
-            "{what} got no answer within {after:?}; the server or the network may be stuck, \
-             and the connection was dropped"
-        ),
-    )
-    .with_outcome_unknown()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -882,10 +832,10 @@ mod tests {
         assert_eq!(options.get_database(), Some("my db"));
         assert_eq!((options.get_host(), options.get_port()), ("db", 6543));
         assert_eq!(
-            unparse(&StateUrl::parse(&unparse(&parsed))?),
-            unparse(&parsed)
+            StateUrl::parse(&parsed.expose(true))?.expose(true),
+            parsed.expose(true)
         );
-        assert!(unparse(&parsed).contains("p%40ss%3Aw%2Frd"));
+        assert!(parsed.expose(true).contains("p%40ss%3Aw%2Frd"));
         Ok(())
     }
 
