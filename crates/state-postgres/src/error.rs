@@ -40,9 +40,9 @@ fn backend_hint(code: &str, _message: &str) -> Option<(ErrorKind, &'static str)>
     ))
 }
 
-/// [`convert`] for crates that run their own sqlx connections beside the backend (such as
-/// state-lock): the same classification by SQLSTATE and the same messages, with `hint`
-/// consulted first for server errors.
+/// The backend's own error conversion, for crates that run sqlx connections of their own
+/// beside it (such as state-lock): the same classification by SQLSTATE and the same
+/// messages, with `hint` consulted first for server errors.
 pub fn convert_with(err: sqlx::Error, what: &str, sent: bool, hint: ServerHint) -> StateError {
     let (kind, message) = match &err {
         sqlx::Error::Database(db) => {
