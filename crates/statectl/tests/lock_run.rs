@@ -4,30 +4,17 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
+
+mod common;
+
+use common::{service_url, unique, with_param};
 
 const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
 const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 const PROCESSES: usize = 8;
 const ITERATIONS: usize = 25;
-
-fn service_url(env: &str, default: &str) -> String {
-    std::env::var(env)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-/// A name no other test or run uses.
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("t_lockrun_{tag}_{}_{nanos:09}", std::process::id())
-}
 
 fn statectl(dir: &Path, url: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_statectl"));
@@ -52,7 +39,7 @@ const CRITICAL_SECTION: &str = r#"n=$(cat counter); sleep 0.01; echo $((n + 1)) 
 fn contend(url: &str) {
     let dir = TempDir::new().expect("temp dir");
     std::fs::write(dir.path().join("counter"), "0\n").expect("counter file");
-    let name = unique("counter");
+    let name = unique("lockrun_counter");
     std::thread::scope(|scope| {
         for _ in 0..PROCESSES {
             scope.spawn(|| {
@@ -106,7 +93,7 @@ fn contend(url: &str) {
 /// one sentence; a missing command is 127.
 fn exit_codes(url: &str) {
     let dir = TempDir::new().expect("temp dir");
-    let name = unique("codes");
+    let name = unique("lockrun_codes");
     let out = statectl(
         dir.path(),
         url,
@@ -171,19 +158,12 @@ impl RedisPrefix {
     fn new() -> RedisPrefix {
         RedisPrefix {
             base: service_url("STATE_TEST_REDIS_URL", REDIS_DEFAULT),
-            prefix: format!("{}:", unique("redis")),
+            prefix: format!("{}:", unique("lockrun_redis")),
         }
     }
 
     fn url(&self) -> String {
-        let base = &self.base;
-        let has_path = base.split_once("://").is_some_and(|(_, r)| r.contains('/'));
-        let separator = match (base.contains('?'), has_path) {
-            (true, _) => "&",
-            (false, true) => "?",
-            (false, false) => "/?",
-        };
-        format!("{base}{separator}prefix={}", self.prefix)
+        with_param(&self.base, "prefix", &self.prefix)
     }
 }
 

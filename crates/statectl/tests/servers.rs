@@ -3,31 +3,19 @@
 //! works under its own key prefix or schema and removes it, also when it fails.
 
 use std::process::{Command, Output};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use state_core::StateUrl;
 use tempfile::TempDir;
+
+mod common;
+
+use common::{service_url, unique, with_param};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
 const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn service_url(env: &str, default: &str) -> String {
-    std::env::var(env)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-/// A name no other test or run uses.
-fn unique(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("statectl_{tag}_{}_{nanos:09}", std::process::id())
-}
 
 fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(program);
@@ -100,19 +88,6 @@ impl Cli {
         assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
         err
     }
-}
-
-/// `url` with one more query parameter (`redis://h:p` becomes `redis://h:p/?name=value`).
-fn with_param(url: &str, name: &str, value: &str) -> String {
-    let has_path = url
-        .split_once("://")
-        .is_some_and(|(_, rest)| rest.contains('/'));
-    let separator = match (url.contains('?'), has_path) {
-        (true, _) => "&",
-        (false, true) => "?",
-        (false, false) => "/?",
-    };
-    format!("{url}{separator}{name}={value}")
 }
 
 fn redacted(url: &str) -> String {

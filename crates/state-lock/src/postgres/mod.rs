@@ -577,8 +577,7 @@ impl DistributedLock for PostgresDistributedLock {
     }
 
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<LockGuard> {
-        check_lock_name(name)?;
-        ttl_millis(ttl)?;
+        // A bad name or TTL ends the wait at the first attempt: InvalidInput is not retried.
         crate::wait::acquire_with_backoff(name, self.wait_timeout, |owner| async move {
             self.try_acquire_as(name, ttl, &owner).await
         })

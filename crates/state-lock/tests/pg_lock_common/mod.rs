@@ -4,32 +4,19 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::{Connection, Row};
 use state_lock::{LockMode, PostgresDistributedLock, PostgresLockConfig, advisory_key};
 use state_postgres::{PostgresConfig, PostgresStateBackend};
 use testing::locks::{LockKind, LockSubject, WAIT_TIMEOUT};
-use testing::services::{self, POSTGRES_URL_ENV};
+use testing::services;
 
 /// The database URL: `STATE_TEST_POSTGRES_URL`, else the machine's server at
 /// 127.0.0.1:5432 (database `test`) if it answers, else a server the fixtures start.
 pub async fn url() -> String {
-    let from_env = std::env::var(POSTGRES_URL_ENV).is_ok_and(|v| !v.trim().is_empty());
-    if !from_env {
-        let local = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect("127.0.0.1:5432"),
-        )
-        .await;
-        if matches!(local, Ok(Ok(_))) {
-            return "postgres://postgres@127.0.0.1:5432/test".to_string();
-        }
-    }
-    match services::postgres().await {
-        Ok(service) => service.url(),
-        Err(e) => panic!("no PostgreSQL for the lock tests: {e}"),
-    }
+    services::postgres_url()
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL for the lock tests: {e}"))
 }
 
 /// A fresh schema name, unique across processes.

@@ -3,10 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use state_postgres::PostgresConfig;
-use testing::services::{self, POSTGRES_URL_ENV};
+use testing::services;
 
 /// The schema shared by the conformance and property tests; each test works under its own
 /// key prefix there and clears it afterwards.
@@ -16,21 +14,9 @@ pub const SHARED_SCHEMA: &str = "state_pg_conformance";
 /// 127.0.0.1:5432 (database `test`) if it answers, else a server the fixtures start.
 /// A missing database fails the test with the fixtures' message.
 pub async fn url() -> String {
-    let from_env = std::env::var(POSTGRES_URL_ENV).is_ok_and(|v| !v.trim().is_empty());
-    if !from_env {
-        let local = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect("127.0.0.1:5432"),
-        )
-        .await;
-        if matches!(local, Ok(Ok(_))) {
-            return "postgres://postgres@127.0.0.1:5432/test".to_string();
-        }
-    }
-    match services::postgres().await {
-        Ok(service) => service.url(),
-        Err(e) => panic!("no PostgreSQL for the state-postgres tests: {e}"),
-    }
+    services::postgres_url()
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL for the state-postgres tests: {e}"))
 }
 
 /// A config for `schema` on the test database. Loopback tests skip TLS (its handshake

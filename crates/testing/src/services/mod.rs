@@ -186,6 +186,24 @@ pub async fn redis() -> Result<RedisService, ServiceError> {
     SHARED.get_or_init(resolve_redis).await.clone()
 }
 
+/// The URL of the PostgreSQL database tests use: [`POSTGRES_URL_ENV`] if set, else the
+/// machine's server at 127.0.0.1:5432 (database `test`) if it answers, else the one
+/// [`postgres()`] finds or starts.
+pub async fn postgres_url() -> Result<String, ServiceError> {
+    let from_env = std::env::var(POSTGRES_URL_ENV).is_ok_and(|v| !v.trim().is_empty());
+    if !from_env {
+        let local = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect("127.0.0.1:5432"),
+        )
+        .await;
+        if matches!(local, Ok(Ok(_))) {
+            return Ok("postgres://postgres@127.0.0.1:5432/test".to_string());
+        }
+    }
+    Ok(postgres().await?.url())
+}
+
 /// The PostgreSQL database every test of this process shares; see [`redis()`].
 pub async fn postgres() -> Result<PostgresService, ServiceError> {
     static SHARED: OnceCell<Result<PostgresService, ServiceError>> = OnceCell::const_new();

@@ -1,0 +1,34 @@
+//! Helpers shared by the statectl integration tests that talk to real servers.
+
+#![allow(dead_code)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn service_url(env: &str, default: &str) -> String {
+    std::env::var(env)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// A name no other test or run uses.
+pub fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("statectl_{tag}_{}_{nanos:09}", std::process::id())
+}
+
+/// `url` with one more query parameter (`redis://h:p` becomes `redis://h:p/?name=value`).
+pub fn with_param(url: &str, name: &str, value: &str) -> String {
+    let has_path = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
+    let separator = match (url.contains('?'), has_path) {
+        (true, _) => "&",
+        (false, true) => "?",
+        (false, false) => "/?",
+    };
+    format!("{url}{separator}{name}={value}")
+}
