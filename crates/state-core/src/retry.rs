@@ -117,12 +117,33 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T>>,
     {
         let started = Instant::now();
+        match op().await {
+            Ok(value) => Ok(value),
+            // The retry loop, with its timer and a second copy of `op`'s future, lives in
+            // its own heap allocation: failures are rare, and keeping that state out of
+            // this future keeps every caller's future (boxed once per call by
+            // `async_trait`) small enough for the allocator's fast path.
+            Err(err) => {
+                Box::pin(self.retry_after(started, err, idempotency, &mut on_retry, &mut op)).await
+            }
+        }
+    }
+
+    /// The rest of [`run`](Self::run) after the first attempt failed with `err`.
+    async fn retry_after<T, F, Fut>(
+        &self,
+        started: Instant,
+        mut err: StateError,
+        idempotency: Idempotency,
+        on_retry: &mut impl FnMut(&StateError),
+        op: &mut F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let mut attempt = 1;
         loop {
-            let err = match op().await {
-                Ok(value) => return Ok(value),
-                Err(err) => err,
-            };
             let unsafe_to_resend =
                 err.outcome_unknown() && idempotency == Idempotency::NotIdempotent;
             if !err.is_retryable() || unsafe_to_resend || attempt >= self.max_attempts {
@@ -135,6 +156,10 @@ impl RetryPolicy {
             on_retry(&err);
             tokio::time::sleep(delay).await;
             attempt += 1;
+            err = match op().await {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
         }
     }
 }

@@ -16,6 +16,9 @@
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+// The lock futures nest the Redis and PostgreSQL backends' futures (and their boxed retry
+// loops) deeply enough that proving them `Send` exceeds the default limit of 128.
+#![recursion_limit = "256"]
 
 mod connect;
 mod leader;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::{Cmd, Pipeline, Value};
 use state_core::{
     BoxStream, Capabilities, Checkpoint, Entry, ErrorKind, FencingToken, Health, Idempotency,
@@ -206,11 +206,15 @@ impl RedisStateBackend {
     }
 
     /// Runs one public operation: times it and counts it once, whatever its retries.
-    pub(crate) async fn op<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    ///
+    /// A combinator, not an `async fn`: an `async fn` would hold `fut` both as its argument
+    /// and as the future it awaits, doubling the size of every operation's future.
+    pub(crate) fn op<T>(
+        &self,
+        fut: impl Future<Output = Result<T>>,
+    ) -> impl Future<Output = Result<T>> {
         let started = Instant::now();
-        let out = fut.await;
-        self.inner.counters.finished(started.elapsed(), out.is_ok());
-        out
+        fut.inspect(move |out| self.inner.counters.finished(started.elapsed(), out.is_ok()))
     }
 
     /// Runs one request under the retry policy, mapping driver failures.
@@ -231,10 +235,8 @@ impl RedisStateBackend {
             .run(
                 idempotency,
                 |_| self.inner.counters.retried(),
-                || {
-                    let fut = f();
-                    async move { fut.await.map_err(|e| to_state(what, target, e)) }
-                },
+                // `map`, not an `async` block, for the reason given at `op`.
+                || f().map(|out| out.map_err(|e| to_state(what, target, e))),
             )
             .await
     }
@@ -242,6 +244,34 @@ impl RedisStateBackend {
     pub(crate) async fn masters(&self) -> Result<Vec<Node>> {
         self.retry(Idempotency::Idempotent, "CLUSTER NODES", || {
             self.inner.pool.masters()
+        })
+        .await
+    }
+
+    /// Sends one write command and returns its reply, an error reply included (for the
+    /// caller to lift), except transient ones (READONLY, LOADING…), which are retried by
+    /// the policy. With `WAIT` configured it goes through [`write`](Self::write).
+    ///
+    /// The point operations' path: no pipeline, no copy of the command, no reply vector.
+    pub(crate) async fn write_one(
+        &self,
+        what: &str,
+        idempotency: Idempotency,
+        cmd: &Cmd,
+    ) -> Result<Value> {
+        if self.inner.config.wait.is_some() {
+            // Rare and large: boxed, so that the common path's future stays small.
+            let mut replies =
+                Box::pin(self.write(what, idempotency, std::slice::from_ref(cmd))).await?;
+            return Ok(replies.pop().unwrap_or(Value::Nil));
+        }
+        // A lone command goes unpipelined: in Cluster the driver then follows MOVED/ASK.
+        self.retry(idempotency, what, || async {
+            let reply = self.inner.pool.query_raw(cmd).await?;
+            match transient_reply(std::slice::from_ref(&reply)) {
+                Some(err) => Err(Failure::after_send(err)),
+                None => Ok(reply),
+            }
         })
         .await
     }
@@ -256,29 +286,21 @@ impl RedisStateBackend {
         cmds: &[Cmd],
     ) -> Result<Vec<Value>> {
         let wait = self.inner.config.wait;
-        // A lone command goes unpipelined: in Cluster the driver then follows MOVED/ASK.
-        let single = match (cmds, wait) {
-            ([cmd], None) => Some(cmd),
-            _ => None,
-        };
-        // Built only when needed: the point-write hot path must not copy its command.
+        if let ([cmd], None) = (cmds, wait) {
+            return Ok(vec![self.write_one(what, idempotency, cmd).await?]);
+        }
         let mut pipe = redis::pipe();
-        if single.is_none() {
-            for cmd in cmds {
-                pipe.add_command(cmd.clone());
-            }
-            if let Some(w) = wait {
-                pipe.cmd("WAIT")
-                    .arg(w.replicas)
-                    .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
-            }
+        for cmd in cmds {
+            pipe.add_command(cmd.clone());
+        }
+        if let Some(w) = wait {
+            pipe.cmd("WAIT")
+                .arg(w.replicas)
+                .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
         }
         let mut replies = self
             .retry(idempotency, what, || async {
-                let replies = match single {
-                    Some(cmd) => vec![self.inner.pool.query_raw(cmd).await?],
-                    None => self.inner.pool.pipeline(&pipe).await?,
-                };
+                let replies = self.inner.pool.pipeline(&pipe).await?;
                 match transient_reply(&replies) {
                     Some(err) => Err(Failure::after_send(err)),
                     None => Ok(replies),
@@ -322,17 +344,11 @@ impl RedisStateBackend {
         args: &[&[u8]],
     ) -> Result<Value> {
         let sha = script.evalsha(keys, args);
-        let replies = self.write(what, idempotency, &[sha]).await;
-        let reply = match replies {
-            Ok(mut r) => r.pop().unwrap_or(Value::Nil),
-            Err(e) => return Err(e),
-        };
-        match reply {
+        match self.write_one(what, idempotency, &sha).await? {
             Value::ServerError(e) if e.code() == "NOSCRIPT" => {
-                let mut r = self
-                    .write(what, idempotency, &[script.eval(keys, args)])
-                    .await?;
-                lift_reply(what, self.target(), r.pop().unwrap_or(Value::Nil))
+                let eval = script.eval(keys, args);
+                let reply = Box::pin(self.write_one(what, idempotency, &eval)).await?;
+                lift_reply(what, self.target(), reply)
             }
             other => lift_reply(what, self.target(), other),
         }
@@ -431,13 +447,21 @@ impl RedisStateBackend {
     }
 
     fn set_cmd(full: &[u8], value: &[u8], px: Option<u64>) -> Cmd {
-        let mut cmd = redis::cmd("SET");
+        let mut cmd = command("SET", 5, full.len() + value.len() + 24);
         cmd.arg(full).arg(value);
         if let Some(px) = px {
             cmd.arg("PX").arg(px);
         }
         cmd
     }
+}
+
+/// A command named `name` with room for `args` arguments (the name included) and
+/// `bytes` bytes of them besides the name, so that adding them does not reallocate.
+fn command(name: &str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(args, name.len() + bytes);
+    cmd.arg(name);
+    cmd
 }
 
 /// The first error reply that a retry may cure (failover, loading, resharding).
@@ -562,7 +586,7 @@ impl StateBackend for RedisStateBackend {
     async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.op(async {
             let full = self.full_key(key)?;
-            let mut cmd = redis::cmd("GET");
+            let mut cmd = command("GET", 2, full.len());
             cmd.arg(&full);
             let value = self
                 .retry(Idempotency::Idempotent, "GET", || {
@@ -588,8 +612,8 @@ impl StateBackend for RedisStateBackend {
             let full = self.full_key(key)?;
             self.check_value(value)?;
             let cmd = Self::set_cmd(&full, value, self.default_px()?);
-            let replies = self.write("SET", Idempotency::Idempotent, &[cmd]).await?;
-            first_error("SET", self.target(), &replies)?;
+            let reply = self.write_one("SET", Idempotency::Idempotent, &cmd).await?;
+            lift_reply("SET", self.target(), reply)?;
             self.inner.counters.written(full.len() + value.len());
             Ok(())
         })
@@ -602,10 +626,10 @@ impl StateBackend for RedisStateBackend {
             self.check_value(value)?;
             let px = state_core::ttl_millis(ttl)?;
             let cmd = Self::set_cmd(&full, value, Some(px));
-            let replies = self
-                .write("SET PX", Idempotency::Idempotent, &[cmd])
+            let reply = self
+                .write_one("SET PX", Idempotency::Idempotent, &cmd)
                 .await?;
-            first_error("SET PX", self.target(), &replies)?;
+            lift_reply("SET PX", self.target(), reply)?;
             self.inner.counters.written(full.len() + value.len());
             Ok(())
         })
@@ -617,10 +641,9 @@ impl StateBackend for RedisStateBackend {
             let full = self.full_key(key)?;
             let mut cmd = redis::cmd("DEL");
             cmd.arg(&full);
-            let replies = self.write("DEL", Idempotency::Idempotent, &[cmd]).await?;
-            first_error("DEL", self.target(), &replies)?;
-            let n = replies.first().map(|v| int_of("DEL", v)).transpose()?;
-            Ok(n.unwrap_or(0) > 0)
+            let reply = self.write_one("DEL", Idempotency::Idempotent, &cmd).await?;
+            let reply = lift_reply("DEL", self.target(), reply)?;
+            Ok(int_of("DEL", &reply)? > 0)
         })
         .await
     }
@@ -752,10 +775,10 @@ impl StateBackend for RedisStateBackend {
             let full = self.full_key(key)?;
             let mut cmd = redis::cmd("GETDEL");
             cmd.arg(&full);
-            let mut replies = self
-                .write("GETDEL", Idempotency::NotIdempotent, &[cmd])
+            let reply = self
+                .write_one("GETDEL", Idempotency::NotIdempotent, &cmd)
                 .await?;
-            let reply = lift_reply("GETDEL", self.target(), replies.pop().unwrap_or(Value::Nil))?;
+            let reply = lift_reply("GETDEL", self.target(), reply)?;
             let value = bytes_of("GETDEL", reply)?;
             match &value {
                 Some(v) => {
@@ -784,10 +807,10 @@ impl StateBackend for RedisStateBackend {
             };
             let mut cmd = Self::set_cmd(&full, value, px);
             cmd.arg("NX");
-            let mut replies = self
-                .write("SET NX", Idempotency::NotIdempotent, &[cmd])
+            let reply = self
+                .write_one("SET NX", Idempotency::NotIdempotent, &cmd)
                 .await?;
-            let reply = lift_reply("SET NX", self.target(), replies.pop().unwrap_or(Value::Nil))?;
+            let reply = lift_reply("SET NX", self.target(), reply)?;
             let stored = !matches!(reply, Value::Nil);
             if stored {
                 self.inner.counters.written(full.len() + value.len());
