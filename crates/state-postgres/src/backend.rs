@@ -15,6 +15,7 @@ use state_core::{
     ImportMode, Limits, Result, RetryPolicy, StateBackend, StateError, Ttl, stream, ttl_millis,
 };
 
+use crate::coalesce::Coalescer;
 use crate::config::PostgresConfig;
 use crate::conn::{Checkout, ConnSet};
 use crate::error::{client_timeout, convert};
@@ -42,6 +43,9 @@ pub(crate) struct Inner {
     /// The client-side deadline of one attempt: the statement timeout plus a margin, so
     /// that the server's own timeout (a clean, known outcome) normally fires first.
     pub attempt_timeout: Duration,
+    /// Gathers concurrent point gets and puts into batch statements; `None` when
+    /// coalescing is off (or no runtime was there to run its task).
+    pub coalescer: Option<Coalescer>,
     reaper: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -119,7 +123,10 @@ impl PostgresStateBackend {
             .default_ttl()
             .map(|ttl| ttl_millis(ttl).map(|ms| ms as f64))
             .transpose()?;
-        let inner = Arc::new(Inner {
+        let coalesce = config.coalescing();
+        // The dispatcher gets a `Weak`: it must not keep the backend alive.
+        let inner = Arc::new_cyclic(|weak| Inner {
+            coalescer: Coalescer::start(weak, coalesce),
             sql: Statements::new(&names),
             names,
             conns,
@@ -177,8 +184,29 @@ impl PostgresStateBackend {
     }
 
     /// Runs `op` with retries of retryable errors and a client deadline per attempt, and
-    /// counts it.
+    /// counts it as one operation.
     pub(crate) async fn run<T, F, Fut>(
+        &self,
+        what: &'static str,
+        idempotency: Idempotency,
+        op: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let started = Instant::now();
+        let result = self.attempt(what, idempotency, op).await;
+        self.inner
+            .conns
+            .counters
+            .finish(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// [`run`](Self::run) without counting an operation: a coalesced statement serves
+    /// several calls, and each caller counts its own.
+    pub(crate) async fn attempt<T, F, Fut>(
         &self,
         what: &'static str,
         idempotency: Idempotency,
@@ -188,11 +216,9 @@ impl PostgresStateBackend {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let started = Instant::now();
         let deadline = self.inner.attempt_timeout;
         let counters = &self.inner.conns.counters;
-        let result = self
-            .inner
+        self.inner
             .retry
             .run(
                 idempotency,
@@ -209,9 +235,7 @@ impl PostgresStateBackend {
                     }
                 },
             )
-            .await;
-        counters.finish(started.elapsed(), result.is_ok());
-        result
+            .await
     }
 
     pub(crate) async fn checkout(&self) -> Result<Checkout<'_>> {
@@ -285,19 +309,86 @@ impl PostgresStateBackend {
         self.inner.limits.check_entry(key, value)?;
         let full = &self.full_key(key)[..];
         let metadata = &metadata;
-        self.run(what, Idempotency::Idempotent, move || async move {
-            let mut c = self.checkout().await?;
-            let query = sqlx::query(self.inner.sql.put.clone())
-                .bind(full)
-                .bind(value)
-                .bind(metadata.clone())
-                .bind(ttl_ms);
-            c.execute(what, query).await?;
-            Ok(())
+        self.run(what, Idempotency::Idempotent, move || {
+            self.write_one(what, full, value, metadata, ttl_ms)
         })
         .await?;
         self.inner.conns.counters.wrote(full.len() + value.len());
         Ok(())
+    }
+
+    /// One attempt of a single-row upsert (the `put` statement).
+    pub(crate) async fn write_one(
+        &self,
+        what: &'static str,
+        full: &[u8],
+        value: &[u8],
+        metadata: &Option<serde_json::Value>,
+        ttl_ms: Option<f64>,
+    ) -> Result<()> {
+        let mut c = self.checkout().await?;
+        let query = sqlx::query(self.inner.sql.put.clone())
+            .bind(full)
+            .bind(value)
+            .bind(metadata.clone())
+            .bind(ttl_ms);
+        c.execute(what, query).await?;
+        Ok(())
+    }
+
+    /// One attempt of a single-key read (the `get` statement).
+    pub(crate) async fn read_one(&self, full: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut c = self.checkout().await?;
+        let query = sqlx::query(self.inner.sql.get.clone()).bind(full);
+        match c.fetch_optional("get", query).await? {
+            Some(row) => Ok(Some(decode::<Vec<u8>>(&row, 0, "get")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A get as its own statement, counted as an operation.
+    async fn read_counted(&self, full: &[u8]) -> Result<Option<Bytes>> {
+        let value = self
+            .run("get", Idempotency::Idempotent, || self.read_one(full))
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    /// `put` and `put_with_ttl`: through the coalescer when there is one and every
+    /// statement slot is busy.
+    async fn put_point(
+        &self,
+        what: &'static str,
+        key: &[u8],
+        value: &[u8],
+        ttl_ms: Option<f64>,
+    ) -> Result<()> {
+        let Some(coalescer) = &self.inner.coalescer else {
+            return self.upsert(what, key, value, None, ttl_ms).await;
+        };
+        if let Some(_slot) = coalescer.try_slot() {
+            // A statement slot is free: this call is its own statement, sent at once.
+            return self.upsert(what, key, value, None, ttl_ms).await;
+        }
+        self.inner.limits.check_entry(key, value)?;
+        let started = Instant::now();
+        let full = Bytes::from(self.full_key(key));
+        let written = full.len() + value.len();
+        match coalescer
+            .put(full, Bytes::copy_from_slice(value), ttl_ms)
+            .await
+        {
+            Some(result) => {
+                let counters = &self.inner.conns.counters;
+                counters.finish(started.elapsed(), result.is_ok());
+                if result.is_ok() {
+                    counters.wrote(written);
+                }
+                result
+            }
+            // The dispatcher is gone or on another runtime: the old way.
+            None => self.upsert(what, key, value, None, ttl_ms).await,
+        }
     }
 }
 
@@ -390,7 +481,7 @@ pub(crate) fn time_to_micros(at: SystemTime) -> Result<i64> {
     out.ok_or_else(|| StateError::invalid_input("an expiry time is outside the supported range"))
 }
 
-fn decode<T>(row: &PgRow, index: usize, what: &str) -> Result<T>
+pub(crate) fn decode<T>(row: &PgRow, index: usize, what: &str) -> Result<T>
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
@@ -414,31 +505,41 @@ impl StateBackend for PostgresStateBackend {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.inner.limits.check_key(key)?;
-        let full = &self.full_key(key)[..];
-        let value = self
-            .run("get", Idempotency::Idempotent, move || async move {
-                let mut c = self.checkout().await?;
-                let query = sqlx::query(self.inner.sql.get.clone()).bind(full);
-                match c.fetch_optional("get", query).await? {
-                    Some(row) => Ok(Some(decode::<Vec<u8>>(&row, 0, "get")?)),
-                    None => Ok(None),
+        let full = self.full_key(key);
+        let counters = &self.inner.conns.counters;
+        let value = match &self.inner.coalescer {
+            // With a statement slot free, the call is its own statement, sent at once.
+            Some(coalescer) => match coalescer.try_slot() {
+                Some(_slot) => self.read_counted(&full).await?,
+                None => {
+                    let started = Instant::now();
+                    let full = Bytes::from(full);
+                    match coalescer.get(full.clone()).await {
+                        Some(result) => {
+                            counters.finish(started.elapsed(), result.is_ok());
+                            result?
+                        }
+                        // The dispatcher is gone or on another runtime: the old way.
+                        None => self.read_counted(&full).await?,
+                    }
                 }
-            })
-            .await?;
+            },
+            None => self.read_counted(&full).await?,
+        };
         if let Some(v) = &value {
-            self.inner.conns.counters.read(v.len());
+            counters.read(v.len());
         }
-        Ok(value.map(Bytes::from))
+        Ok(value)
     }
 
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.upsert("put", key, value, None, self.inner.default_ttl_ms)
+        self.put_point("put", key, value, self.inner.default_ttl_ms)
             .await
     }
 
     async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
         let ttl_ms = ttl_millis(ttl)? as f64;
-        self.upsert("put_with_ttl", key, value, None, Some(ttl_ms))
+        self.put_point("put_with_ttl", key, value, Some(ttl_ms))
             .await
     }
 

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use state_core::{Limits, Result, RetryPolicy, Scheme, Secret, StateError, StateUrl};
 
 /// Query parameters a `postgres://` URL accepts besides the common `prefix=` and `ttl=`.
-pub const URL_PARAMS: [&str; 10] = [
+pub const URL_PARAMS: [&str; 11] = [
     "sslmode",
     "synchronous_commit",
     "sslrootcert",
@@ -20,7 +20,12 @@ pub const URL_PARAMS: [&str; 10] = [
     "statement_timeout",
     "acquire_timeout",
     "connect_timeout",
+    "coalesce",
 ];
+
+/// How many coalesced statements run at once when the config does not say (see
+/// [`PostgresConfig::with_coalescing`]); capped at `pool_max`.
+pub(crate) const DEFAULT_COALESCE: usize = 2;
 
 /// The longest table name: PostgreSQL names stop at 63 bytes and the derived tables add up
 /// to 16 (`_checkpoint_rows`).
@@ -74,6 +79,8 @@ pub struct PostgresConfig {
     limits: Limits,
     run_migrations: bool,
     reaper_interval: Option<Duration>,
+    /// `None`: [`DEFAULT_COALESCE`], capped at `pool_max`.
+    coalesce: Option<usize>,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -94,6 +101,7 @@ impl fmt::Debug for PostgresConfig {
             .field("default_ttl", &self.default_ttl)
             .field("run_migrations", &self.run_migrations)
             .field("reaper_interval", &self.reaper_interval)
+            .field("coalesce", &self.coalescing())
             .field("problem", &self.problem)
             .finish()
     }
@@ -125,6 +133,7 @@ impl Default for PostgresConfig {
             limits: Limits::DEFAULT,
             run_migrations: true,
             reaper_interval: None,
+            coalesce: None,
         }
     }
 }
@@ -186,6 +195,9 @@ impl PostgresConfig {
         if let Some(max) = url.parse_param::<u32>("pool_max")? {
             config.pool_max = max;
             config.pool_min = config.pool_min.min(max);
+        }
+        if let Some(n) = url.parse_param::<usize>("coalesce")? {
+            config.coalesce = Some(n);
         }
         for (name, field) in [
             ("statement_timeout", &mut config.statement_timeout),
@@ -331,6 +343,37 @@ impl PostgresConfig {
         self
     }
 
+    /// Coalescing of concurrent point operations: at most `max_in_flight` statements
+    /// serve `get`, `put` and `put_with_ttl` at once (default 2, capped at `pool_max`; URL
+    /// parameter `coalesce=N`; 0 turns it off).
+    ///
+    /// A call that finds one of those slots free is its own statement, sent at once, as
+    /// without coalescing. Calls made while every slot is busy wait in a queue, and a
+    /// background task sends all of them together as one set-based statement (the SQL of
+    /// `batch_get` and `batch_put`) as soon as a slot frees, like a Redis client's
+    /// auto-pipelining: no timer. Each statement runs after all its calls were made and
+    /// before any is answered, so reads and writes stay linearizable; a put is
+    /// acknowledged once its statement committed, and a statement's error is the error of
+    /// every call in it.
+    ///
+    /// What it buys: fewer statements when many tasks share the backend. On a 2-core
+    /// machine with 16 tasks, point gets went from about 0.75x of `pgbench -M prepared -c
+    /// 16` to 1.1-1.3x, and puts from 0.95x to 1.3-1.45x. What it costs: a call that has
+    /// to queue pays a hop to that task and back, and point operations use at most
+    /// `max_in_flight` connections (the others stay free for everything else), so with
+    /// few concurrent callers a low value can cost throughput: with 4 tasks, 2 slots were
+    /// about 20% slower than none, 4 slots even. Must not exceed `pool_max`.
+    pub fn with_coalescing(mut self, max_in_flight: usize) -> Self {
+        self.coalesce = Some(max_in_flight);
+        self
+    }
+
+    /// How many coalesced statements may run at once (0: coalescing is off).
+    pub fn coalescing(&self) -> usize {
+        self.coalesce
+            .unwrap_or_else(|| DEFAULT_COALESCE.min(self.pool_max as usize))
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         if let Some(problem) = &self.problem {
@@ -354,6 +397,15 @@ impl PostgresConfig {
             return Err(StateError::config(format!(
                 "pool_min ({}) is larger than pool_max ({})",
                 self.pool_min, self.pool_max
+            )));
+        }
+        if let Some(n) = self.coalesce
+            && n > self.pool_max as usize
+        {
+            return Err(StateError::config(format!(
+                "coalesce ({n}) is larger than pool_max ({}); each coalesced statement needs a \
+                 connection of its own: lower coalesce or raise pool_max",
+                self.pool_max
             )));
         }
         for (name, value) in [
@@ -668,6 +720,40 @@ mod tests {
         assert!(c.validate().is_err_and(|e| e.kind() == ErrorKind::Config));
         let c = PostgresConfig::new("postgres://h/db").with_table("ok_name");
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn coalescing_is_capped_by_pool_max() -> Result<()> {
+        let c = PostgresConfig::from_url("postgres://h/db?pool_max=8&coalesce=3")?;
+        assert_eq!(c.coalescing(), 3);
+        assert_eq!(
+            PostgresConfig::from_url("postgres://h/db?coalesce=0")?.coalescing(),
+            0
+        );
+        // The default follows a small pool down instead of failing.
+        let c = PostgresConfig::from_url("postgres://h/db?pool_max=1")?;
+        assert_eq!(c.coalescing(), 1);
+        assert_eq!(PostgresConfig::default().coalescing(), DEFAULT_COALESCE);
+        // An explicit value above pool_max is an error naming the field.
+        let err = config_err(PostgresConfig::from_url(
+            "postgres://h/db?pool_max=2&coalesce=3",
+        ));
+        assert!(
+            err.contains("coalesce (3)") && err.contains("pool_max"),
+            "{err}"
+        );
+        let c = PostgresConfig::new("postgres://h/db")
+            .with_pool_size(1, 4)
+            .with_coalescing(5);
+        assert!(
+            c.validate()
+                .is_err_and(|e| e.kind() == ErrorKind::Config && e.message().contains("coalesce"))
+        );
+        assert!(
+            config_err(PostgresConfig::from_url("postgres://h/db?coalesce=-1"))
+                .contains("coalesce")
+        );
+        Ok(())
     }
 
     #[test]

@@ -144,11 +144,21 @@ impl ConnSet {
             }
         };
         // Low slots first, so that the number of open connections follows peak concurrency.
-        let Some(slot) = self.slots.iter().find_map(|slot| slot.try_lock().ok()) else {
-            return Err(StateError::new(
-                ErrorKind::Backend,
-                "internal error: a connection permit found no free slot",
-            ));
+        // A permit always has a free slot, but `open_connections` and `close_idle` may hold
+        // that slot's lock for an instant (they never await while holding it): look again.
+        let mut looks = 0;
+        let slot = loop {
+            if let Some(slot) = self.slots.iter().find_map(|slot| slot.try_lock().ok()) {
+                break slot;
+            }
+            looks += 1;
+            if looks > 1000 {
+                return Err(StateError::new(
+                    ErrorKind::Backend,
+                    "internal error: a connection permit found no free slot",
+                ));
+            }
+            tokio::task::yield_now().await;
         };
         let mut checkout = Checkout {
             slot,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod coalesce;
 mod config;
 mod conn;
 mod error;

@@ -120,6 +120,7 @@ pub(crate) struct Statements {
     pub ttl: SqlStr,
     pub batch_get: SqlStr,
     pub batch_put: SqlStr,
+    pub batch_put_ttl: SqlStr,
     pub batch_delete: SqlStr,
     pub import_chunk: SqlStr,
     pub page: Ranged,
@@ -197,6 +198,13 @@ impl Statements {
                 "INSERT INTO {e} AS s (key, value, metadata, expires_at) \
                  SELECT u.k, u.v, NULL, now() + $3::float8 * interval '1 millisecond' \
                  FROM unnest($1::bytea[], $2::bytea[]) AS u(k, v) {UPSERT}"
+            )),
+            // `batch_put` with an expiry per row (NULL: none), for coalesced puts whose TTLs
+            // differ; rows are written exactly as `put` writes one.
+            batch_put_ttl: sql(format!(
+                "INSERT INTO {e} AS s (key, value, metadata, expires_at) \
+                 SELECT u.k, u.v, NULL, now() + u.t * interval '1 millisecond' \
+                 FROM unnest($1::bytea[], $2::bytea[], $3::float8[]) AS u(k, v, t) {UPSERT}"
             )),
             batch_delete: sql(format!(
                 "WITH d AS (DELETE FROM {e} WHERE key = ANY($1::bytea[]) RETURNING expires_at) \

@@ -1,0 +1,413 @@
+//! Coalescing of concurrent point operations: results stay linearizable, statements are
+//! fewer than operations, `coalesce=0` turns it off, cancelled callers and other runtimes
+//! do no harm.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::Connection;
+use state_core::{StateBackend, StateError};
+use state_postgres::{PostgresConfig, PostgresStateBackend};
+
+/// No test here waits longer than this for anything.
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn open(schema: &str, coalesce: Option<usize>) -> PostgresStateBackend {
+    let mut config = common::config(schema).await.with_pool_size(1, 16);
+    if let Some(n) = coalesce {
+        config = config.with_coalescing(n);
+    }
+    match PostgresStateBackend::new(config).await {
+        Ok(backend) => backend,
+        Err(e) => panic!("cannot open the backend: {e}"),
+    }
+}
+
+async fn join<T>(tasks: Vec<tokio::task::JoinHandle<Result<T, StateError>>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for task in tasks {
+        match tokio::time::timeout(BOUND, task).await {
+            Ok(Ok(Ok(value))) => out.push(value),
+            Ok(Ok(Err(e))) => panic!("an operation failed: {e}"),
+            Ok(Err(e)) => panic!("a task panicked: {e}"),
+            Err(_) => panic!("a task did not finish within {BOUND:?}"),
+        }
+    }
+    out
+}
+
+/// A put: which key, the id it wrote, and when (on the shared logical clock) it was
+/// called and acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Put {
+    key: u64,
+    start: u64,
+    end: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Get {
+    key: u64,
+    id: u64,
+    start: u64,
+    end: u64,
+}
+
+const TASKS: u64 = 32;
+const KEYS: u64 = 20;
+const OPS_PER_TASK: u64 = 200;
+
+fn key_name(key: u64) -> Vec<u8> {
+    format!("lin:{key:02}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_and_puts_are_linearizable() {
+    common::in_schema("co_lin", |schema| async move {
+        let backend = Arc::new(open(&schema, None).await);
+        // Id 0 is the value every key starts with.
+        let initial = 0u64.to_be_bytes();
+        let names: Vec<Vec<u8>> = (0..KEYS).map(key_name).collect();
+        let entries: Vec<(&[u8], &[u8])> = names.iter().map(|k| (&k[..], &initial[..])).collect();
+        backend.batch_put(&entries).await?;
+
+        let clock = Arc::new(AtomicU64::new(1));
+        let puts = Arc::new(Mutex::new(HashMap::<u64, Put>::new()));
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let (backend, clock, puts) = (backend.clone(), clock.clone(), puts.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = task.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut gets = Vec::new();
+                let mut last_put: Option<(u64, u64)> = None;
+                for seq in 0..OPS_PER_TASK {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let key = rng % KEYS;
+                    let start = clock.fetch_add(1, Ordering::SeqCst);
+                    if (rng >> 32) % 2 == 0 {
+                        let id = task * 1_000_000 + seq + 1;
+                        backend.put(&key_name(key), &id.to_be_bytes()).await?;
+                        let end = clock.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut puts) = puts.lock() {
+                            puts.insert(id, Put { key, start, end });
+                        }
+                        last_put = Some((key, id));
+                    } else {
+                        let value = backend.get(&key_name(key)).await?;
+                        let end = clock.fetch_add(1, Ordering::SeqCst);
+                        gets.push(Get {
+                            key,
+                            id: decode_id(value.as_deref()),
+                            start,
+                            end,
+                        });
+                    }
+                }
+                // The final read of the last key this task wrote.
+                let mut last = None;
+                if let Some((key, own)) = last_put {
+                    let start = clock.fetch_add(1, Ordering::SeqCst);
+                    let value = backend.get(&key_name(key)).await?;
+                    let end = clock.fetch_add(1, Ordering::SeqCst);
+                    let id = decode_id(value.as_deref());
+                    gets.push(Get {
+                        key,
+                        id,
+                        start,
+                        end,
+                    });
+                    last = Some((own, id));
+                }
+                Ok::<_, StateError>((gets, last))
+            }));
+        }
+        let results = join(tasks).await;
+        let puts = match puts.lock() {
+            Ok(puts) => puts.clone(),
+            Err(e) => panic!("the put log is poisoned: {e}"),
+        };
+        assert_eq!(
+            puts.len() as u64 + results.iter().map(|(g, _)| g.len() as u64).sum::<u64>(),
+            TASKS * OPS_PER_TASK + results.iter().filter(|(_, l)| l.is_some()).count() as u64
+        );
+        let initial = |key| Put {
+            key,
+            start: 0,
+            end: 0,
+        };
+        let mut by_key: HashMap<u64, Vec<Put>> = HashMap::new();
+        for put in puts.values() {
+            by_key.entry(put.key).or_default().push(*put);
+        }
+        let mut checked = 0;
+        for (gets, last) in &results {
+            for get in gets {
+                // Every read returns a value some put of that key wrote, called before the
+                // read returned...
+                let written = if get.id == 0 {
+                    initial(get.key)
+                } else {
+                    match puts.get(&get.id) {
+                        Some(put) => *put,
+                        None => panic!("{get:?} returned a value no put wrote"),
+                    }
+                };
+                assert_eq!(written.key, get.key, "{get:?} returned another key's value");
+                assert!(
+                    written.start < get.end,
+                    "{get:?} saw a later put {written:?}"
+                );
+                // ...and no put of that key came wholly between that put and the read.
+                let newer = by_key
+                    .get(&get.key)
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p.start > written.end && p.end < get.start);
+                assert!(
+                    newer.is_none(),
+                    "{get:?} returned {written:?}, overwritten before the read by {newer:?}"
+                );
+                checked += 1;
+            }
+            // Each task's final read sees its own write or one not finished before it.
+            if let (Some((own, seen)), Some(final_get)) = (last, gets.last()) {
+                let own_put = puts[own];
+                let seen_put = if *seen == 0 {
+                    initial(final_get.key)
+                } else {
+                    puts[seen]
+                };
+                assert!(
+                    seen == own || seen_put.end > own_put.start,
+                    "a final read saw {seen_put:?}, older than the task's own {own_put:?}"
+                );
+            }
+        }
+        eprintln!("{checked} reads checked; {:?}", backend.stats().await);
+        Ok::<(), StateError>(())
+    })
+    .await;
+}
+
+fn decode_id(value: Option<&[u8]>) -> u64 {
+    match value.map(<[u8; 8]>::try_from) {
+        Some(Ok(bytes)) => u64::from_be_bytes(bytes),
+        other => panic!("a read returned {other:?}, not an id"),
+    }
+}
+
+/// 32 tasks × 50 calls each: how many operations and statements the stats show.
+async fn concurrent_load(backend: &Arc<PostgresStateBackend>) -> (u64, u64) {
+    let before = backend.stats().await;
+    let mut tasks = Vec::new();
+    for task in 0..32u32 {
+        let backend = backend.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50u32 {
+                let key = format!("load:{}", (task * 7 + i) % 40);
+                if i % 3 == 0 {
+                    backend.put(key.as_bytes(), &i.to_be_bytes()).await?;
+                } else {
+                    backend.get(key.as_bytes()).await?;
+                }
+            }
+            Ok::<(), StateError>(())
+        }));
+    }
+    join(tasks).await;
+    let after = backend.stats().await;
+    (
+        after.operation_count - before.operation_count,
+        after.query_count - before.query_count,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_sends_fewer_statements_than_operations() {
+    common::in_schema("co_stats", |schema| async move {
+        let backend = Arc::new(open(&schema, Some(2)).await);
+        let (operations, statements) = concurrent_load(&backend).await;
+        eprintln!("{operations} operations in {statements} statements");
+        // Each caller counts once, whatever statement served it.
+        assert_eq!(operations, 32 * 50);
+        assert!(
+            statements * 2 <= operations,
+            "{operations} operations took {statements} statements: nothing was coalesced"
+        );
+        Ok::<(), StateError>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesce_0_sends_one_statement_per_operation() {
+    common::in_schema("co_off", |schema| async move {
+        let url = common::url().await;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{url}{sep}schema={schema}&sslmode=disable&synchronous_commit=off&pool_max=16&coalesce=0"
+        );
+        let config = PostgresConfig::from_url(&url)?;
+        assert_eq!(config.coalescing(), 0);
+        let backend = Arc::new(PostgresStateBackend::new(config).await?);
+        let (operations, statements) = concurrent_load(&backend).await;
+        assert_eq!(operations, 32 * 50);
+        assert_eq!(statements, operations);
+        Ok::<(), StateError>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_calls_leave_the_backend_working() {
+    common::in_schema("co_cancel", |schema| async move {
+        let backend = Arc::new(open(&schema, Some(2)).await);
+        backend.put(b"kept", b"v0").await?;
+        let mut cancelled = 0;
+        for round in 0..10u32 {
+            let mut tasks = Vec::new();
+            for i in 0..50u32 {
+                let backend = backend.clone();
+                tasks.push(tokio::spawn(async move {
+                    let zero = Duration::ZERO;
+                    let gave_up = if i % 5 == 0 {
+                        let value = format!("r{round}");
+                        tokio::time::timeout(zero, backend.put(b"kept", value.as_bytes()))
+                            .await
+                            .is_err()
+                    } else {
+                        tokio::time::timeout(zero, backend.get(b"kept"))
+                            .await
+                            .is_err()
+                    };
+                    Ok::<bool, StateError>(gave_up)
+                }));
+            }
+            cancelled += join(tasks).await.into_iter().filter(|c| *c).count();
+        }
+        assert!(cancelled > 0, "no call was cancelled");
+        // Everything still works, alone and under concurrency.
+        backend.put(b"after", b"ok").await?;
+        assert_eq!(backend.get(b"after").await?.as_deref(), Some(&b"ok"[..]));
+        let value = backend.get(b"kept").await?;
+        assert!(value.is_some_and(|v| v.starts_with(b"r") || &v[..] == b"v0"));
+        let (operations, _) = concurrent_load(&backend).await;
+        assert_eq!(operations, 32 * 50);
+        Ok::<(), StateError>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_group_naming_a_key_twice_stores_the_later_value() {
+    common::in_schema("co_dup", |schema| async move {
+        // One statement at a time: while a put waits on a row lock, the next calls queue
+        // up and go out together.
+        let backend = Arc::new(open(&schema, Some(1)).await);
+        backend.put(b"blocker", b"0").await?;
+        let mut locker = match sqlx::PgConnection::connect(&common::url().await).await {
+            Ok(c) => c,
+            Err(e) => panic!("cannot connect: {e}"),
+        };
+        let lock = format!(
+            "BEGIN; SELECT 1 FROM \"{schema}\".state_entries \
+             WHERE key = convert_to('blocker', 'UTF8') FOR UPDATE"
+        );
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+            .execute(&mut locker)
+            .await
+        {
+            panic!("cannot lock the row: {e}");
+        }
+        let before = backend.stats().await;
+        let spawn_put = |key: &'static [u8], value: &'static [u8]| {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.put(key, value).await })
+        };
+        let blocked = spawn_put(b"blocker", b"1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let first = spawn_put(b"dup", b"first");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = spawn_put(b"dup", b"second");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Err(e) = sqlx::raw_sql("COMMIT").execute(&mut locker).await {
+            panic!("cannot release the lock: {e}");
+        }
+        join(vec![blocked, first, second]).await;
+        let after = backend.stats().await;
+        assert_eq!(after.operation_count - before.operation_count, 3);
+        // The blocked put alone, then both puts of `dup` in one statement.
+        assert!(
+            after.query_count - before.query_count <= 2,
+            "the two puts of one key were not grouped: {before:?} -> {after:?}"
+        );
+        assert_eq!(backend.get(b"dup").await?.as_deref(), Some(&b"second"[..]));
+        assert_eq!(backend.get(b"blocker").await?.as_deref(), Some(&b"1"[..]));
+        let _ = locker.close().await;
+        Ok::<(), StateError>(())
+    })
+    .await;
+}
+
+/// A backend opened on one runtime and used from another: the dispatcher is not used
+/// from there (that runtime might not be driven), and nothing hangs, before and after the
+/// first runtime is gone.
+#[test]
+fn a_backend_serves_other_runtimes_and_outlives_its_own() {
+    let build = |threaded: bool| {
+        let mut builder = if threaded {
+            tokio::runtime::Builder::new_multi_thread()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        match builder.worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => panic!("cannot build a runtime: {e}"),
+        }
+    };
+    let first = build(false);
+    let second = build(true);
+    let schema = common::unique_schema("co_rt");
+    let backend = first.block_on(async {
+        // No connection is opened on the first runtime: its I/O is not driven later.
+        let config = common::config(&schema).await.with_pool_size(0, 4);
+        match PostgresStateBackend::new(config).await {
+            Ok(backend) => backend,
+            Err(e) => panic!("cannot open the backend: {e}"),
+        }
+    });
+    let exercise = |round: &'static str| {
+        second.block_on(async {
+            let work = async {
+                backend.put(round.as_bytes(), b"v").await?;
+                backend.put_with_ttl(b"ttl", b"v", BOUND).await?;
+                let value = backend.get(round.as_bytes()).await?;
+                Ok::<_, StateError>(value)
+            };
+            match tokio::time::timeout(BOUND, work).await {
+                Ok(Ok(value)) => assert_eq!(value.as_deref(), Some(&b"v"[..])),
+                Ok(Err(e)) => panic!("{round}: {e}"),
+                Err(_) => panic!("{round}: an operation hung"),
+            }
+        })
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // The first runtime is alive but idle.
+        exercise("while_idle");
+        drop(first);
+        exercise("after_shutdown");
+    }));
+    second.block_on(async {
+        drop(backend);
+        common::drop_schema(&schema).await;
+    });
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
