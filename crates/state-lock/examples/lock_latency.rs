@@ -340,12 +340,12 @@ fn table(rows: &[Row], opts: &Options) -> String {
     out.push_str(
         "\nWhy the goal is not met everywhere (measured on this machine, not assumed):\n\n\
          - Redis: a cycle is two Lua scripts (acquire: the owner check, the fencing counter, \
-         `TIME`, `SET PX`; release: compare-and-delete), each one round trip. On loopback a \
-         round trip is ~27 µs, and `INFO commandstats` on a private server showed \
-         `evalsha` at 9.85 µs of server CPU per call against 0.20 µs for `PING`: the scripts \
-         themselves cost most of a round trip. The floor row runs the same scripts on the raw \
-         `redis` crate; ours is within ~1.1× of it. Over a real network, where the round \
-         trip dwarfs the script, the ratio tends to 2.\n\
+         `TIME`, `SET PX`; release: compare-and-delete), each one round trip. `INFO \
+         commandstats` on a private server showed the acquire script at 5-10 µs of server \
+         time per call against 0.1-0.2 µs for `PING`, so the ratio depends on the round trip \
+         itself: where a round trip is ~25 µs (a busy loopback) the scripts add most of one; \
+         where it is longer (an idle VM waking its threads, a real network) the ratio tends \
+         to 2. The floor row runs the same scripts on the raw `redis` crate.\n\
          - PostgreSQL Session: acquire (`pg_try_advisory_lock` + `nextval`) and release \
          (`pg_advisory_unlock`) are one prepared statement each. The p99 carries the \
          sequence's WAL flush: `nextval` logs 32 values ahead, so every 32nd acquire commits \
