@@ -481,6 +481,31 @@ pub(crate) fn time_to_micros(at: SystemTime) -> Result<i64> {
     out.ok_or_else(|| StateError::invalid_input("an expiry time is outside the supported range"))
 }
 
+/// Puts each row of the `batch_get` statement, (1-based position in the request, value),
+/// at its position in `out`; returns the bytes of the values placed.
+pub(crate) fn place_by_ordinal(
+    rows: Vec<PgRow>,
+    out: &mut [Option<Bytes>],
+    what: &str,
+) -> Result<usize> {
+    let mut bytes = 0;
+    for row in rows {
+        let ordinal: i64 = decode(&row, 0, what)?;
+        let value: Vec<u8> = decode(&row, 1, what)?;
+        let slot = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+            .ok_or_else(|| {
+                StateError::corrupt(format!(
+                    "{what}: the server returned a position outside the request"
+                ))
+            })?;
+        bytes += value.len();
+        *slot = Some(Bytes::from(value));
+    }
+    Ok(bytes)
+}
+
 pub(crate) fn decode<T>(row: &PgRow, index: usize, what: &str) -> Result<T>
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
@@ -590,23 +615,9 @@ impl StateBackend for PostgresStateBackend {
                     c.fetch_all("batch_get", query).await
                 })
                 .await?;
-            let base = chunk_index * CHUNK_ROWS;
-            for row in rows {
-                let ordinal: i64 = decode(&row, 0, "batch_get")?;
-                let value: Vec<u8> = decode(&row, 1, "batch_get")?;
-                self.inner.conns.counters.read(value.len());
-                let slot = usize::try_from(ordinal - 1)
-                    .ok()
-                    .and_then(|i| out.get_mut(base + i));
-                match slot {
-                    Some(slot) => *slot = Some(Bytes::from(value)),
-                    None => {
-                        return Err(StateError::corrupt(
-                            "batch_get: the server returned a position outside the request",
-                        ));
-                    }
-                }
-            }
+            let chunk_out = out.get_mut(chunk_index * CHUNK_ROWS..).unwrap_or_default();
+            let bytes = place_by_ordinal(rows, chunk_out, "batch_get")?;
+            self.inner.conns.counters.read(bytes);
         }
         Ok(out)
     }

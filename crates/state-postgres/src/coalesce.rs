@@ -42,7 +42,7 @@ use state_core::{Idempotency, Result, StateError};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
 
-use crate::backend::{CHUNK_BYTES, CHUNK_ROWS, Inner, PostgresStateBackend, decode};
+use crate::backend::{CHUNK_BYTES, CHUNK_ROWS, Inner, PostgresStateBackend, place_by_ordinal};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -368,17 +368,7 @@ impl PostgresStateBackend {
             })
             .await?;
         let mut out = vec![None; keys.len()];
-        for row in rows {
-            let ordinal: i64 = decode(&row, 0, "get")?;
-            let value: Vec<u8> = decode(&row, 1, "get")?;
-            let slot = usize::try_from(ordinal - 1)
-                .ok()
-                .and_then(|i| out.get_mut(i))
-                .ok_or_else(|| {
-                    StateError::corrupt("get: the server returned a position outside the request")
-                })?;
-            *slot = Some(Bytes::from(value));
-        }
+        place_by_ordinal(rows, &mut out, "get")?;
         Ok(out)
     }
 
