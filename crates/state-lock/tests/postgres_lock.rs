@@ -1,7 +1,7 @@
 //! PostgreSQL-specific lock tests (the shared cases are in `postgres_*_suite.rs`):
 //! a terminated session holder (RELIABILITY 10), cancelled acquires (8), the key in
-//! `pg_locks` (11), a lease pool that heals after its backends are killed, and errors that
-//! say what was wrong without showing the password.
+//! `pg_locks` (11), Session mode's connection cap, a lease pool that heals after its
+//! backends are killed, and errors that say what was wrong without showing the password.
 
 mod pg_lock_common;
 
@@ -325,6 +325,81 @@ async fn killed_idle_sessions_are_replaced() {
             .expect("a free lock");
         assert_eq!(common::holders(&lock_name).await.len(), 1);
         a.release(guard).await.expect("release");
+    })
+    .await;
+}
+
+/// Session mode keeps one connection per held lock and at most `pool_max` in all: a handle
+/// at its cap waits up to `acquire_timeout` and then says why; a release lets a waiting
+/// acquire in; many tasks over few connections all get through, and the server never sees
+/// more than `pool_max` connections of the handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_holds_at_most_pool_max_locks() {
+    in_schema("lcap", |schema| async move {
+        let url = common::url().await;
+        let app = common::unique_app("cap");
+        let lock = Arc::new(
+            open(
+                config(&url, &schema, LockMode::Session)
+                    .with_application_name(&app)
+                    .with_pool_max(3)
+                    .with_acquire_timeout(Duration::from_secs(2)),
+            )
+            .await,
+        );
+        let mut guards = Vec::new();
+        for i in 0..3 {
+            let guard = lock.try_acquire(&name(&format!("cap{i}")), LONG).await;
+            guards.push(guard.expect("try_acquire").expect("a free lock"));
+        }
+        assert_eq!(common::connections_of(&app).await, 3);
+        let e = lock
+            .try_acquire(&name("over"), LONG)
+            .await
+            .expect_err("a fourth lock needs a fourth connection");
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(e.message().contains("pool_max (3)"), "{e}");
+        assert!(e.message().contains("lock_mode=lease"), "{e}");
+
+        let waiting = {
+            let lock = Arc::clone(&lock);
+            tokio::spawn(async move { lock.try_acquire(&name("waiting"), LONG).await })
+        };
+        let released = guards.pop().expect("three guards");
+        lock.release(released).await.expect("release");
+        let guard = waiting
+            .await
+            .expect("waiting task")
+            .expect("try_acquire after a release")
+            .expect("a free lock");
+        guards.push(guard);
+        for guard in guards {
+            lock.release(guard).await.expect("release");
+        }
+
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let lock = Arc::clone(&lock);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..5 {
+                    let lock_name = name(&format!("many{t}-{i}"));
+                    let guard = lock
+                        .try_acquire(&lock_name, LONG)
+                        .await
+                        .expect("try_acquire waits for a connection")
+                        .expect("a free lock");
+                    lock.release(guard).await.expect("release");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        let open_now = common::connections_of(&app).await;
+        assert!(
+            (1..=3).contains(&open_now),
+            "{open_now} connections open, pool_max is 3"
+        );
     })
     .await;
 }

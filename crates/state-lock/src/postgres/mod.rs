@@ -269,11 +269,20 @@ impl PostgresLockConfig {
         self
     }
 
-    /// The most connections Lease mode keeps open (default 10). Session mode opens one per
-    /// held lock and keeps up to 4 idle.
+    /// The most connections a lock handle has open (default 10). Lease mode shares them
+    /// among all operations; Session mode needs one per held lock (plus up to 4 idle), so it
+    /// holds at most `pool_max` locks at once. An operation that finds them all in use waits
+    /// up to `acquire_timeout` (URL parameter, default 10 s) and then fails with `Timeout`.
     pub fn with_pool_max(mut self, max: u32) -> Self {
         let (min, _) = self.pg.pool_size();
         self.pg = self.pg.with_pool_size(min.min(max), max);
+        self
+    }
+
+    /// How long an operation waits for a connection while `pool_max` are in use (default
+    /// 10 s; URL `acquire_timeout`) before failing with `Timeout`.
+    pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.pg = self.pg.with_acquire_timeout(timeout);
         self
     }
 
@@ -396,7 +405,7 @@ fn strip_lock_params(url: &str) -> String {
 /// | fencing token | `nextval('<schema>.state_lock_tokens')`, taken in the same statement as the lock | the same sequence, taken under a per-name transaction lock |
 /// | behind PgBouncer (transaction pooling) | **refused**: the server connection changes between transactions, so the lock would not be on "our" backend | safe: every operation is one self-contained statement (simple query protocol, no prepared statement) |
 /// | statements | named prepared statements, parsed and planned once per connection | simple query protocol, parsed and planned on every call |
-/// | connections | one per held lock, plus up to 4 idle ones reused by later acquires | up to `pool_max` (default 10), reused without a check round trip (a broken one fails its statement, which is retried on another) |
+/// | connections | one per held lock, plus up to 4 idle ones reused by later acquires; at most `pool_max` (default 10) in all, so at most `pool_max` locks held per handle (an acquire beyond that waits up to `acquire_timeout`, then fails with `Timeout`) | up to `pool_max` (default 10), reused without a check round trip (a broken one fails its statement, which is retried on another) |
 /// | uncontended acquire + release | 2 round trips | 2 round trips |
 /// | WAL flushes (fsync) | 1 acquire in 32 (the token sequence logs 32 values ahead) | the same; with durable leases, every acquire and release |
 ///

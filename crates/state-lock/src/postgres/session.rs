@@ -20,7 +20,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row};
 use state_core::{
     ErrorKind, FencingToken, GuardState, LockGuard, Result, StateError, new_owner_token,
 };
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::key::{advisory_key, pg_locks_ids};
 use super::{
@@ -53,10 +53,12 @@ const IS_LOCKED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktyp
 /// A statement of ours with its parameters, run as a named prepared statement.
 type Statement = Query<'static, Postgres, PgArguments>;
 
-/// One server session: the connection and the backend pid it had when opened.
+/// One server session: the connection, the backend pid it had when opened, and its place
+/// among the `pool_max` connections the lock may have open (given back when it closes).
 struct Session {
     conn: PgConnection,
     pid: i32,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// What the lock and its guards share.
@@ -68,6 +70,12 @@ struct Shared {
     acquire_sql: Arc<str>,
     endpoint: String,
     idle: StdMutex<Vec<Session>>,
+    /// One permit per connection that may be open (`pool_max`): held locks and idle ones.
+    slots: Arc<Semaphore>,
+    /// Signalled when a connection is put back idle, for a checkout waiting on a slot.
+    put_back: Notify,
+    pool_max: u32,
+    acquire_timeout: Duration,
     connect_timeout: Duration,
     op_timeout: Duration,
 }
@@ -134,16 +142,25 @@ impl SessionLock {
              pg_backend_pid()",
             config.quoted_schema()
         );
+        let (_, pool_max) = pg.pool_size();
         let shared = Arc::new(Shared {
             options,
             probe,
             acquire_sql: Arc::from(acquire_sql),
             endpoint: pg.redacted_url(),
             idle: StdMutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(
+                usize::try_from(pool_max)
+                    .unwrap_or(Semaphore::MAX_PERMITS)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            put_back: Notify::new(),
+            pool_max,
+            acquire_timeout: pg.acquire_timeout(),
             connect_timeout: pg.connect_timeout(),
             op_timeout: config.op_timeout(),
         });
-        let mut session = shared.connect().await?;
+        let mut session = shared.checkout().await?.0;
         let sql = setup_sql(config.schema(), LockTable::None);
         let mut attempt = 0;
         loop {
@@ -373,9 +390,9 @@ enum Unlock {
 }
 
 impl Shared {
-    /// Opens a connection and checks that its startup options reached the backend (they
-    /// do not through PgBouncer), remembering the backend pid.
-    async fn connect(&self) -> Result<Session> {
+    /// Opens a connection in `slot` and checks that its startup options reached the backend
+    /// (they do not through PgBouncer), remembering the backend pid.
+    async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Session> {
         let what = format!("opening a lock connection to {}", self.endpoint);
         let mut conn = match tokio::time::timeout(
             self.connect_timeout,
@@ -416,20 +433,61 @@ impl Shared {
                 self.endpoint
             )));
         }
-        Ok(Session { conn, pid })
+        Ok(Session {
+            conn,
+            pid,
+            _slot: slot,
+        })
     }
 
-    /// An idle connection (`true`: it was reused) or a new one.
+    /// An idle connection (`true`: it was reused) or a new one. While `pool_max`
+    /// connections are open, waits up to `acquire_timeout` for one to be put back idle or
+    /// closed.
     async fn checkout(&self) -> Result<(Session, bool)> {
-        let reused = self
-            .idle
+        let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        loop {
+            // Registered before looking, so a connection put back in between still wakes us.
+            let put_back = self.put_back.notified();
+            tokio::pin!(put_back);
+            put_back.as_mut().enable();
+            if let Some(session) = self.pop_idle() {
+                return Ok((session, true));
+            }
+            if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+                return Ok((self.connect(slot).await?, false));
+            }
+            tokio::select! {
+                slot = Arc::clone(&self.slots).acquire_owned() => {
+                    // The semaphore is never closed; if it were, the next turn times out.
+                    if let Ok(slot) = slot {
+                        return Ok((self.connect(slot).await?, false));
+                    }
+                }
+                () = &mut put_back => {}
+                () = tokio::time::sleep_until(deadline) => return Err(self.no_slot()),
+            }
+        }
+    }
+
+    fn pop_idle(&self) -> Option<Session> {
+        self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        match reused {
-            Some(session) => Ok((session, true)),
-            None => Ok((self.connect().await?, false)),
-        }
+            .pop()
+    }
+
+    /// The error when every connection stayed in use for `acquire_timeout`.
+    fn no_slot(&self) -> StateError {
+        StateError::new(
+            ErrorKind::Timeout,
+            format!(
+                "no connection to {} came free within acquire_timeout ({:?}): Session mode \
+                 keeps one connection per held lock, and this handle has pool_max ({}) open; \
+                 release locks, raise pool_max, or use lock_mode=lease, which needs no \
+                 connection per held lock",
+                self.endpoint, self.acquire_timeout, self.pool_max
+            ),
+        )
     }
 
     /// Keeps a connection that holds no lock for later, or drops it if enough are idle.
@@ -446,7 +504,11 @@ impl Shared {
                 Some(session)
             }
         };
-        drop(surplus);
+        // Closing a surplus connection frees its slot, which wakes a waiter by itself.
+        match surplus {
+            None => self.put_back.notify_one(),
+            Some(session) => drop(session),
+        }
     }
 
     /// Runs one statement that returns one row, as a named prepared statement: prepared
