@@ -1,7 +1,8 @@
 //! `RedisDistributedLock` on a Redis Cluster (3 masters + 3 replicas) and behind Sentinels
 //! (primary, replica, 3 sentinels): the whole lock suite in one test per topology (nextest
-//! runs each test in its own process, so one topology per test), and what a Sentinel
-//! failover does to a held lock.
+//! runs each test in its own process, so one topology per test), and what a failover does
+//! to a held lock: a Sentinel failover, and a Cluster master failover to a replica that had
+//! fallen behind.
 //!
 //! Each test starts its own topology; every loop is bounded in count and time.
 
@@ -201,4 +202,173 @@ fn sentinel_failover_that_loses_the_lock_still_fences_the_old_holder() {
         backend.clear(b"").await.expect("cleanup");
     });
     drop(sentinel);
+}
+
+/// The port of the Cluster master that owns the slot of `key`: only the owner answers an
+/// integer to `EXISTS`, the others answer `MOVED`.
+async fn owner_of(cluster: &RedisCluster, key: &str) -> u16 {
+    let masters = cluster.masters().await.expect("the cluster's masters");
+    for &port in &masters {
+        if let Ok(reply) = cluster.cli(port, &["EXISTS", key]).await
+            && matches!(reply.trim(), "0" | "1")
+        {
+            return port;
+        }
+    }
+    panic!("none of the masters {masters:?} owns the slot of {key}");
+}
+
+/// The port of the Cluster replica that replicates `master`, as its `INFO replication`
+/// says.
+async fn replica_of(cluster: &RedisCluster, master: u16) -> u16 {
+    let replicas = cluster.replicas().await.expect("the cluster's replicas");
+    for &port in &replicas {
+        let info = cluster
+            .cli(port, &["INFO", "replication"])
+            .await
+            .expect("redis-cli on a replica");
+        let of = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("master_port:"));
+        if of == Some(master.to_string().as_str()) {
+            return port;
+        }
+    }
+    panic!("none of the replicas {replicas:?} replicates the master on port {master}");
+}
+
+/// RELIABILITY 4 on a Redis Cluster. The replica of the master that owns the lock's slot is
+/// SIGSTOPped and the master drops its replication link, so the replica falls behind for
+/// real: holder A's lock, its counter, and A's fenced write (to a key with the lock name's
+/// hash tag, so in the same slot) reach the master only. The master is SIGKILLed and the
+/// replica resumed; once the Cluster has promoted it, B acquires the "free" lock while A's
+/// guard is still within its lease — and B's token, seeded from the server clock, is
+/// higher although the counter was lost, so A's late fenced write is rejected and A's
+/// extend says `NotOwner`. The handles follow the new slot owner by themselves.
+#[test]
+fn cluster_master_failover_that_loses_the_lock_still_fences_the_old_holder() {
+    let rt = testing::conformance::runtime();
+    let mut cluster = rt
+        .block_on(RedisCluster::start())
+        .unwrap_or_else(|e| panic!("cannot start the Redis Cluster: {e}"));
+    rt.block_on(async {
+        let url = cluster.url();
+        let prefix = format!("rlock-{}", testing::conformance::unique_namespace());
+        let a_lock = lock_on(&url, &prefix).await;
+        let b_lock = lock_on(&url, &prefix).await;
+        let backend = RedisStateBackend::new(redis_config(&url, &prefix))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        let name = "cluster-failover";
+        let lock_key = format!("{prefix}lock:{{{name}}}");
+        let counter_key = format!("{lock_key}:fence");
+        // The backend's prefix has no brace, so the name's tag puts it in the lock's slot.
+        let resource = format!("{{{name}}}resource");
+        let resource = resource.as_bytes();
+        let resource_key = format!("{prefix}{{{name}}}resource");
+
+        let master = owner_of(&cluster, &lock_key).await;
+        assert_eq!(
+            owner_of(&cluster, &resource_key).await,
+            master,
+            "the resource key shares the lock's slot"
+        );
+        let replica = replica_of(&cluster, master).await;
+
+        // A replica that lags: stopped, and cut off by its master, which would otherwise
+        // keep sending the replication stream into the stopped process's socket buffer
+        // (the kernel accepts it, and the replica would apply it on SIGCONT).
+        cluster.pause_node(replica).expect("SIGSTOP the replica");
+        let dropped = cluster
+            .cli(master, &["CLIENT", "KILL", "TYPE", "replica"])
+            .await
+            .expect("redis-cli on the master");
+        assert_eq!(dropped.trim(), "1", "the master drops its one replica link");
+
+        let mut a = a_lock
+            .try_acquire(name, LONG)
+            .await
+            .expect("A acquires")
+            .expect("the lock is free");
+        let token_a = a.fencing_token();
+        backend
+            .put_fenced(resource, b"a1", token_a)
+            .await
+            .expect("A's fenced write");
+
+        cluster.kill_node(master).expect("SIGKILL the master");
+        let killed = Instant::now();
+        cluster.resume_node(replica).expect("SIGCONT the replica");
+        let promoted = cluster
+            .wait_for_promotion(master, Duration::from_secs(60))
+            .await
+            .expect("a replica promoted in the killed master's place");
+        eprintln!(
+            "master {master} killed, replica {promoted} promoted after {:?}",
+            killed.elapsed()
+        );
+        assert_eq!(promoted, replica, "the lagging replica was promoted");
+        let left = cluster
+            .cli(
+                promoted,
+                &["EXISTS", &lock_key, &counter_key, &resource_key],
+            )
+            .await
+            .expect("redis-cli on the promoted replica");
+        assert_eq!(
+            left.trim(),
+            "0",
+            "the promoted replica has none of the keys written while it lagged"
+        );
+
+        let b = settled("B acquires after the failover", || {
+            b_lock.try_acquire(name, LONG)
+        })
+        .await
+        .expect("B's acquire after the failover")
+        .expect("the promoted replica does not have A's lock, so B gets it");
+        assert!(
+            !a.is_expired(),
+            "A's guard still believes it holds the lock"
+        );
+        assert!(
+            b.fencing_token() > token_a,
+            "B's token {:?} must be above A's {token_a:?} although the counter was lost",
+            b.fencing_token()
+        );
+        settled("B's fenced write", || {
+            backend.put_fenced(resource, b"b1", b.fencing_token())
+        })
+        .await
+        .expect("B's fenced write");
+        let late = settled("A's late write", || {
+            backend.put_fenced(resource, b"a2", token_a)
+        })
+        .await;
+        let e = late.expect_err("A's late write must be fenced");
+        assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
+        // A's handle may still be finding the new slot owner: retry what is retryable,
+        // bounded.
+        let mut extended = a_lock.extend(&mut a, LONG).await;
+        for _ in 0..100 {
+            match &extended {
+                Err(e) if e.is_retryable() => {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    extended = a_lock.extend(&mut a, LONG).await;
+                }
+                _ => break,
+            }
+        }
+        let e = extended.expect_err("A lost the lock");
+        assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
+        assert_eq!(
+            backend.get(resource).await.expect("read back").as_deref(),
+            Some(&b"b1"[..])
+        );
+        b_lock.release(b).await.expect("B releases");
+        let e = a_lock.release(a).await.expect_err("A no longer holds it");
+        assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
+        backend.clear(b"").await.expect("cleanup");
+    });
+    drop(cluster);
 }
