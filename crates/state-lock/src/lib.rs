@@ -43,6 +43,15 @@ pub use redis::{RedisDistributedLock, RedisLockConfig};
 pub mod redis_scripts {
     pub use crate::redis::{ACQUIRE_LUA as ACQUIRE, EXTEND_LUA as EXTEND, RELEASE_LUA as RELEASE};
 }
+/// The SQL [`PostgresDistributedLock`] runs in each mode, with `$n` placeholders described on
+/// each: for audits, grants, and timing the same statements with other clients.
+#[cfg(feature = "postgres")]
+pub mod postgres_statements {
+    pub use crate::postgres::statements::{
+        SESSION_HELD, SESSION_IS_LOCKED, SESSION_RELEASE, lease_acquire, lease_extend,
+        lease_is_locked, lease_release, session_acquire,
+    };
+}
 pub use watchdog::{Lease, WatchedGuard};
 
 pub use state_core::{

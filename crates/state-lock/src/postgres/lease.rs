@@ -1,6 +1,8 @@
 //! [`LockMode::Lease`](super::LockMode::Lease): a row per held lock, with an expiry set by
-//! the database clock. Every operation is one statement in the simple query protocol, so a
-//! transaction pooler may hand each one to a different server connection.
+//! the database clock. Every operation is one self-contained statement, so a transaction
+//! pooler may hand each one to a different server connection: a named prepared statement
+//! on a connection that reaches PostgreSQL directly, the simple query protocol with the
+//! values inlined as literals through a pooler.
 //!
 //! The table is `UNLOGGED` unless the config asks for durable leases: its commits then
 //! write no WAL for the row and do not wait for a flush, while the token sequence stays
@@ -11,21 +13,28 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{Connection, PgConnection, Row};
-use state_core::{ErrorKind, FencingToken, GuardState, LockGuard, Result, StateError};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use state_core::{
+    ErrorKind, FencingToken, GuardState, LockGuard, Result, StateError, new_owner_token,
+};
 use tokio::sync::Semaphore;
 
 use super::key::{advisory_key, pg_locks_ids};
+use super::statements;
 use super::{
-    LockTable, PostgresLockConfig, breaks_connection, client_timeout, convert, deadline_after,
-    foreign_guard, is_creation_race, setup_sql, text_literal,
+    LockTable, PROBE_SETTING, PostgresLockConfig, breaks_connection, client_timeout, convert,
+    deadline_after, foreign_guard, is_creation_race, setup_sql, text_literal,
 };
 
 /// What the lock and its guards share.
 struct Shared {
     pool: Connections,
-    table: String,
-    sequence: String,
+    /// The texts of the four statements (they name the schema's table and sequence), with
+    /// `$n` placeholders; also the keys of each connection's prepared-statement cache.
+    acquire_sql: Arc<str>,
+    extend_sql: Arc<str>,
+    release_sql: Arc<str>,
+    is_locked_sql: Arc<str>,
     op_timeout: Duration,
     /// How many attempts an idempotent statement gets when connections break: enough to
     /// get past every pooled connection a server restart left dead.
@@ -40,13 +49,92 @@ struct Shared {
 /// succeeded or was refused by the server (the connection is then in a known state); one
 /// that broke, timed out or whose statement was abandoned (the future dropped) is closed.
 struct Connections {
+    /// The connect options, with the probe in the startup `options`.
     options: PgConnectOptions,
+    probe: String,
     endpoint: String,
-    free: StdMutex<Vec<PgConnection>>,
+    free: StdMutex<Vec<LeaseConn>>,
     /// One permit per connection that may be open (`pool_max`).
     slots: Semaphore,
     acquire_timeout: Duration,
     connect_timeout: Duration,
+}
+
+/// A pooled connection, and whether it reaches PostgreSQL directly: the probe in its
+/// startup options came back, so the backend is ours alone and prepared statements stay
+/// where we left them. Through a pooler it is `false`.
+struct LeaseConn {
+    conn: PgConnection,
+    direct: bool,
+}
+
+/// A statement with `$n` placeholders and its values.
+struct Statement {
+    sql: Arc<str>,
+    values: Vec<Value>,
+}
+
+/// A value of a [`Statement`]: casts in the SQL give the types both ways.
+enum Value {
+    Text(String),
+    Int(i64),
+}
+
+impl Statement {
+    fn new(sql: &Arc<str>, values: Vec<Value>) -> Statement {
+        Statement {
+            sql: Arc::clone(sql),
+            values,
+        }
+    }
+
+    /// The statement with its values as literals (text hex-encoded), for the simple query
+    /// protocol. Our statements hold no `$` but their placeholders.
+    fn inlined(&self) -> String {
+        let mut out = String::with_capacity(self.sql.len() + 64);
+        let mut rest = &*self.sql;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let value = after[..digits]
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|i| self.values.get(i));
+            match value {
+                Some(Value::Text(text)) => out.push_str(&text_literal(text)),
+                Some(Value::Int(n)) => out.push_str(&format!("({n})")),
+                None => out.push_str(&rest[at..at + 1 + digits]),
+            }
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Runs it on `conn`: if `prepare`, as a named prepared statement (parsed and planned
+    /// once per connection) on a direct connection; else, or through a pooler, inlined.
+    /// Its first row, if any.
+    async fn fetch_optional(
+        &self,
+        conn: &mut LeaseConn,
+        prepare: bool,
+    ) -> std::result::Result<Option<PgRow>, sqlx::Error> {
+        if !(prepare && conn.direct) {
+            return sqlx::raw_sql(AssertSqlSafe(self.inlined()))
+                .fetch_optional(&mut conn.conn)
+                .await;
+        }
+        let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql)));
+        for value in &self.values {
+            query = match value {
+                Value::Text(text) => query.bind(text.clone()),
+                Value::Int(n) => query.bind(*n),
+            };
+        }
+        query.fetch_optional(&mut conn.conn).await
+    }
 }
 
 /// The Lease-mode implementation behind [`super::PostgresDistributedLock`].
@@ -72,10 +160,12 @@ impl GuardState for LeaseGuard {
     fn release_on_drop(self: Box<Self>, name: &str, owner: &str) {
         // Outside a runtime nothing can talk to the server: the lease runs out on its own.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let sql = self.shared.release_sql(name, owner, self.token);
+            let statement = self.shared.release_statement(name, owner, self.token);
             let shared = self.shared;
             handle.spawn(async move {
-                let _ = shared.run(&sql, "releasing a dropped lock guard").await;
+                let _ = shared
+                    .run(&statement, "releasing a dropped lock guard")
+                    .await;
             });
         }
     }
@@ -87,16 +177,19 @@ impl LeaseLock {
     /// server and the credentials.
     pub(super) async fn open(config: &PostgresLockConfig) -> Result<LeaseLock> {
         let pg = config.postgres_config();
+        let probe = new_owner_token();
         let options = pg
             .connect_options()
             .application_name(&config.application_name)
             // We read no floating-point values; PgBouncer refuses this parameter.
-            .extra_float_digits(None);
+            .extra_float_digits(None)
+            .options([(PROBE_SETTING, probe.as_str())]);
         let (_, max) = pg.pool_size();
         // No check before a connection is used: a dead one fails its statement instead, is
         // closed, and the (idempotent) statement is retried on another.
         let pool = Connections {
             options,
+            probe,
             endpoint: pg.redacted_url(),
             free: StdMutex::new(Vec::new()),
             slots: Semaphore::new(
@@ -107,23 +200,29 @@ impl LeaseLock {
             acquire_timeout: pg.acquire_timeout(),
             connect_timeout: pg.connect_timeout(),
         };
-        let schema = config.quoted_schema();
+        let schema = config.schema();
         let shared = Arc::new(Shared {
             pool,
-            table: format!("{schema}.state_locks"),
-            sequence: format!("{schema}.state_lock_tokens"),
+            acquire_sql: Arc::from(statements::lease_acquire(schema)),
+            extend_sql: Arc::from(statements::lease_extend(schema)),
+            release_sql: Arc::from(statements::lease_release(schema)),
+            is_locked_sql: Arc::from(statements::lease_is_locked(schema)),
             op_timeout: config.op_timeout(),
             attempts: max.saturating_add(1),
         });
-        let table = LockTable::Lease {
+        let lock_table = LockTable::Lease {
             durable: config.durable_leases(),
         };
-        let sql = setup_sql(config.schema(), table);
+        // Several statements in one simple query: never prepared.
+        let setup = Statement::new(
+            &Arc::from(setup_sql(config.schema(), lock_table)),
+            Vec::new(),
+        );
         let what = format!("creating the lock table in schema `{}`", config.schema());
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match shared.run_once(&sql, &what).await {
+            match shared.run_once(&setup, &what, false).await {
                 Ok(_) => break,
                 Err(Attempt::Refused(e, race)) if race && attempt < 3 => drop(e),
                 Err(failure) => return Err(failure.into_error()),
@@ -140,34 +239,21 @@ impl LeaseLock {
         owner: &str,
     ) -> Result<Option<LockGuard>> {
         let (high, low) = pg_locks_ids(advisory_key(name));
-        let (name_sql, owner_sql) = (text_literal(name), text_literal(owner));
-        let Shared {
-            table, sequence, ..
-        } = &*self.shared;
-        // The transaction-level lock (two-int form: a different lock space from Session
-        // mode's bigint keys) serialises acquires of one name, so the token is drawn after
-        // any earlier holder's: tokens increase in the order the lock changes hands.
-        // The same owner keeps its token while its lease runs (a retried acquire whose
-        // reply was lost); a takeover of an expired lease gets a new one.
-        let sql = format!(
-            "WITH serial AS MATERIALIZED (SELECT pg_advisory_xact_lock({h}, {l})) \
-             INSERT INTO {table} AS l (name, owner, token, expires_at) \
-             SELECT {name_sql}, {owner_sql}, nextval('{sequence}'), \
-                    now() + interval '1 millisecond' * {millis} FROM serial \
-             ON CONFLICT (name) DO UPDATE SET \
-               owner = EXCLUDED.owner, \
-               token = CASE WHEN l.owner = EXCLUDED.owner AND l.expires_at > now() \
-                            THEN l.token ELSE EXCLUDED.token END, \
-               expires_at = EXCLUDED.expires_at \
-             WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner \
-             RETURNING l.token",
-            h = i32::from_ne_bytes(high.to_ne_bytes()),
-            l = i32::from_ne_bytes(low.to_ne_bytes()),
+        let statement = Statement::new(
+            &self.shared.acquire_sql,
+            vec![
+                Value::Text(name.to_string()),
+                Value::Text(owner.to_string()),
+                Value::Int(i64::try_from(millis).unwrap_or(i64::MAX)),
+                // The halves as the signed int4s PostgreSQL shows in pg_locks.
+                Value::Int(i64::from(i32::from_ne_bytes(high.to_ne_bytes()))),
+                Value::Int(i64::from(i32::from_ne_bytes(low.to_ne_bytes()))),
+            ],
         );
         let started = Instant::now();
         let what = format!("acquiring lock `{name}`");
         // Idempotent for one owner, so a lost reply is retried with the same statement.
-        let (row, _) = self.shared.run(&sql, &what).await?;
+        let (row, _) = self.shared.run(&statement, &what).await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -205,18 +291,18 @@ impl LeaseLock {
         let Some(state) = (state as &dyn Any).downcast_ref::<LeaseGuard>() else {
             return Err(foreign_guard(guard));
         };
-        let sql = format!(
-            "UPDATE {table} SET expires_at = now() + interval '1 millisecond' * {millis} \
-             WHERE name = {name} AND owner = {owner} AND token = {token} AND expires_at > now() \
-             RETURNING token",
-            table = self.shared.table,
-            name = text_literal(guard.name()),
-            owner = text_literal(guard.owner()),
-            token = state.token,
+        let statement = Statement::new(
+            &self.shared.extend_sql,
+            vec![
+                Value::Text(guard.name().to_string()),
+                Value::Text(guard.owner().to_string()),
+                Value::Int(state.token),
+                Value::Int(i64::try_from(millis).unwrap_or(i64::MAX)),
+            ],
         );
         let started = Instant::now();
         let what = format!("extending lock `{}`", guard.name());
-        match self.shared.run(&sql, &what).await? {
+        match self.shared.run(&statement, &what).await? {
             (Some(_), _) => {
                 guard.set_deadline(deadline_after(started, ttl));
                 Ok(())
@@ -237,9 +323,9 @@ impl LeaseLock {
         };
         // Taken first, so that Drop does not release a second time.
         drop(guard.take_state());
-        let sql = self.shared.release_sql(&name, guard.owner(), token);
+        let statement = self.shared.release_statement(&name, guard.owner(), token);
         let what = format!("releasing lock `{name}`");
-        match self.shared.run(&sql, &what).await? {
+        match self.shared.run(&statement, &what).await? {
             (Some(row), _) => {
                 let live = row
                     .try_get::<bool, _>(0)
@@ -265,13 +351,12 @@ impl LeaseLock {
     }
 
     pub(super) async fn is_locked(&self, name: &str) -> Result<bool> {
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {table} WHERE name = {name} AND expires_at > now())",
-            table = self.shared.table,
-            name = text_literal(name),
+        let statement = Statement::new(
+            &self.shared.is_locked_sql,
+            vec![Value::Text(name.to_string())],
         );
         let what = format!("checking lock `{name}`");
-        match self.shared.run(&sql, &what).await? {
+        match self.shared.run(&statement, &what).await? {
             (Some(row), _) => row
                 .try_get::<bool, _>(0)
                 .map_err(|e| StateError::new(ErrorKind::Backend, format!("{what}: {e}"))),
@@ -302,24 +387,25 @@ impl Attempt {
 }
 
 impl Shared {
-    fn release_sql(&self, name: &str, owner: &str, token: i64) -> String {
-        format!(
-            "DELETE FROM {table} WHERE name = {name} AND owner = {owner} AND token = {token} \
-             RETURNING expires_at > now()",
-            table = self.table,
-            name = text_literal(name),
-            owner = text_literal(owner),
+    fn release_statement(&self, name: &str, owner: &str, token: i64) -> Statement {
+        Statement::new(
+            &self.release_sql,
+            vec![
+                Value::Text(name.to_string()),
+                Value::Text(owner.to_string()),
+                Value::Int(token),
+            ],
         )
     }
 
     /// Runs an idempotent statement, retrying on another connection when one breaks.
     /// Returns its first row (if any) and whether an earlier attempt may have been applied.
-    async fn run(&self, sql: &str, what: &str) -> Result<(Option<PgRow>, bool)> {
+    async fn run(&self, statement: &Statement, what: &str) -> Result<(Option<PgRow>, bool)> {
         let mut maybe_applied = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.run_once(sql, what).await {
+            match self.run_once(statement, what, true).await {
                 Ok(row) => return Ok((row, maybe_applied)),
                 Err(Attempt::Broken(e)) if attempt < self.attempts => {
                     maybe_applied |= e.outcome_unknown();
@@ -329,7 +415,14 @@ impl Shared {
         }
     }
 
-    async fn run_once(&self, sql: &str, what: &str) -> std::result::Result<Option<PgRow>, Attempt> {
+    /// One attempt of `statement` on one connection; `prepare`: as a prepared statement
+    /// where the connection allows it.
+    async fn run_once(
+        &self,
+        statement: &Statement,
+        what: &str,
+        prepare: bool,
+    ) -> std::result::Result<Option<PgRow>, Attempt> {
         let attempt = async {
             // The slot is given back after the connection (on every path), so a task woken
             // by it finds the connection free.
@@ -338,7 +431,7 @@ impl Shared {
                 Some(conn) => conn,
                 None => self.pool.connect(what).await?,
             };
-            match fetch_optional(&mut conn, sql).await {
+            match statement.fetch_optional(&mut conn, prepare).await {
                 Ok(row) => {
                     self.pool.put_free(conn);
                     Ok(row)
@@ -382,47 +475,124 @@ impl Connections {
         }
     }
 
-    fn take_free(&self) -> Option<PgConnection> {
+    fn take_free(&self) -> Option<LeaseConn> {
         self.free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop()
     }
 
-    fn put_free(&self, conn: PgConnection) {
+    fn put_free(&self, conn: LeaseConn) {
         self.free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(conn);
     }
 
-    /// Opens a connection, within `connect_timeout`.
-    async fn connect(&self, what: &str) -> std::result::Result<PgConnection, Attempt> {
+    /// Opens a connection within `connect_timeout`, and reads the probe back to learn
+    /// whether it reaches PostgreSQL directly.
+    async fn connect(&self, what: &str) -> std::result::Result<LeaseConn, Attempt> {
+        let opening = format!("{what}: opening a connection to {}", self.endpoint);
         let connect = PgConnection::connect_with(&self.options);
-        match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(Attempt::Failed(convert(
-                e,
-                &format!("{what}: opening a connection to {}", self.endpoint),
-                false,
-            ))),
-            Err(_) => Err(Attempt::Failed(StateError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "{what}: opening a connection to {} took longer than connect_timeout \
-                     ({:?}); is the server up?",
-                    self.endpoint, self.connect_timeout
-                ),
-            ))),
-        }
+        let mut conn = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(Attempt::Failed(convert(e, &opening, false))),
+            Err(_) => {
+                return Err(Attempt::Failed(StateError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{opening} took longer than connect_timeout ({:?}); is the server up?",
+                        self.connect_timeout
+                    ),
+                )));
+            }
+        };
+        let sql = format!("SELECT current_setting('{PROBE_SETTING}', true)");
+        // The caller's timeout bounds this; a failure closes the new connection.
+        let row = sqlx::raw_sql(AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Attempt::Broken(convert(e, &opening, true)))?;
+        let seen = row.try_get::<Option<String>, _>(0).map_err(|e| {
+            Attempt::Failed(StateError::new(
+                ErrorKind::Backend,
+                format!("{opening}: {e}"),
+            ))
+        })?;
+        Ok(LeaseConn {
+            conn,
+            direct: seen.as_deref() == Some(self.probe.as_str()),
+        })
     }
 }
 
-async fn fetch_optional(
-    conn: &mut PgConnection,
-    sql: &str,
-) -> std::result::Result<Option<PgRow>, sqlx::Error> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .fetch_optional(conn)
-        .await
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::{LockMode, test_url};
+    use testing::services::{PgBouncer, PgBouncerOptions};
+
+    #[test]
+    fn placeholders_become_literals_and_others_stay() {
+        let statement = Statement::new(
+            &Arc::from("SELECT $1::text, $2::int8, $12, $3, $"),
+            vec![Value::Text("a'b".to_string()), Value::Int(-5)],
+        );
+        assert_eq!(
+            statement.inlined(),
+            "SELECT convert_from(decode('612762', 'hex'), 'UTF8')::text, (-5)::int8, $12, $3, $"
+        );
+    }
+
+    /// Opens a Lease lock on `url` in a fresh schema, runs a cycle, and returns whether its
+    /// pooled connection is direct and how many statements that backend has prepared.
+    async fn cycle_on(url: &str, schema: &str) -> (bool, i64) {
+        let config = PostgresLockConfig::new(url)
+            .with_ssl_mode("disable")
+            .with_schema(schema)
+            .with_mode(LockMode::Lease);
+        let lock = LeaseLock::open(&config).await.expect("open the lease lock");
+        let guard = lock
+            .try_acquire("probe", Duration::from_secs(30), 30_000, "owner")
+            .await
+            .expect("try_acquire")
+            .expect("a free lock");
+        lock.release(guard).await.expect("release");
+        let mut conn = lock.shared.pool.take_free().expect("the pooled connection");
+        // By the simple query protocol, so that this count prepares nothing itself.
+        let row = sqlx::raw_sql("SELECT count(*) FROM pg_prepared_statements")
+            .fetch_one(&mut conn.conn)
+            .await
+            .expect("count the prepared statements");
+        let prepared: i64 = row.try_get(0).expect("a count");
+        (conn.direct, prepared)
+    }
+
+    /// Directly connected, the lease statements are prepared on the backend; through a
+    /// pooler (which drops the probe in the startup options), nothing is prepared.
+    #[tokio::test]
+    async fn statements_are_prepared_only_on_direct_connections() {
+        let url = test_url().await;
+        let schema = format!("t_unit_lease_{}", new_owner_token());
+        let (direct, prepared) = cycle_on(&url, &schema).await;
+        assert!(direct, "a direct connection reads its probe back");
+        assert!(
+            prepared >= 2,
+            "acquire and release are prepared: {prepared}"
+        );
+
+        let bouncer = PgBouncer::start_with(PgBouncerOptions::new(url.clone()))
+            .await
+            .expect("pgbouncer starts");
+        let db = url.rsplit('/').next().unwrap_or("test").to_string();
+        let (direct, prepared) = cycle_on(&bouncer.url(&db), &schema).await;
+        assert!(!direct, "through PgBouncer the probe does not come back");
+        assert_eq!(prepared, 0, "nothing is prepared through the pooler");
+
+        let mut admin = PgConnection::connect(&url).await.expect("admin connection");
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
+            .execute(&mut admin)
+            .await
+            .expect("drop the test schema");
+    }
 }

@@ -4,6 +4,7 @@
 mod key;
 mod lease;
 mod session;
+pub(crate) mod statements;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ pub(crate) const DEFAULT_APPLICATION_NAME: &str = "state-lock";
 
 /// The longest owner token accepted (they are 32 hex digits by default).
 const MAX_OWNER_LEN: usize = 256;
+
+/// The custom setting that carries the pooler probe in the startup `options`: PostgreSQL
+/// applies it to the backend it starts for the connection, a pooler cannot.
+const PROBE_SETTING: &str = "state_lock.session_probe";
 
 /// The message of the refusal to run Session mode behind a pooler.
 const POOLER_REFUSAL: &str = "session advisory locks are unsafe behind a transaction pooler; \
@@ -346,11 +351,6 @@ impl PostgresLockConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The schema, quoted for SQL (validated by [`validate`](Self::validate)).
-    fn quoted_schema(&self) -> String {
-        format!("\"{}\"", self.pg.schema())
     }
 
     /// How long the client waits for one statement before dropping its connection.
@@ -732,6 +732,23 @@ fn lock_hint(code: &str, message: &str) -> Option<(ErrorKind, &'static str)> {
         "; the user needs CREATE on the database/schema, or create the lock objects \
          beforehand",
     ))
+}
+
+/// The direct URL of a PostgreSQL for unit tests: the local one, or the test services'.
+#[cfg(test)]
+async fn test_url() -> String {
+    let local = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect("127.0.0.1:5432"),
+    )
+    .await;
+    if std::env::var(testing::services::POSTGRES_URL_ENV).is_err() && matches!(local, Ok(Ok(_))) {
+        return "postgres://postgres@127.0.0.1:5432/test".to_string();
+    }
+    testing::services::postgres()
+        .await
+        .expect("a PostgreSQL for the tests")
+        .url()
 }
 
 #[cfg(test)]

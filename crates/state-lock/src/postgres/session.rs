@@ -23,32 +23,15 @@ use state_core::{
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::key::{advisory_key, pg_locks_ids};
+use super::statements;
 use super::{
-    LockTable, POOLER_REFUSAL, PostgresLockConfig, breaks_connection, client_timeout, convert,
-    deadline_after, foreign_guard, is_creation_race, setup_sql,
+    LockTable, POOLER_REFUSAL, PROBE_SETTING, PostgresLockConfig, breaks_connection,
+    client_timeout, convert, deadline_after, foreign_guard, is_creation_race, setup_sql,
 };
 
 /// How many lock-free connections are kept for later acquires. Enough that an uncontended
 /// acquire + release is two round trips; a burst of holders opens (and closes) more.
 pub(super) const IDLE_MAX: usize = 4;
-
-/// The custom setting that carries the pooler probe in the startup `options`.
-const PROBE_SETTING: &str = "state_lock.session_probe";
-
-/// Releases lock `$2` (bigint) if the connection still reaches backend `$1`, else NULL.
-const UNLOCK_SQL: &str = "SELECT CASE WHEN pg_backend_pid() <> $1 THEN NULL \
-     ELSE pg_advisory_unlock($2) END";
-
-/// The backend pid, and whether it holds the bigint advisory lock whose `pg_locks` ids are
-/// `$1` (classid) and `$2` (objid).
-const HELD_SQL: &str = "SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks \
-     WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
-     AND classid = $1 AND objid = $2 AND objsubid = 1 AND granted)";
-
-/// Whether any session of this database holds the bigint advisory lock `$1`/`$2`.
-const IS_LOCKED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-     AND classid = $1 AND objid = $2 AND objsubid = 1 AND granted)";
 
 /// A statement of ours with its parameters, run as a named prepared statement.
 type Statement = Query<'static, Postgres, PgArguments>;
@@ -134,14 +117,7 @@ impl SessionLock {
             .extra_float_digits(None);
         let probe = new_owner_token();
         let options = options.options([(PROBE_SETTING, probe.as_str())]);
-        // CASE evaluates in order: the lock is only tried on the backend this connection was
-        // opened on (`$1`), and the token is only drawn once the lock (`$2`) is ours.
-        let acquire_sql = format!(
-            "SELECT CASE WHEN pg_backend_pid() <> $1 THEN NULL \
-             WHEN pg_try_advisory_lock($2) THEN nextval('{}.state_lock_tokens') END, \
-             pg_backend_pid()",
-            config.quoted_schema()
-        );
+        let acquire_sql = statements::session_acquire(config.schema());
         let (_, pool_max) = pg.pool_size();
         let shared = Arc::new(Shared {
             options,
@@ -266,7 +242,9 @@ impl SessionLock {
         let Some(session) = slot.as_mut() else {
             return Err(StateError::not_owner(&name, "extend"));
         };
-        let statement = sqlx::query(HELD_SQL).bind(Oid(high)).bind(Oid(low));
+        let statement = sqlx::query(statements::SESSION_HELD)
+            .bind(Oid(high))
+            .bind(Oid(low));
         let started = Instant::now();
         let what = format!("extending lock `{name}`");
         let row = match self.shared.fetch(session, statement, &what).await {
@@ -344,7 +322,9 @@ impl SessionLock {
         let what = format!("checking lock `{name}`");
         for attempt in 0..=IDLE_MAX {
             let (mut session, reused) = self.shared.checkout().await?;
-            let statement = sqlx::query(IS_LOCKED_SQL).bind(Oid(high)).bind(Oid(low));
+            let statement = sqlx::query(statements::SESSION_IS_LOCKED)
+                .bind(Oid(high))
+                .bind(Oid(low));
             let row = match self.shared.fetch(&mut session, statement, &what).await {
                 Ok(row) => row,
                 Err(Failure::Broken(_)) if reused && attempt < IDLE_MAX => continue,
@@ -533,7 +513,9 @@ impl Shared {
     /// Unlocks `key` on the session that holds it. The connection is kept only after a
     /// true unlock; anything else closes it (the server then frees whatever it held).
     async fn unlock(&self, mut session: Session, key: i64, name: &str) -> Unlock {
-        let statement = sqlx::query(UNLOCK_SQL).bind(session.pid).bind(key);
+        let statement = sqlx::query(statements::SESSION_RELEASE)
+            .bind(session.pid)
+            .bind(key);
         let what = format!("releasing lock `{name}`");
         match self.fetch(&mut session, statement, &what).await {
             Ok(row) => match row.try_get::<Option<bool>, _>(0) {
@@ -596,23 +578,7 @@ fn lost(name: &str, operation: &str, cause: &StateError) -> StateError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::{LockMode, PostgresLockConfig};
-
-    async fn test_url() -> String {
-        let local = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect("127.0.0.1:5432"),
-        )
-        .await;
-        if std::env::var(testing::services::POSTGRES_URL_ENV).is_err() && matches!(local, Ok(Ok(_)))
-        {
-            return "postgres://postgres@127.0.0.1:5432/test".to_string();
-        }
-        testing::services::postgres()
-            .await
-            .expect("a PostgreSQL for the tests")
-            .url()
-    }
+    use crate::postgres::{LockMode, PostgresLockConfig, test_url};
 
     /// RELIABILITY 8: an unlock that returns false is an error, and that connection is not
     /// reused. A guard whose connection never took the lock is the only way to get there
