@@ -403,8 +403,8 @@ fn strip_lock_params(url: &str) -> String {
 /// | holder dies / connection cut | the server frees the lock as soon as it notices the closed session | the lease runs out after its TTL |
 /// | server crash, failover to a standby | the locks are gone (sessions end) | the leases are gone: the table is `UNLOGGED` (unless [`with_durable_leases`](PostgresLockConfig::with_durable_leases)) |
 /// | fencing token | `nextval('<schema>.state_lock_tokens')`, taken in the same statement as the lock | the same sequence, taken under a per-name transaction lock |
-/// | behind PgBouncer (transaction pooling) | **refused**: the server connection changes between transactions, so the lock would not be on "our" backend | safe: every operation is one self-contained statement (simple query protocol, no prepared statement) |
-/// | statements | named prepared statements, parsed and planned once per connection | simple query protocol, parsed and planned on every call |
+/// | behind PgBouncer (transaction pooling) | **refused**: the server connection changes between transactions, so the lock would not be on "our" backend | safe: every operation is one self-contained statement (through a pooler: simple query protocol, no prepared statement) |
+/// | statements | named prepared statements, parsed and planned once per connection | the same on a direct connection; through a pooler, simple query protocol, parsed and planned on every call |
 /// | connections | one per held lock, plus up to 4 idle ones reused by later acquires; at most `pool_max` (default 10) in all, so at most `pool_max` locks held per handle (an acquire beyond that waits up to `acquire_timeout`, then fails with `Timeout`) | up to `pool_max` (default 10), reused without a check round trip (a broken one fails its statement, which is retried on another) |
 /// | uncontended acquire + release | 2 round trips | 2 round trips |
 /// | WAL flushes (fsync) | 1 acquire in 32 (the token sequence logs 32 values ahead) | the same; with durable leases, every acquire and release |
@@ -467,7 +467,7 @@ fn strip_lock_params(url: &str) -> String {
 /// - The lock table is `UNLOGGED` by default. A transaction that writes only unlogged
 ///   tables writes no WAL for its rows (only a commit record, which is not flushed at once),
 ///   so its commit does not wait for a WAL flush (fsync): acquire and release do not wait
-///   for the disk. (They still cost a parse, plan and write transaction each, several times a
+///   for the disk. (They are still a write transaction each, about 1.5-2.5 times a
 ///   `SELECT 1`; Session mode is the faster one.) The fencing tokens stay
 ///   crash-safe: `nextval` WAL-logs 32 values ahead of what it hands out, and the
 ///   transaction that writes that record flushes it at commit (before the client gets the
@@ -481,11 +481,17 @@ fn strip_lock_params(url: &str) -> String {
 ///   acquire and release waits for a WAL flush. Opening a lock creates the table with the
 ///   persistence asked for, or switches an existing one (`ALTER TABLE … SET LOGGED` /
 ///   `SET UNLOGGED`, under the same setup lock as the creation).
-/// - Every statement is sent with the simple query protocol and its values as literals
-///   (text as hex, decoded by the server), so no prepared statement, named or unnamed, has
-///   to survive between two messages: a transaction pooler may move us to another server
-///   connection after every statement. (sqlx's unnamed statements are prepared and executed
-///   in two separate round trips, which PgBouncer may route to different servers.)
+/// - Each connection is opened with the same probe in its startup `options` as Session
+///   mode's, and reads it back once. One that gets it back reaches PostgreSQL directly (its
+///   backend is its own), and runs the statements as named prepared statements: parsed and
+///   planned once per connection, then one Bind/Execute/Sync round trip each. Through a
+///   pooler the probe does not come back, and every statement is sent with the simple query
+///   protocol and its values as literals (text as hex, decoded by the server), so no
+///   prepared statement, named or unnamed, has to survive between two messages: a
+///   transaction pooler may move us to another server connection after every statement.
+///   (sqlx's unnamed statements are prepared and executed in two separate round trips,
+///   which PgBouncer may route to different servers.) The texts are in
+///   [`postgres_statements`](crate::postgres_statements).
 /// - Dropping a guard inside a Tokio runtime deletes the row in a spawned task; outside one
 ///   it does nothing and the lease runs out.
 ///
