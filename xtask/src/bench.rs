@@ -114,11 +114,37 @@ fn locks(root: &Path, opts: &Options) -> Result<()> {
     let bin = target_dir(root).join("release/examples/lock_latency");
     let iterations = if opts.quick { "500" } else { "5000" };
     let rounds = opts.runs.to_string();
-    let mut cmd = Command::new(&bin);
-    cmd.args(["--iterations", iterations, "--rounds", &rounds]);
-    println!("$ {}", util::show(&cmd));
-    let table = util::capture(&mut cmd).with_context(|| format!("{} failed", bin.display()))?;
-    print!("{table}");
+    // Poll idle (the comparable table) where this user may hold /dev/cpu_dma_latency, then
+    // the default idle states.
+    let poll = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .is_ok();
+    let states: &[&str] = if poll {
+        &["poll", "default"]
+    } else {
+        &["default"]
+    };
+    let mut tables = Vec::new();
+    for (i, state) in states.iter().enumerate() {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--iterations", iterations, "--rounds", &rounds])
+            .args(["--cpu-idle", state]);
+        if i > 0 {
+            cmd.arg("--no-notes");
+        }
+        println!("$ {}", util::show(&cmd));
+        let table = util::capture(&mut cmd).with_context(|| format!("{} failed", bin.display()))?;
+        print!("{table}");
+        tables.push(table);
+    }
+    if !poll {
+        tables.push(
+            "(No poll-idle table: /dev/cpu_dma_latency is not writable by this user.)\n"
+                .to_string(),
+        );
+    }
+    let table = tables.join("\n");
     if opts.write {
         let md = format!("## Locks\n\n{}\n\n{table}\n", machine());
         write_section(root, "locks", &md)?;

@@ -3,20 +3,33 @@
 //!
 //! ```text
 //! cargo run --release -p state-lock --example lock_latency -- \
-//!     [--redis URL] [--postgres URL] [--iterations N] [--rounds R]
+//!     [--redis URL] [--postgres URL] [--iterations N] [--rounds R] [--cpu-idle poll|default] \
+//!     [--no-notes]
 //! ```
 //! Each round alternates blocks of round trips and of lock cycles (so both see the same
 //! machine noise); the report gives the median over rounds of each p50 and p99. The
-//! PostgreSQL locks work in a schema of their own, dropped at the end. Prints a Markdown
-//! table (what `cargo xtask bench locks` puts in BENCHMARKS.md).
+//! PostgreSQL locks work in a schema of their own, dropped at the end. Floor rows run the
+//! same lock operations without our library: the Redis scripts on the raw `redis` crate,
+//! and each PostgreSQL mode's statements through `pgbench -M prepared` (if installed).
+//! Prints a Markdown table (what `cargo xtask bench locks` puts in BENCHMARKS.md).
+//!
+//! `--cpu-idle poll` holds `/dev/cpu_dma_latency` at 0 for the run (root only), as
+//! latency-tuned hosts do: idle cores then poll instead of halting. On a VM a halted vCPU
+//! takes tens of µs to wake, so without it a round trip costs 25 or 80 µs depending on
+//! whether the two processes happen to share a core, and ratios measured minutes apart
+//! disagree.
 
 use std::error::Error;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
 use state_lock::{
     DistributedLock, LockMode, PostgresDistributedLock, PostgresLockConfig, RedisDistributedLock,
+    advisory_key, postgres_statements,
 };
 use state_redis::redis;
 
@@ -30,6 +43,8 @@ struct Options {
     postgres: String,
     iterations: usize,
     rounds: usize,
+    poll_idle: bool,
+    notes: bool,
 }
 
 fn options() -> Result<Options> {
@@ -40,6 +55,8 @@ fn options() -> Result<Options> {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
         iterations: 5_000,
         rounds: 3,
+        poll_idle: false,
+        notes: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -49,6 +66,14 @@ fn options() -> Result<Options> {
             "--postgres" => opts.postgres = value()?,
             "--iterations" => opts.iterations = value()?.parse()?,
             "--rounds" => opts.rounds = value()?.parse()?,
+            "--no-notes" => opts.notes = false,
+            "--cpu-idle" => {
+                opts.poll_idle = match value()?.as_str() {
+                    "poll" => true,
+                    "default" => false,
+                    other => return Err(format!("--cpu-idle poll|default, not `{other}`").into()),
+                }
+            }
             other => return Err(format!("unknown argument `{other}`").into()),
         }
     }
@@ -294,8 +319,153 @@ async fn postgres_in(opts: &Options, schema: &str) -> Result<Vec<Row>> {
         )
         .await?;
         rows.push(row);
+        if let Some(row) = pgbench_floor(opts, schema, mode)? {
+            rows.push(row);
+        }
     }
     Ok(rows)
+}
+
+/// The floor of a PostgreSQL mode: the mode's own acquire and release statements
+/// (`state_lock::postgres_statements`) run by `pgbench -M prepared` on one connection,
+/// against pgbench's own `SELECT 1`, alternating per round. `None` if pgbench is missing.
+fn pgbench_floor(opts: &Options, schema: &str, mode: LockMode) -> Result<Option<Row>> {
+    if Command::new("pgbench").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    // pgbench variables for the placeholders; `:token` comes from the acquire's RETURNING.
+    let name = unique("floor");
+    let key = advisory_key(&name);
+    let (high, low) = ((key >> 32) as i32, key as u32 as i32);
+    let script = match mode {
+        // `$1`, the pid the connection was opened on, is the pid itself here.
+        LockMode::Session => format!(
+            "{};\n{};\n",
+            postgres_statements::session_acquire(schema),
+            postgres_statements::SESSION_RELEASE
+        )
+        .replace("$1", "pg_backend_pid()")
+        .replace("$2", &key.to_string()),
+        LockMode::Lease => format!(
+            "{} \\gset\n{};\n",
+            postgres_statements::lease_acquire(schema)
+                .replace("$3", "30000")
+                .replace("$4", &high.to_string())
+                .replace("$5", &low.to_string()),
+            postgres_statements::lease_release(schema).replace("$3", ":token"),
+        )
+        .replace("$1", ":name")
+        .replace("$2", ":owner"),
+    };
+    let defines = [
+        ("name", name.clone()),
+        ("owner", "bench-floor-owner".to_string()),
+    ];
+    let select_one = "SELECT 1;\n";
+    pgbench(&opts.postgres, &script, &defines, 100)?;
+    let (mut rt50, mut rt99, mut c50, mut c99) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..opts.rounds {
+        let rt = percentiles(pgbench(&opts.postgres, select_one, &[], opts.iterations)?);
+        let c = percentiles(pgbench(&opts.postgres, &script, &defines, opts.iterations)?);
+        rt50.push(rt.p50);
+        rt99.push(rt.p99);
+        c50.push(c.p50);
+        c99.push(c.p99);
+    }
+    Ok(Some(Row {
+        label: format!(
+            "PostgreSQL, {} mode: the same two statements by `pgbench -M prepared` (floor)",
+            mode.as_str()
+        ),
+        round_trip: Percentiles {
+            p50: median(rt50),
+            p99: median(rt99),
+        },
+        cycle: Percentiles {
+            p50: median(c50),
+            p99: median(c99),
+        },
+    }))
+}
+
+/// Runs `script` `transactions` times with pgbench on one connection and returns each
+/// transaction's latency: the differences of the end times in pgbench's log (its own
+/// latency column reads 0 for most fast transactions in pgbench 15).
+fn pgbench(
+    url: &str,
+    script: &str,
+    defines: &[(&str, String)],
+    transactions: usize,
+) -> Result<Vec<Duration>> {
+    let dir = std::env::temp_dir().join(unique("pgbench"));
+    std::fs::create_dir_all(&dir)?;
+    let outcome = pgbench_in(&dir, url, script, defines, transactions);
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+fn pgbench_in(
+    dir: &Path,
+    url: &str,
+    script: &str,
+    defines: &[(&str, String)],
+    transactions: usize,
+) -> Result<Vec<Duration>> {
+    let file = dir.join("script.sql");
+    std::fs::write(&file, script)?;
+    let mut cmd = Command::new("pgbench");
+    cmd.args(["-n", "-c", "1", "-M", "prepared", "-l", "-t"])
+        .arg(transactions.to_string())
+        .arg("--log-prefix")
+        .arg(dir.join("log"))
+        .arg("-f")
+        .arg(&file);
+    for (name, value) in defines {
+        cmd.arg("-D").arg(format!("{name}={value}"));
+    }
+    let out = cmd.arg(url).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    let mut ends = Vec::with_capacity(transactions);
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("log"))
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path)?.lines() {
+            // client transaction latency script epoch_s epoch_us
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            if let [_, _, _, _, secs, micros, ..] = fields[..] {
+                ends.push(secs * 1_000_000 + micros);
+            }
+        }
+    }
+    ends.sort_unstable();
+    Ok(ends
+        .windows(2)
+        .map(|w| Duration::from_micros(w[1] - w[0]))
+        .collect())
+}
+
+/// Keeps idle cores polling instead of halting while the returned file is open.
+fn hold_poll_idle() -> Result<std::fs::File> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .map_err(|e| format!("--cpu-idle poll needs /dev/cpu_dma_latency (root): {e}"))?;
+    file.write_all(&0i32.to_ne_bytes())?;
+    Ok(file)
 }
 
 /// `url` with one more query parameter.
@@ -315,10 +485,17 @@ fn table(rows: &[Row], opts: &Options) -> String {
     let mut out = format!(
         "Uncontended `try_acquire` + `release` of one lock, one task, {} cycles per round, \
          median of {} rounds (blocks of {BLOCK} round trips and {BLOCK} lock cycles \
-         alternate). Goal: a cycle costs at most 2.5 round trips.\n\n\
+         alternate; pgbench rows alternate per round). Idle cores: {}. Goal: a cycle costs \
+         at most 2.5 round trips.\n\n\
          | lock | round trip p50 / p99 (µs) | acquire+release p50 / p99 (µs) | p50 ratio | p99 ratio | goal ≤ 2.5 |\n\
          |---|---:|---:|---:|---:|---|\n",
-        opts.iterations, opts.rounds
+        opts.iterations,
+        opts.rounds,
+        if opts.poll_idle {
+            "poll (`/dev/cpu_dma_latency` held at 0)"
+        } else {
+            "the kernel's default idle states"
+        }
     );
     for r in rows {
         let (x50, x99) = (
@@ -337,23 +514,35 @@ fn table(rows: &[Row], opts: &Options) -> String {
             r.label, r.round_trip.p50, r.round_trip.p99, r.cycle.p50, r.cycle.p99
         ));
     }
+    if !opts.notes {
+        return out;
+    }
     out.push_str(
-        "\nWhy the goal is not met everywhere (measured on this machine, not assumed):\n\n\
-         - Redis: a cycle is two Lua scripts (acquire: the owner check, the fencing counter, \
-         `TIME`, `SET PX`; release: compare-and-delete), each one round trip. `INFO \
-         commandstats` on a private server showed the acquire script at 5-10 µs of server \
-         time per call against 0.1-0.2 µs for `PING`, so the ratio depends on the round trip \
-         itself: where a round trip is ~25 µs (a busy loopback) the scripts add most of one; \
-         where it is longer (an idle VM waking its threads, a real network) the ratio tends \
-         to 2. The floor row runs the same scripts on the raw `redis` crate.\n\
+        "\nWhat the rows show (measured on this machine, not assumed):\n\n\
+         - Floor rows run the same lock operations without this library: the two Redis \
+         scripts on the raw `redis` crate, and each PostgreSQL mode's acquire and release \
+         statements (`state_lock::postgres_statements`) through `pgbench -M prepared`, whose \
+         own `SELECT 1` is its round trip. A lock whose floor is above 2.5 cannot meet the \
+         goal on this server by any client.\n\
+         - Redis: a cycle is two Lua scripts, each one round trip. `INFO commandstats` shows \
+         the acquire script (owner check, fencing counter, `TIME`, `SET PX`) at about 5 µs \
+         of server time and the release at 1.4 µs, against 0.1 µs for `PING`: on a 17 µs \
+         loopback round trip that is a third of one more.\n\
          - PostgreSQL Session: acquire (`pg_try_advisory_lock` + `nextval`) and release \
          (`pg_advisory_unlock`) are one prepared statement each. The p99 carries the \
-         sequence's WAL flush: `nextval` logs 32 values ahead, so every 32nd acquire commits \
-         with an fsync. That is what keeps tokens increasing across a server crash.\n\
-         - PostgreSQL Lease: acquire (an `INSERT … ON CONFLICT` upsert) and release (a \
-         `DELETE`) are write transactions on the lock table (UNLOGGED by default, so no \
-         fsync), sent by the simple query protocol so that they work through a transaction \
-         pooler; planning and writing a row is several times the cost of `SELECT 1`.\n",
+         sequence's WAL flush: `nextval` logs 32 values ahead, so every 32nd acquire \
+         commits with an fsync, which is what keeps tokens increasing across a server \
+         crash.\n\
+         - PostgreSQL Lease: acquire (an `INSERT … ON CONFLICT` upsert under a \
+         transaction-level advisory lock, with `nextval`) and release (a `DELETE`) are \
+         write transactions, prepared on a direct connection (through a pooler they are \
+         sent as simple queries and are slower); each costs 1.5 to 2.5 times a `SELECT 1` \
+         on the server, so two of them cannot fit in 2.5 round trips.\n\
+         - Idle cores: with the kernel's default idle states a VM's halted vCPU takes tens \
+         of µs to wake, and whether a round trip pays that depends on whether the client \
+         and the server happen to run on one core; a `SELECT 1` loop and a lock loop can \
+         land differently within one run, so those ratios are not comparable. With \
+         `--cpu-idle poll` both sides pay the same.\n",
     );
     out
 }
@@ -361,6 +550,11 @@ fn table(rows: &[Row], opts: &Options) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let opts = options()?;
+    let _poll_idle = if opts.poll_idle {
+        Some(hold_poll_idle()?)
+    } else {
+        None
+    };
     let mut rows = redis_rows(&opts).await?;
     rows.extend(postgres_rows(&opts).await?);
     print!("{}", table(&rows, &opts));
