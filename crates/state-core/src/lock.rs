@@ -48,7 +48,13 @@ pub fn new_owner_token() -> String {
         bytes[..8].copy_from_slice(&state.hash_one(seed).to_le_bytes());
         bytes[8..].copy_from_slice(&state.hash_one((seed, 1u8)).to_le_bytes());
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut token = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        token.push(char::from(HEX[usize::from(b >> 4)]));
+        token.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    token
 }
 
 /// A named, leased, mutually exclusive lock shared by processes.

@@ -38,18 +38,12 @@ impl Script {
 
     /// `EVALSHA sha numkeys keys… args…`.
     pub(crate) fn evalsha(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.sha());
-        Self::push(&mut cmd, keys, args);
-        cmd
+        Self::command("EVALSHA", self.sha(), keys, args)
     }
 
     /// `EVAL body numkeys keys… args…` (which also caches the script on the server).
     pub(crate) fn eval(&self, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(self.body);
-        Self::push(&mut cmd, keys, args);
-        cmd
+        Self::command("EVAL", self.body, keys, args)
     }
 
     /// `SCRIPT LOAD body`.
@@ -57,14 +51,22 @@ impl Script {
         redis::cmd("SCRIPT").arg("LOAD").arg(self.body).clone()
     }
 
-    fn push(cmd: &mut Cmd, keys: &[&[u8]], args: &[&[u8]]) {
-        cmd.arg(keys.len());
+    /// `name script numkeys keys… args…`, allocated once at its final size (growing the
+    /// command buffer argument by argument showed in lock profiles).
+    fn command(name: &str, script: &str, keys: &[&[u8]], args: &[&[u8]]) -> Cmd {
+        let data = name.len()
+            + script.len()
+            + 20
+            + keys.iter().chain(args).map(|a| a.len()).sum::<usize>();
+        let mut cmd = Cmd::with_capacity(3 + keys.len() + args.len(), data);
+        cmd.arg(name).arg(script).arg(keys.len());
         for k in keys {
             cmd.arg(*k);
         }
         for a in args {
             cmd.arg(*a);
         }
+        cmd
     }
 }
 
