@@ -1,114 +1,19 @@
-//! TLS against a server started with certificates made here (openssl CLI): `verify-full`
-//! works, a wrong CA is refused, and a password never shows in Debug or errors.
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
+//! TLS against a server started with throwaway certificates (`testing::services::TestCerts`):
+//! `verify-full` works, a wrong CA is refused, and a password never shows in Debug or errors.
 
 use state_core::{ErrorKind, StateBackend};
 use state_postgres::{PostgresConfig, PostgresStateBackend};
-use testing::services::{LocalPostgres, LocalPostgresOptions};
+use testing::services::{LocalPostgres, LocalPostgresOptions, TestCerts};
 
 const SECRET: &str = "hunter2-not-the-password";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run openssl (install the openssl package): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA (`{name}.crt`) and, if `server`, a server certificate for 127.0.0.1 signed by it.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    let key = format!("{name}.key");
-    let crt = format!("{name}.crt");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    dir.join(crt)
-}
-
-fn make_server_cert(dir: &Path, ca: &str) -> (Vec<u8>, Vec<u8>) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    if let Err(e) = std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    ) {
-        panic!("cannot write san.ext: {e}");
-    }
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-    let read = |name: &str| {
-        std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("cannot read {name}: {e}"))
-    };
-    (read("server.crt"), read("server.key"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_works_a_wrong_ca_is_refused_and_secrets_stay_hidden() {
-    let dir = match tempfile::tempdir() {
-        Ok(d) => d,
-        Err(e) => panic!("cannot create a temp dir: {e}"),
-    };
-    let ca = make_ca(dir.path(), "ca");
-    let wrong_ca = make_ca(dir.path(), "wrong");
-    let (crt, key) = make_server_cert(dir.path(), "ca");
+    let certs = TestCerts::generate().await.expect("test certificates");
+    let wrong = TestCerts::generate().await.expect("a second, unrelated CA");
+    let read = |path: std::path::PathBuf| certs.read(&path).expect("a certificate file");
+    let (crt, key) = (read(certs.server_cert()), read(certs.server_key()));
+    let (ca, wrong_ca) = (certs.ca_cert(), wrong.ca_cert());
     let options = LocalPostgresOptions {
         config: vec![
             "ssl = on".into(),
