@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use state_core::{DistributedLock, ErrorKind, StateBackend};
+use state_core::{DistributedLock, ErrorKind, LockGuard, StateBackend};
+use state_lock::RedisDistributedLock;
 use state_redis::RedisStateBackend;
 use testing::services::{RedisCluster, RedisSentinel};
 
@@ -72,6 +73,68 @@ where
     }
 }
 
+/// The end of both failover stories: the promoted node does not have A's lock, so B
+/// acquires it while A's guard is still within its lease; B's token is higher although the
+/// counter was lost, so A's late fenced write to `resource` is rejected, A's extend and
+/// release say `NotOwner`, and `resource` holds B's write.
+async fn after_the_failover_the_old_holder_is_fenced(
+    a_lock: &RedisDistributedLock,
+    b_lock: &RedisDistributedLock,
+    backend: &RedisStateBackend,
+    mut a: LockGuard,
+    name: &str,
+    resource: &[u8],
+) {
+    let token_a = a.fencing_token();
+    let b = settled("B acquires after the failover", || {
+        b_lock.try_acquire(name, LONG)
+    })
+    .await
+    .expect("B's acquire after the failover")
+    .expect("the promoted node does not have A's lock, so B gets it");
+    assert!(
+        !a.is_expired(),
+        "A's guard still believes it holds the lock"
+    );
+    assert!(
+        b.fencing_token() > token_a,
+        "B's token {:?} must be above A's {token_a:?} although the counter was lost",
+        b.fencing_token()
+    );
+    settled("B's fenced write", || {
+        backend.put_fenced(resource, b"b1", b.fencing_token())
+    })
+    .await
+    .expect("B's fenced write");
+    let late = settled("A's late write", || {
+        backend.put_fenced(resource, b"a2", token_a)
+    })
+    .await;
+    let e = late.expect_err("A's late write must be fenced");
+    assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
+    // A's handle may still be reconnecting or finding the new slot owner: retry what is
+    // retryable, bounded.
+    let mut extended = a_lock.extend(&mut a, LONG).await;
+    for _ in 0..100 {
+        match &extended {
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                extended = a_lock.extend(&mut a, LONG).await;
+            }
+            _ => break,
+        }
+    }
+    let e = extended.expect_err("A lost the lock");
+    assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
+    assert_eq!(
+        backend.get(resource).await.expect("read back").as_deref(),
+        Some(&b"b1"[..])
+    );
+    b_lock.release(b).await.expect("B releases");
+    let e = a_lock.release(a).await.expect_err("A no longer holds it");
+    assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
+}
+
 /// RELIABILITY 4 and the module docs' failover story. Holder A takes a lock and writes
 /// with its token; the replica is made to miss the lock and its counter (as asynchronous
 /// replication can: the keys are deleted on the replica alone), then the primary is
@@ -97,7 +160,7 @@ fn sentinel_failover_that_loses_the_lock_still_fences_the_old_holder() {
         let lock_key = format!("{prefix}lock:{{{name}}}");
         let counter_key = format!("{lock_key}:fence");
 
-        let mut a = a_lock
+        let a = a_lock
             .try_acquire(name, LONG)
             .await
             .expect("A acquires")
@@ -149,56 +212,15 @@ fn sentinel_failover_that_loses_the_lock_still_fences_the_old_holder() {
             .expect("a new primary");
         assert_eq!(new, replica, "the replica was promoted");
 
-        let b = settled("B acquires after the failover", || {
-            b_lock.try_acquire(name, LONG)
-        })
-        .await
-        .expect("B's acquire after the failover")
-        .expect("the promoted replica does not have A's lock, so B gets it");
-        assert!(
-            !a.is_expired(),
-            "A's guard still believes it holds the lock"
-        );
-        assert!(
-            b.fencing_token() > token_a,
-            "B's token {:?} must be above A's {token_a:?} although the counter was lost",
-            b.fencing_token()
-        );
-        settled("B's fenced write", || {
-            backend.put_fenced(b"resource", b"b1", b.fencing_token())
-        })
-        .await
-        .expect("B's fenced write");
-        let late = settled("A's late write", || {
-            backend.put_fenced(b"resource", b"a2", token_a)
-        })
+        after_the_failover_the_old_holder_is_fenced(
+            &a_lock,
+            &b_lock,
+            &backend,
+            a,
+            name,
+            b"resource",
+        )
         .await;
-        let e = late.expect_err("A's late write must be fenced");
-        assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
-        // A's handle may still be reconnecting: retry what is retryable, bounded.
-        let mut extended = a_lock.extend(&mut a, LONG).await;
-        for _ in 0..100 {
-            match &extended {
-                Err(e) if e.is_retryable() => {
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    extended = a_lock.extend(&mut a, LONG).await;
-                }
-                _ => break,
-            }
-        }
-        let e = extended.expect_err("A lost the lock");
-        assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
-        assert_eq!(
-            backend
-                .get(b"resource")
-                .await
-                .expect("read back")
-                .as_deref(),
-            Some(&b"b1"[..])
-        );
-        b_lock.release(b).await.expect("B releases");
-        let e = a_lock.release(a).await.expect_err("A no longer holds it");
-        assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
         backend.clear(b"").await.expect("cleanup");
     });
     drop(sentinel);
@@ -285,7 +307,7 @@ fn cluster_master_failover_that_loses_the_lock_still_fences_the_old_holder() {
             .expect("redis-cli on the master");
         assert_eq!(dropped.trim(), "1", "the master drops its one replica link");
 
-        let mut a = a_lock
+        let a = a_lock
             .try_acquire(name, LONG)
             .await
             .expect("A acquires")
@@ -321,53 +343,8 @@ fn cluster_master_failover_that_loses_the_lock_still_fences_the_old_holder() {
             "the promoted replica has none of the keys written while it lagged"
         );
 
-        let b = settled("B acquires after the failover", || {
-            b_lock.try_acquire(name, LONG)
-        })
-        .await
-        .expect("B's acquire after the failover")
-        .expect("the promoted replica does not have A's lock, so B gets it");
-        assert!(
-            !a.is_expired(),
-            "A's guard still believes it holds the lock"
-        );
-        assert!(
-            b.fencing_token() > token_a,
-            "B's token {:?} must be above A's {token_a:?} although the counter was lost",
-            b.fencing_token()
-        );
-        settled("B's fenced write", || {
-            backend.put_fenced(resource, b"b1", b.fencing_token())
-        })
-        .await
-        .expect("B's fenced write");
-        let late = settled("A's late write", || {
-            backend.put_fenced(resource, b"a2", token_a)
-        })
-        .await;
-        let e = late.expect_err("A's late write must be fenced");
-        assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
-        // A's handle may still be finding the new slot owner: retry what is retryable,
-        // bounded.
-        let mut extended = a_lock.extend(&mut a, LONG).await;
-        for _ in 0..100 {
-            match &extended {
-                Err(e) if e.is_retryable() => {
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    extended = a_lock.extend(&mut a, LONG).await;
-                }
-                _ => break,
-            }
-        }
-        let e = extended.expect_err("A lost the lock");
-        assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
-        assert_eq!(
-            backend.get(resource).await.expect("read back").as_deref(),
-            Some(&b"b1"[..])
-        );
-        b_lock.release(b).await.expect("B releases");
-        let e = a_lock.release(a).await.expect_err("A no longer holds it");
-        assert_eq!(e.kind(), ErrorKind::NotOwner, "{e}");
+        after_the_failover_the_old_holder_is_fenced(&a_lock, &b_lock, &backend, a, name, resource)
+            .await;
         backend.clear(b"").await.expect("cleanup");
     });
     drop(cluster);
