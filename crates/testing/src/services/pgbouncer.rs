@@ -116,7 +116,7 @@ impl PgBouncer {
         let user = upstream.username().unwrap_or("postgres").to_string();
         // pgbouncer refuses to run as root; it switches to the server's user instead.
         let run_as = if process::is_root() {
-            Some(postgres_ids().await?)
+            Some(super::postgres::postgres_user_ids("pgbouncer").await?)
         } else {
             None
         };
@@ -273,25 +273,6 @@ pub(crate) fn find_pgbouncer() -> Option<PathBuf> {
         let p = PathBuf::from("/usr/sbin/pgbouncer");
         p.is_file().then_some(p)
     })
-}
-
-/// The uid and gid of the `postgres` user, which pgbouncer runs as when we are root.
-async fn postgres_ids() -> Result<(u32, u32), ServiceError> {
-    let id = |flag: &'static str| async move {
-        let mut cmd = tokio::process::Command::new("id");
-        cmd.args([flag, "postgres"]);
-        process::run(&mut cmd, Duration::from_secs(5))
-            .await
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-    };
-    match (id("-u").await, id("-g").await) {
-        (Some(uid), Some(gid)) => Ok((uid, gid)),
-        _ => Err(ServiceError::new(
-            "running as root, pgbouncer must run as another user, but there is no `postgres` \
-             user; create one (`useradd postgres`) or run the tests as non-root",
-        )),
-    }
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), ServiceError> {

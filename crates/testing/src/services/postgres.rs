@@ -52,6 +52,26 @@ pub struct LocalPostgresOptions {
     pub database: Option<String>,
 }
 
+/// The uid and gid of the `postgres` user, which `tool` runs as when we are root (initdb,
+/// postgres and pgbouncer refuse to run as root).
+pub(crate) async fn postgres_user_ids(tool: &str) -> Result<(u32, u32), ServiceError> {
+    let id = |flag: &'static str| async move {
+        let mut cmd = tokio::process::Command::new("id");
+        cmd.args([flag, "postgres"]);
+        process::run(&mut cmd, Duration::from_secs(5))
+            .await
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    match (id("-u").await, id("-g").await) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => Err(ServiceError::new(format!(
+            "running as root, {tool} must run as another user, but there is no `postgres` \
+             user; create one (`useradd postgres`) or run the tests as non-root"
+        ))),
+    }
+}
+
 /// Who runs the PostgreSQL tools: ourselves, or the `postgres` user when we are root
 /// (initdb and postgres refuse to run as root).
 #[derive(Debug, Clone)]
@@ -64,23 +84,10 @@ impl RunAs {
         if !process::is_root() {
             return Ok(RunAs { owner: None });
         }
-        let id = |flag: &'static str| async move {
-            let mut cmd = tokio::process::Command::new("id");
-            cmd.args([flag, "postgres"]);
-            process::run(&mut cmd, Duration::from_secs(5))
-                .await
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-        };
-        match (id("-u").await, id("-g").await) {
-            (Some(uid), Some(gid)) => Ok(RunAs {
-                owner: Some((uid, gid)),
-            }),
-            _ => Err(ServiceError::new(
-                "running as root, PostgreSQL must run as another user, but there is no \
-                 `postgres` user; create one (`useradd postgres`) or run the tests as non-root",
-            )),
-        }
+        let (uid, gid) = postgres_user_ids("PostgreSQL").await?;
+        Ok(RunAs {
+            owner: Some((uid, gid)),
+        })
     }
 
     /// A command that runs `program` as the server's user.
