@@ -11,8 +11,6 @@ use state_core::{
     ttl_millis,
 };
 
-use crate::wait::acquire_with_backoff;
-
 /// A lock shared by the tasks of one process, with the same semantics as the distributed
 /// ones: leases that expire, owner tokens, strictly increasing fencing tokens, no
 /// re-entrance. For tests, examples and single-process deployments; clones share the locks.
@@ -143,10 +141,7 @@ impl DistributedLock for MemoryLock {
     }
 
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<LockGuard> {
-        acquire_with_backoff(name, self.inner.wait_timeout, |owner| async move {
-            self.try_acquire_as(name, ttl, &owner).await
-        })
-        .await
+        crate::wait::acquire_waiting(self, name, ttl, self.inner.wait_timeout).await
     }
 
     async fn extend(&self, guard: &mut LockGuard, ttl: Duration) -> Result<()> {

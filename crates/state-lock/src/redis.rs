@@ -16,8 +16,6 @@ use state_core::{
 use state_redis::redis::Value;
 use state_redis::{RedisConfig, RedisStateBackend, Script};
 
-use crate::wait::acquire_with_backoff;
-
 /// How long `acquire` waits by default.
 const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default key prefix of lock keys.
@@ -491,10 +489,7 @@ impl DistributedLock for RedisDistributedLock {
     }
 
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<LockGuard> {
-        acquire_with_backoff(name, self.inner.wait_timeout, |owner| async move {
-            self.try_acquire_as(name, ttl, &owner).await
-        })
-        .await
+        crate::wait::acquire_waiting(self, name, ttl, self.inner.wait_timeout).await
     }
 
     async fn extend(&self, guard: &mut LockGuard, ttl: Duration) -> Result<()> {

@@ -3,12 +3,30 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use state_core::{ErrorKind, LockGuard, Result, StateError, new_owner_token};
+use state_core::{DistributedLock, ErrorKind, LockGuard, Result, StateError, new_owner_token};
 
 /// The first pause between attempts; it doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
 /// The longest pause between attempts: a freed lock is noticed within about this long.
 const MAX_PAUSE: Duration = Duration::from_millis(200);
+
+/// `lock.acquire(name, ttl)` for every implementation: [`acquire_with_backoff`] over the
+/// lock's own `try_acquire_as`. A bad name or TTL ends the wait at the first attempt
+/// (`InvalidInput` is not retried).
+pub(crate) async fn acquire_waiting<L>(
+    lock: &L,
+    name: &str,
+    ttl: Duration,
+    wait: Duration,
+) -> Result<LockGuard>
+where
+    L: DistributedLock + ?Sized,
+{
+    acquire_with_backoff(name, wait, |owner| async move {
+        lock.try_acquire_as(name, ttl, &owner).await
+    })
+    .await
+}
 
 /// Calls `attempt(owner)` until it returns a guard or `wait` has passed, pausing between
 /// attempts with exponential backoff and equal jitter (so that waiters who started together

@@ -592,11 +592,7 @@ impl DistributedLock for PostgresDistributedLock {
     }
 
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<LockGuard> {
-        // A bad name or TTL ends the wait at the first attempt: InvalidInput is not retried.
-        crate::wait::acquire_with_backoff(name, self.wait_timeout, |owner| async move {
-            self.try_acquire_as(name, ttl, &owner).await
-        })
-        .await
+        crate::wait::acquire_waiting(self, name, ttl, self.wait_timeout).await
     }
 
     async fn extend(&self, guard: &mut LockGuard, ttl: Duration) -> Result<()> {
