@@ -12,7 +12,7 @@ use clap::Args;
 use sqlx::{Connection, PgConnection};
 
 use bench_ref::plan::{self, MIXED_PUT_PERCENT, Op, Shape, ShapeArgs, Worker};
-use bench_ref::report::{Latencies, OpResult, Report, process_cpu_time};
+use bench_ref::report::{self, Latencies, OpResult, Report, process_cpu_time, redacted};
 
 /// Options of `bench-ref postgres`.
 #[derive(Debug, Args)]
@@ -76,30 +76,9 @@ impl Sql {
     }
 }
 
-/// The URL without its password, for the report.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{}{masked}{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Runs the workload and returns the report.
 pub fn run(args: &PostgresArgs) -> Res<Report> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    runtime.block_on(run_async(args))
+    report::block_on(run_async(args))
 }
 
 async fn run_async(args: &PostgresArgs) -> Res<Report> {
@@ -217,16 +196,7 @@ async fn run_ops(args: &PostgresArgs, table: &str) -> Res<Vec<OpResult>> {
                     .map_err(err("connect"))?,
             );
         }
-        let cpu = cpu_before.and_then(|b| process_cpu_time().map(|a| a.saturating_sub(b)));
-        results.push(OpResult {
-            op,
-            ops: shape.calls(op) * shape.keys_per_call(op),
-            calls: shape.calls(op),
-            keys_per_call: shape.keys_per_call(op),
-            elapsed,
-            latencies,
-            cpu,
-        });
+        results.push(OpResult::new(op, &shape, elapsed, latencies, cpu_before));
     }
     Ok(results)
 }
@@ -363,19 +333,5 @@ impl Ctx {
             .map_err(err("get"))?;
         std::hint::black_box(row);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redacted;
-
-    #[test]
-    fn the_password_is_masked() {
-        assert_eq!(
-            redacted("postgres://u:secret@h:1/db"),
-            "postgres://u:***@h:1/db"
-        );
-        assert_eq!(redacted("postgres://h:1/db"), "postgres://h:1/db");
     }
 }

@@ -179,20 +179,11 @@ impl Bench<'_> {
                 .collect();
             (started.elapsed(), joined)
         });
-        let cpu = cpu_before.and_then(|b| process_cpu_time().map(|a| a.saturating_sub(b)));
         let mut latencies = template.clone();
         for lat in per_worker {
             latencies.merge(&lat?)?;
         }
-        Ok(OpResult {
-            op,
-            ops: shape.calls(op) * shape.keys_per_call(op),
-            calls: shape.calls(op),
-            keys_per_call: shape.keys_per_call(op),
-            elapsed,
-            latencies,
-            cpu,
-        })
+        Ok(OpResult::new(op, shape, elapsed, latencies, cpu_before))
     }
 
     fn worker(&self, op: Op, mut w: Worker, lat: &mut Latencies) -> Res<()> {

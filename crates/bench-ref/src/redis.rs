@@ -12,7 +12,7 @@ use clap::Args;
 use redis::aio::MultiplexedConnection;
 
 use bench_ref::plan::{self, MIXED_PUT_PERCENT, Op, Shape, ShapeArgs, Worker};
-use bench_ref::report::{Latencies, OpResult, Report, process_cpu_time};
+use bench_ref::report::{self, Latencies, OpResult, Report, process_cpu_time, redacted};
 
 /// Options of `bench-ref redis`.
 #[derive(Debug, Args)]
@@ -46,30 +46,9 @@ struct Bench {
     cas: redis::Script,
 }
 
-/// The URL without its password, for the report.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{}{masked}{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Runs the workload and returns the report.
 pub fn run(args: &RedisArgs) -> Res<Report> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    runtime.block_on(run_async(args))
+    report::block_on(run_async(args))
 }
 
 async fn run_async(args: &RedisArgs) -> Res<Report> {
@@ -200,16 +179,7 @@ impl Bench {
         if let Some(e) = first_error {
             return Err(e);
         }
-        let cpu = cpu_before.and_then(|b| process_cpu_time().map(|a| a.saturating_sub(b)));
-        Ok(OpResult {
-            op,
-            ops: shape.calls(op) * shape.keys_per_call(op),
-            calls: shape.calls(op),
-            keys_per_call: shape.keys_per_call(op),
-            elapsed,
-            latencies,
-            cpu,
-        })
+        Ok(OpResult::new(op, shape, elapsed, latencies, cpu_before))
     }
 
     async fn worker(&self, op: Op, mut w: Worker, lat: &mut Latencies) -> Res<()> {
@@ -300,17 +270,5 @@ impl Bench {
             .map_err(err("GET"))?;
         std::hint::black_box(value);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redacted;
-
-    #[test]
-    fn the_password_is_masked() {
-        assert_eq!(redacted("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redacted("redis://:secret@h:1"), "redis://:***@h:1");
-        assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }
 }

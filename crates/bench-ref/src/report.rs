@@ -77,6 +77,27 @@ pub struct OpResult {
 }
 
 impl OpResult {
+    /// The result of running `op` in `shape`: `elapsed` wall time, the merged `latencies`,
+    /// and the process CPU time since `cpu_before` (a [`process_cpu_time`] reading taken
+    /// when the op started).
+    pub fn new(
+        op: Op,
+        shape: &Shape,
+        elapsed: Duration,
+        latencies: Latencies,
+        cpu_before: Option<Duration>,
+    ) -> OpResult {
+        OpResult {
+            op,
+            ops: shape.calls(op) * shape.keys_per_call(op),
+            calls: shape.calls(op),
+            keys_per_call: shape.keys_per_call(op),
+            elapsed,
+            latencies,
+            cpu: cpu_before.and_then(|b| process_cpu_time().map(|a| a.saturating_sub(b))),
+        }
+    }
+
     /// Keys per second.
     pub fn ops_per_sec(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
@@ -220,6 +241,34 @@ impl Report {
     }
 }
 
+/// `url` without its password (`user:***`), for the report.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{}{masked}{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Runs a network workload on a multi-threaded tokio runtime of its own.
+pub fn block_on<T>(
+    workload: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?
+        .block_on(workload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +313,16 @@ mod tests {
         }
         let after = process_cpu_time();
         assert!(before.is_some() && after >= before, "{before:?} {after:?}");
+    }
+
+    #[test]
+    fn the_password_is_masked() {
+        assert_eq!(redacted("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redacted("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            redacted("postgres://u:secret@h:1/db"),
+            "postgres://u:***@h:1/db"
+        );
     }
 }

@@ -154,19 +154,10 @@ impl Run {
                 .map_err(CliError::Backend)?;
         }
         let elapsed = started.elapsed();
-        let cpu = cpu_before.and_then(|b| process_cpu_time().map(|a| a.saturating_sub(b)));
         if let Some(bar) = &self.progress {
             bar.println(format!("{:>10} done in {:.2?}", op.name(), elapsed));
         }
-        Ok(OpResult {
-            op,
-            ops: shape.calls(op) * shape.keys_per_call(op),
-            calls: shape.calls(op),
-            keys_per_call: shape.keys_per_call(op),
-            elapsed,
-            latencies,
-            cpu,
-        })
+        Ok(OpResult::new(op, shape, elapsed, latencies, cpu_before))
     }
 }
 
