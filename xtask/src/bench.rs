@@ -153,6 +153,27 @@ fn locks(root: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Runs a reference tool (`pgbench`, `redis-benchmark`) and reads `what` from its output
+/// with `parse`; a failed run or an unreadable output is an error quoting both streams.
+fn reference_output<T>(
+    cmd: &mut Command,
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<T> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match parse(&text) {
+        Some(value) if out.status.success() => Ok(value),
+        _ => bail!(
+            "{cmd:?} gave no {what}: {} {}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}
+
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

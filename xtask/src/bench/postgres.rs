@@ -160,18 +160,7 @@ fn pgbench(program: &Path, url: &str, script: &Path, secs: u64) -> Result<f64> {
     .args(["-T", &secs.to_string(), "-f"])
     .arg(script)
     .arg(url);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match parse_tps(&text) {
-        Some(tps) if out.status.success() => Ok(tps),
-        _ => bail!(
-            "{cmd:?} gave no tps: {} {}",
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    }
+    super::reference_output(&mut cmd, "tps", parse_tps)
 }
 
 /// One row: ours and raw, plus pgbench's keys per second where it runs this shape.

@@ -124,18 +124,7 @@ fn redis_benchmark(program: &Path, port: u16, pipeline: u64, requests: u64) -> R
         .args(["-d", &super::VALUE_SIZE.to_string()])
         .args(["-r", &super::KEYSPACE.to_string()])
         .args(["-P", &pipeline.to_string(), "--csv"]);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match parse_csv(&text) {
-        Some(rates) if out.status.success() => Ok(rates),
-        _ => bail!(
-            "{cmd:?} gave no SET/GET rates: {} {}",
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    }
+    super::reference_output(&mut cmd, "SET/GET rates", parse_csv)
 }
 
 /// One row: ours and raw, plus the `redis-benchmark` rate of the same shape.
