@@ -13,9 +13,10 @@ use state_core::{
 };
 
 use crate::config::{Durability, RedbConfig};
+use crate::group::WriteStats;
 use crate::read;
 use crate::record::{self, to_ms};
-use crate::store::{self, Store, Writer};
+use crate::store::{self, SWEEP_BATCH, Store, Writer};
 use crate::streams::{ExportStream, ScanStream};
 use crate::task;
 
@@ -34,9 +35,16 @@ const IMPORT_BUFFER: usize = 256;
 ///
 /// Reads (`get`, `batch_get`, `ttl`, scan pages) run on the calling task: a redb read
 /// transaction never waits for writers, and a cached point read takes about 2 µs, while a
-/// hop through `spawn_blocking` measured 9–15 µs on its own. Writes, counts, checkpoints,
-/// exports and imports run on tokio's blocking pool (a thread outside tokio), since a commit
-/// may `fsync` and redb admits one writer at a time.
+/// hop through `spawn_blocking` measured 9–15 µs on its own.
+///
+/// Writes go to the database's writer thread, which commits every write call queued at the
+/// time (up to 256) in one redb transaction: group commit, one commit and, in
+/// [`Immediate`](Durability::Immediate) mode, one `fsync` for the group. Each call is still
+/// all or nothing and takes effect at its group's commit, between its start and its
+/// return; a call that fails (a fenced put, an error) fails alone and leaves the others of
+/// its group committed. [`write_stats`](Self::write_stats) shows how large the groups are.
+/// Counts, checkpoints, exports and imports run on tokio's blocking pool (a plain thread
+/// outside tokio), since they may read or write for long.
 ///
 /// An import holds that one writer while it pulls its stream: the stream must not wait for
 /// a write to the same file, or both wait forever. An export holds a read transaction for
@@ -136,14 +144,24 @@ impl RedbBackend {
     /// Reclaims at most `max` expired entries of the whole database (every write reclaims up
     /// to [`SWEEP_BATCH`](crate::SWEEP_BATCH) on its own); returns how many it reclaimed.
     pub async fn sweep_expired(&self, max: usize) -> Result<usize> {
-        let store = self.store.clone();
-        task::spawn(move || store.write_with_sweep(0, |w| w.sweep(max, true))).await
+        self.store.write(0, move |w| w.sweep(max, true)).await
+    }
+
+    /// Counters of the database's writer thread (shared by every handle on the file): how
+    /// many write calls it ran in how many transactions.
+    pub fn write_stats(&self) -> WriteStats {
+        self.store.write_stats()
     }
 
     /// How many records the whole database holds, expired ones not yet reclaimed included.
     pub async fn stored_records(&self) -> Result<u64> {
         let store = self.store.clone();
         task::spawn(move || store.raw_len()).await
+    }
+
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     fn full_key(&self, key: &[u8]) -> Vec<u8> {
@@ -172,14 +190,14 @@ impl RedbBackend {
         self.default_ttl.map(expiry_ms).transpose()
     }
 
-    /// Runs `f` in one write transaction on the blocking pool.
+    /// Runs `f` in a write transaction of the writer thread (maybe with other calls, maybe
+    /// more than once: `f` only borrows what it captured, so a re-run copies nothing).
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Writer<'_>) -> Result<T> + Send + 'static,
+        F: Fn(&mut Writer<'_>) -> Result<T> + Send + 'static,
     {
-        let store = self.store.clone();
-        task::spawn(move || store.write(f)).await
+        self.store.write(SWEEP_BATCH, f).await
     }
 
     /// Encodes a put of `value` with `expires` and writes it.
@@ -499,14 +517,15 @@ impl StateBackend for RedbBackend {
         mut entries: BoxStream<'_, Result<Entry>>,
         mode: ImportMode,
     ) -> Result<u64> {
-        // One write transaction on a blocking thread, fed through a bounded channel: memory
-        // stays bounded, and an error in the stream drops the transaction uncommitted.
+        // One write transaction of its own on a blocking thread (not the writer thread: it
+        // pulls a stream and cannot run twice), fed through a bounded channel: memory stays
+        // bounded, and an error in the stream drops the transaction uncommitted.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ImportItem>(IMPORT_BUFFER);
         let namespace = self.prefix.to_vec();
         let writer = {
             let store = self.store.clone();
             task::spawn(move || {
-                store.write(|w| {
+                store.write_alone(|w| {
                     if mode == ImportMode::Replace {
                         w.clear_prefix(&namespace)?;
                     }

@@ -25,7 +25,8 @@ use crate::RedbBackend;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// Every commit is `fsync`'d before the call returns: an acknowledged write is never lost.
-    /// Costs one `fsync` per write call (a `batch_put` is one call).
+    /// Costs one `fsync` per commit; concurrent write calls share a commit (group commit), and
+    /// a `batch_put` is one call.
     Immediate,
     /// Commits return before they are `fsync`'d; a flusher thread makes them durable every
     /// `flush_interval`. Crash and power failure lose at most the last `flush_interval` of

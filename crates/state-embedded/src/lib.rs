@@ -5,6 +5,7 @@
 mod backend;
 mod config;
 mod error;
+mod group;
 mod read;
 mod record;
 mod store;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 pub use backend::RedbBackend;
 pub use config::{Durability, RedbConfig, URL_PARAMS};
+pub use group::WriteStats;
 pub use redb;
 pub use state_core::{
     Bytes, Capabilities, Checkpoint, Entry, ErrorKind, FencingToken, ImportMode, Limits, Registry,

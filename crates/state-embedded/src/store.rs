@@ -1,5 +1,6 @@
 //! The redb database behind one or more backends: opening, the write-transaction frame
-//! (durability, bounded expiry sweep, commit) and the group-commit flusher.
+//! (durability, bounded expiry sweep, commit), the writer thread that groups write calls
+//! into transactions ([`crate::group`]) and the flusher of `Eventual` durability.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -15,6 +16,7 @@ use state_core::{Result, StateError};
 
 use crate::config::{Durability, RedbConfig};
 use crate::error::{already_open, redb};
+use crate::group::{WriteStats, WriterThread};
 use crate::record::{self, Record, expiry_key, split_expiry_key};
 
 /// Full key (prefix ++ key) → encoded record.
@@ -42,10 +44,28 @@ pub(crate) struct Store {
     pub(crate) db: Arc<Database>,
     pub(crate) path: PathBuf,
     durability: Durability,
+    /// What write transactions need, shared with the writer thread.
+    core: Arc<Core>,
+    writer: WriterThread,
+    flusher: Option<Flusher>,
+}
+
+/// The write-transaction frame, shared by the writer thread and imports.
+pub(crate) struct Core {
+    db: Arc<Database>,
     /// A lower bound on the earliest expiry in the index (`u64::MAX`: none), so that writes
     /// skip the sweep without touching the index while nothing has expired.
     next_expiry: AtomicU64,
-    flusher: Option<Flusher>,
+    /// The flusher's counters in `Eventual` mode: commits skip the `fsync` and are counted.
+    flush: Option<Arc<FlushState>>,
+}
+
+/// Why a write transaction did not commit.
+pub(crate) enum Failure {
+    /// The body (a write call's closure) failed.
+    Call(StateError),
+    /// The transaction itself failed: begin, opening the tables, the sweep, or the commit.
+    Frame(StateError),
 }
 
 impl std::fmt::Debug for Store {
@@ -137,11 +157,19 @@ impl Store {
                 Some(Flusher::start(db.clone(), flush_interval)?)
             }
         };
+        let core = Arc::new(Core {
+            db: db.clone(),
+            next_expiry: AtomicU64::new(next_expiry),
+            flush: flusher.as_ref().map(|f| f.state.clone()),
+        });
+        // On an error the flusher stops as it drops.
+        let writer = WriterThread::start(core.clone())?;
         Ok(Store {
             db,
             path,
             durability: config.durability,
-            next_expiry: AtomicU64::new(next_expiry),
+            core,
+            writer,
             flusher,
         })
     }
@@ -150,49 +178,34 @@ impl Store {
         self.durability
     }
 
-    /// Runs `f` in one write transaction, sweeps a bounded number of expired entries, and
-    /// commits with the configured durability; an error from `f` rolls everything back.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
-        self.write_with_sweep(SWEEP_BATCH, f)
+    /// Runs `f` in a write transaction of the writer thread, possibly grouped with other
+    /// calls, and returns its result once that transaction has committed with the
+    /// configured durability. The transaction also reclaims up to `sweep` expired entries.
+    /// `f` may run more than once: only its last run commits, and it fails alone.
+    pub(crate) async fn write<T, F>(&self, sweep: usize, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Writer<'_>) -> Result<T> + Send + 'static,
+    {
+        self.writer.write(sweep, f).await
     }
 
-    pub(crate) fn write_with_sweep<T>(
-        &self,
-        sweep: usize,
-        f: impl FnOnce(&mut Writer<'_>) -> Result<T>,
-    ) -> Result<T> {
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| redb("begin a write transaction", e))?;
-        if self.flusher.is_some() {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| redb("set the commit durability", e))?;
-        }
-        let result = Writer::new(&txn, &self.next_expiry).and_then(|mut writer| {
-            let out = f(&mut writer)?;
-            writer.sweep(sweep, false)?;
-            Ok(out)
-        });
-        match result {
-            Ok(out) => {
-                if let Err(e) = txn.commit() {
-                    // The sweep may have lowered nothing yet raised the hint; recheck next time.
-                    self.next_expiry.store(0, Ordering::Relaxed);
-                    return Err(redb("commit", e));
-                }
-                if let Some(flusher) = &self.flusher {
-                    flusher.committed();
-                }
-                Ok(out)
-            }
-            Err(e) => {
-                self.next_expiry.store(0, Ordering::Relaxed);
-                // Dropping also aborts; aborting explicitly frees the pages at once.
-                let _ = txn.abort();
-                Err(e)
-            }
-        }
+    /// Runs `f` in a write transaction of its own on this thread (which it may block for
+    /// long, as an import does), with the sweep and commit of [`Store::write`].
+    pub(crate) fn write_alone<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        self.core
+            .transact(SWEEP_BATCH, f)
+            .map_err(|(Failure::Call(e) | Failure::Frame(e))| e)
+    }
+
+    /// How group commit is doing.
+    pub(crate) fn write_stats(&self) -> WriteStats {
+        self.writer.stats()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.writer.queued()
     }
 
     /// Makes every commit so far durable with one `fsync`'d commit.
@@ -231,10 +244,67 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // Stop the flusher before the database closes; closing persists pending commits.
+        // The writer first: it commits every queued call (the flusher counts them), then
+        // exits. Then the flusher, before the database closes; closing persists pending
+        // commits.
+        self.writer.stop();
         if let Some(flusher) = &mut self.flusher {
             flusher.stop();
         }
+    }
+}
+
+impl Core {
+    /// Runs `body` in one write transaction, sweeps up to `sweep` expired entries, and
+    /// commits with the configured durability; any error rolls everything back.
+    pub(crate) fn transact<T>(
+        &self,
+        sweep: usize,
+        body: impl FnOnce(&mut Writer<'_>) -> Result<T>,
+    ) -> Result<T, Failure> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| Failure::Frame(redb("begin a write transaction", e)))?;
+        if self.flush.is_some() {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| Failure::Frame(redb("set the commit durability", e)))?;
+        }
+        let result = match Writer::new(&txn, &self.next_expiry) {
+            Err(e) => Err(Failure::Frame(e)),
+            Ok(mut writer) => match body(&mut writer) {
+                Err(e) => Err(Failure::Call(e)),
+                Ok(out) => writer
+                    .sweep(sweep, false)
+                    .map(|_| out)
+                    .map_err(Failure::Frame),
+            },
+        };
+        match result {
+            Ok(out) => {
+                if let Err(e) = txn.commit() {
+                    // The sweep may have lowered nothing yet raised the hint; recheck next time.
+                    self.reset_expiry_hint();
+                    return Err(Failure::Frame(redb("commit", e)));
+                }
+                if let Some(flush) = &self.flush {
+                    flush.commits.fetch_add(1, Ordering::AcqRel);
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                self.reset_expiry_hint();
+                // Dropping also aborts; aborting explicitly frees the pages at once.
+                let _ = txn.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the next write look at the expiry index, after a rollback that may have left
+    /// the hint too high.
+    pub(crate) fn reset_expiry_hint(&self) {
+        self.next_expiry.store(0, Ordering::Relaxed);
     }
 }
 
@@ -614,10 +684,6 @@ impl Flusher {
         })
     }
 
-    fn committed(&self) {
-        self.state.commits.fetch_add(1, Ordering::AcqRel);
-    }
-
     fn synced_up_to(&self, commits: u64) {
         self.state.durable.fetch_max(commits, Ordering::AcqRel);
     }
@@ -633,6 +699,12 @@ impl Flusher {
             // The flusher holds a database handle: it must be gone before the file closes.
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

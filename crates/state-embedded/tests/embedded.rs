@@ -13,6 +13,7 @@ use std::time::Duration;
 use state_core::stream::try_collect;
 use state_core::{ErrorKind, Registry, StateBackend, Ttl};
 use state_embedded::{Durability, RedbBackend, RedbConfig, SWEEP_BATCH};
+use testing::conformance::runtime;
 
 const ROLE: &str = "STATE_EMBEDDED_TEST_ROLE";
 const FILE: &str = "STATE_EMBEDDED_TEST_FILE";
@@ -20,14 +21,6 @@ const FILE: &str = "STATE_EMBEDDED_TEST_FILE";
 const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("cannot build a tokio runtime: {e}"))
-}
 
 fn temp() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
