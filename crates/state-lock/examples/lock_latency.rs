@@ -114,6 +114,39 @@ struct Row {
     floor: bool,
 }
 
+/// Each round's p50 and p99 of both sides, summarised as a [`Row`] of medians.
+#[derive(Default)]
+struct Rounds {
+    rt50: Vec<f64>,
+    rt99: Vec<f64>,
+    c50: Vec<f64>,
+    c99: Vec<f64>,
+}
+
+impl Rounds {
+    fn push(&mut self, round_trip: Percentiles, cycle: Percentiles) {
+        self.rt50.push(round_trip.p50);
+        self.rt99.push(round_trip.p99);
+        self.c50.push(cycle.p50);
+        self.c99.push(cycle.p99);
+    }
+
+    fn into_row(self, label: String, floor: bool) -> Row {
+        Row {
+            label,
+            round_trip: Percentiles {
+                p50: median(self.rt50),
+                p99: median(self.rt99),
+            },
+            cycle: Percentiles {
+                p50: median(self.c50),
+                p99: median(self.c99),
+            },
+            floor,
+        }
+    }
+}
+
 /// Runs `rounds` rounds of `iterations` round trips and lock cycles, in alternating blocks.
 async fn measure<RT, RTF, LC, LCF>(
     label: &str,
@@ -132,7 +165,7 @@ where
         round_trip().await?;
         cycle(i).await?;
     }
-    let (mut rt50, mut rt99, mut c50, mut c99) = (vec![], vec![], vec![], vec![]);
+    let mut rounds = Rounds::default();
     for _ in 0..opts.rounds {
         let mut rts = Vec::with_capacity(opts.iterations);
         let mut cycles = Vec::with_capacity(opts.iterations);
@@ -150,24 +183,9 @@ where
                 i += 1;
             }
         }
-        let (rt, c) = (percentiles(rts), percentiles(cycles));
-        rt50.push(rt.p50);
-        rt99.push(rt.p99);
-        c50.push(c.p50);
-        c99.push(c.p99);
+        rounds.push(percentiles(rts), percentiles(cycles));
     }
-    Ok(Row {
-        label: label.to_string(),
-        round_trip: Percentiles {
-            p50: median(rt50),
-            p99: median(rt99),
-        },
-        cycle: Percentiles {
-            p50: median(c50),
-            p99: median(c99),
-        },
-        floor: label.ends_with("(floor)"),
-    })
+    Ok(rounds.into_row(label.to_string(), label.ends_with("(floor)")))
 }
 
 /// try_acquire + release of a lock name no one else uses; the guard must be granted.
@@ -367,30 +385,17 @@ fn pgbench_floor(opts: &Options, schema: &str, mode: LockMode) -> Result<Option<
     ];
     let select_one = "SELECT 1;\n";
     pgbench(&opts.postgres, &script, &defines, 100)?;
-    let (mut rt50, mut rt99, mut c50, mut c99) = (vec![], vec![], vec![], vec![]);
+    let mut rounds = Rounds::default();
     for _ in 0..opts.rounds {
         let rt = percentiles(pgbench(&opts.postgres, select_one, &[], opts.iterations)?);
         let c = percentiles(pgbench(&opts.postgres, &script, &defines, opts.iterations)?);
-        rt50.push(rt.p50);
-        rt99.push(rt.p99);
-        c50.push(c.p50);
-        c99.push(c.p99);
+        rounds.push(rt, c);
     }
-    Ok(Some(Row {
-        label: format!(
-            "PostgreSQL, {} mode: the same two statements by `pgbench -M prepared` (floor)",
-            mode.as_str()
-        ),
-        round_trip: Percentiles {
-            p50: median(rt50),
-            p99: median(rt99),
-        },
-        cycle: Percentiles {
-            p50: median(c50),
-            p99: median(c99),
-        },
-        floor: true,
-    }))
+    let label = format!(
+        "PostgreSQL, {} mode: the same two statements by `pgbench -M prepared` (floor)",
+        mode.as_str()
+    );
+    Ok(Some(rounds.into_row(label, true)))
 }
 
 /// Runs `script` `transactions` times with pgbench on one connection and returns each

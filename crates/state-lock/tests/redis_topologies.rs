@@ -73,6 +73,37 @@ where
     }
 }
 
+/// What both failover stories start from: two independent lock handles (holders A and B)
+/// and a backend for fenced writes, all under a fresh key prefix, and the keys of lock
+/// `name` there.
+struct Holders {
+    prefix: String,
+    a_lock: RedisDistributedLock,
+    b_lock: RedisDistributedLock,
+    backend: RedisStateBackend,
+    lock_key: String,
+    counter_key: String,
+}
+
+async fn two_holders(url: &str, name: &str) -> Holders {
+    let prefix = format!("rlock-{}", testing::conformance::unique_namespace());
+    let a_lock = lock_on(url, &prefix).await;
+    let b_lock = lock_on(url, &prefix).await;
+    let backend = RedisStateBackend::new(redis_config(url, &prefix))
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let lock_key = format!("{prefix}lock:{{{name}}}");
+    let counter_key = format!("{lock_key}:fence");
+    Holders {
+        prefix,
+        a_lock,
+        b_lock,
+        backend,
+        lock_key,
+        counter_key,
+    }
+}
+
 /// The end of both failover stories: the promoted node does not have A's lock, so B
 /// acquires it while A's guard is still within its lease; B's token is higher although the
 /// counter was lost, so A's late fenced write to `resource` is rejected, A's extend and
@@ -149,16 +180,15 @@ fn sentinel_failover_that_loses_the_lock_still_fences_the_old_holder() {
         .block_on(RedisSentinel::start())
         .unwrap_or_else(|e| panic!("cannot start the Sentinel topology: {e}"));
     rt.block_on(async {
-        let url = sentinel.url();
-        let prefix = format!("rlock-{}", testing::conformance::unique_namespace());
-        let a_lock = lock_on(&url, &prefix).await;
-        let b_lock = lock_on(&url, &prefix).await;
-        let backend = RedisStateBackend::new(redis_config(&url, &prefix))
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
         let name = "failover";
-        let lock_key = format!("{prefix}lock:{{{name}}}");
-        let counter_key = format!("{lock_key}:fence");
+        let Holders {
+            a_lock,
+            b_lock,
+            backend,
+            lock_key,
+            counter_key,
+            ..
+        } = two_holders(&sentinel.url(), name).await;
 
         let a = a_lock
             .try_acquire(name, LONG)
@@ -274,16 +304,15 @@ fn cluster_master_failover_that_loses_the_lock_still_fences_the_old_holder() {
         .block_on(RedisCluster::start())
         .unwrap_or_else(|e| panic!("cannot start the Redis Cluster: {e}"));
     rt.block_on(async {
-        let url = cluster.url();
-        let prefix = format!("rlock-{}", testing::conformance::unique_namespace());
-        let a_lock = lock_on(&url, &prefix).await;
-        let b_lock = lock_on(&url, &prefix).await;
-        let backend = RedisStateBackend::new(redis_config(&url, &prefix))
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
         let name = "cluster-failover";
-        let lock_key = format!("{prefix}lock:{{{name}}}");
-        let counter_key = format!("{lock_key}:fence");
+        let Holders {
+            prefix,
+            a_lock,
+            b_lock,
+            backend,
+            lock_key,
+            counter_key,
+        } = two_holders(&cluster.url(), name).await;
         // The backend's prefix has no brace, so the name's tag puts it in the lock's slot.
         let resource = format!("{{{name}}}resource");
         let resource = resource.as_bytes();
