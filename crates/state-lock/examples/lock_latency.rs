@@ -10,7 +10,8 @@
 //! machine noise); the report gives the median over rounds of each p50 and p99. The
 //! PostgreSQL locks work in a schema of their own, dropped at the end. Floor rows run the
 //! same lock operations without our library: the Redis scripts on the raw `redis` crate,
-//! and each PostgreSQL mode's statements through `pgbench -M prepared` (if installed).
+//! and each PostgreSQL mode's statements through `pgbench -M prepared` (which must be
+//! installed).
 //! Prints a Markdown table (what `cargo xtask bench locks` puts in BENCHMARKS.md).
 //!
 //! `--cpu-idle poll` holds `/dev/cpu_dma_latency` at 0 for the run (root only), as
@@ -341,20 +342,15 @@ async fn postgres_in(opts: &Options, schema: &str) -> Result<Vec<Row>> {
         )
         .await?;
         rows.push(row);
-        if let Some(row) = pgbench_floor(opts, schema, mode)? {
-            rows.push(row);
-        }
+        rows.push(pgbench_floor(opts, schema, mode)?);
     }
     Ok(rows)
 }
 
 /// The floor of a PostgreSQL mode: the mode's own acquire and release statements
 /// (`state_lock::postgres_statements`) run by `pgbench -M prepared` on one connection,
-/// against pgbench's own `SELECT 1`, alternating per round. `None` if pgbench is missing.
-fn pgbench_floor(opts: &Options, schema: &str, mode: LockMode) -> Result<Option<Row>> {
-    if Command::new("pgbench").arg("--version").output().is_err() {
-        return Ok(None);
-    }
+/// against pgbench's own `SELECT 1`, alternating per round.
+fn pgbench_floor(opts: &Options, schema: &str, mode: LockMode) -> Result<Row> {
     // pgbench variables for the placeholders; `:token` comes from the acquire's RETURNING.
     let name = unique("floor");
     let key = advisory_key(&name);
@@ -395,7 +391,7 @@ fn pgbench_floor(opts: &Options, schema: &str, mode: LockMode) -> Result<Option<
         "PostgreSQL, {} mode: the same two statements by `pgbench -M prepared` (floor)",
         mode.as_str()
     );
-    Ok(Some(rounds.into_row(label, true)))
+    Ok(rounds.into_row(label, true))
 }
 
 /// Runs `script` `transactions` times with pgbench on one connection and returns each
@@ -433,7 +429,12 @@ fn pgbench_in(
     for (name, value) in defines {
         cmd.arg("-D").arg(format!("{name}={value}"));
     }
-    let out = cmd.arg(url).output()?;
+    let out = cmd.arg(url).output().map_err(|e| {
+        format!(
+            "cannot run pgbench, which the PostgreSQL floor rows need ({e}); install it \
+             (Debian: postgresql-client)"
+        )
+    })?;
     if !out.status.success() {
         return Err(format!(
             "pgbench failed: {}",

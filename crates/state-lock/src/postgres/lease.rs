@@ -129,7 +129,7 @@ impl Statement {
         let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql)));
         for value in &self.values {
             query = match value {
-                Value::Text(text) => query.bind(text.clone()),
+                Value::Text(text) => query.bind(text.as_str()),
                 Value::Int(n) => query.bind(*n),
             };
         }
