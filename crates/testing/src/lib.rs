@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod faults;
+pub mod history;
 pub mod locks;
 pub mod model;
 pub mod services;
