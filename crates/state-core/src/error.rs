@@ -151,6 +151,14 @@ impl StateError {
         self.kind.is_retryable()
     }
 
+    /// Whether the server is away and executed nothing: it is failing over, loading or
+    /// refusing connections (`Unavailable`), or no connection to it could be opened
+    /// (`Connection` before anything was sent). A retry policy waits for such a server up
+    /// to its failover timeout.
+    pub fn server_away(&self) -> bool {
+        !self.outcome_unknown && matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Connection)
+    }
+
     /// `InvalidInput` with the given message.
     pub fn invalid_input(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidInput, message)

@@ -314,22 +314,40 @@ impl RedisDistributedLock {
     }
 
     /// Releases `name` if it holds `owner` with `token`: true if it did.
+    ///
+    /// A release whose reply was lost is sent once more: compare-and-delete changes
+    /// nothing the second time, and its answer says whether the lock was still held. If it
+    /// was not, this release or the end of the lease freed it, and which one is unknown: the
+    /// error says so instead of reporting `NotOwner` for a release that may have worked.
     async fn release_held(&self, name: &str, owner: &str, token: FencingToken) -> Result<bool> {
         let key = self.key(name)?;
         let held = format!("{owner} {}", token.0);
-        let reply = self
-            .inner
-            .backend
-            .eval_script(
-                &format!("release of lock `{name}`"),
-                // Compare-and-delete: a re-send after a lost reply deletes nothing more.
-                Idempotency::Idempotent,
-                &RELEASE,
-                &[&key],
-                &[held.as_bytes()],
-            )
-            .await?;
-        Ok(int_reply("release", name, &reply)? == 1)
+        let what = format!("release of lock `{name}`");
+        let (keys, args): (&[&[u8]], &[&[u8]]) = (&[&key], &[held.as_bytes()]);
+        let send = || {
+            self.inner
+                .backend
+                .eval_script(&what, Idempotency::NotIdempotent, &RELEASE, keys, args)
+        };
+        match send().await {
+            Ok(reply) => Ok(int_reply("release", name, &reply)? == 1),
+            Err(lost) if lost.outcome_unknown() => {
+                let reply = send().await?;
+                if int_reply("release", name, &reply)? == 1 {
+                    return Ok(true);
+                }
+                Err(StateError::new(
+                    lost.kind(),
+                    format!(
+                        "{what}: the reply was lost and the lock is no longer held; this \
+                         release or the end of its lease freed it, which one is unknown"
+                    ),
+                )
+                .with_outcome_unknown()
+                .with_source(lost))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -309,7 +309,9 @@ impl PostgresStateBackend {
         self.inner.limits.check_entry(key, value)?;
         let full = &self.full_key(key)[..];
         let metadata = &metadata;
-        self.run(what, Idempotency::Idempotent, move || {
+        // A blind write: re-sent after a lost reply it could bring back a value that
+        // another client has since deleted or replaced.
+        self.run(what, Idempotency::NotIdempotent, move || {
             self.write_one(what, full, value, metadata, ttl_ms)
         })
         .await?;
@@ -650,29 +652,33 @@ impl StateBackend for PostgresStateBackend {
         }
         let ttl_ms = self.inner.default_ttl_ms;
         let chunks = &chunks;
-        self.run("batch_put", Idempotency::Idempotent, move || async move {
-            let mut c = self.checkout().await?;
-            let many = chunks.len() > 1;
-            if many {
-                c.begin("batch_put", "BEGIN").await?;
-            }
-            for (keys, values) in chunks {
-                let query = sqlx::query(self.inner.sql.batch_put.clone())
-                    .bind(keys)
-                    .bind(values)
-                    .bind(ttl_ms);
-                if let Err(err) = c.execute("batch_put", query).await {
-                    if many {
-                        c.rollback().await;
-                    }
-                    return Err(err);
+        self.run(
+            "batch_put",
+            Idempotency::NotIdempotent,
+            move || async move {
+                let mut c = self.checkout().await?;
+                let many = chunks.len() > 1;
+                if many {
+                    c.begin("batch_put", "BEGIN").await?;
                 }
-            }
-            if many {
-                c.commit("batch_put").await?;
-            }
-            Ok(())
-        })
+                for (keys, values) in chunks {
+                    let query = sqlx::query(self.inner.sql.batch_put.clone())
+                        .bind(keys)
+                        .bind(values)
+                        .bind(ttl_ms);
+                    if let Err(err) = c.execute("batch_put", query).await {
+                        if many {
+                            c.rollback().await;
+                        }
+                        return Err(err);
+                    }
+                }
+                if many {
+                    c.commit("batch_put").await?;
+                }
+                Ok(())
+            },
+        )
         .await?;
         let written: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
         self.inner.conns.counters.wrote(written);
@@ -786,18 +792,23 @@ impl StateBackend for PostgresStateBackend {
         let full = &self.full_key(key)[..];
         let ttl_ms = self.inner.default_ttl_ms;
         let token_text = &token.0.to_string();
-        // Re-sending the same token is harmless: equal tokens may write.
+        // Not re-sent after a lost reply: equal tokens may write, so a second application
+        // could overwrite a plain put made in between.
         let current = self
-            .run("put_fenced", Idempotency::Idempotent, move || async move {
-                let mut c = self.checkout().await?;
-                let query = sqlx::query(self.inner.sql.put_fenced.clone())
-                    .bind(full)
-                    .bind(value)
-                    .bind(token_text)
-                    .bind(ttl_ms);
-                let row = c.fetch_one("put_fenced", query).await?;
-                decode::<String>(&row, 0, "put_fenced")
-            })
+            .run(
+                "put_fenced",
+                Idempotency::NotIdempotent,
+                move || async move {
+                    let mut c = self.checkout().await?;
+                    let query = sqlx::query(self.inner.sql.put_fenced.clone())
+                        .bind(full)
+                        .bind(value)
+                        .bind(token_text)
+                        .bind(ttl_ms);
+                    let row = c.fetch_one("put_fenced", query).await?;
+                    decode::<String>(&row, 0, "put_fenced")
+                },
+            )
             .await?;
         let current: u64 = current.parse().map_err(|_| {
             StateError::corrupt(format!(

@@ -388,7 +388,7 @@ impl PostgresStateBackend {
     async fn write_many(&self, calls: &[PutCall]) -> Result<()> {
         if let [call] = calls {
             return self
-                .attempt("put", Idempotency::Idempotent, || {
+                .attempt("put", Idempotency::NotIdempotent, || {
                     self.write_one("put", &call.key, &call.value, &None, call.ttl_ms)
                 })
                 .await;
@@ -403,7 +403,7 @@ impl PostgresStateBackend {
         let values: Vec<&[u8]> = latest.values().map(|call| &call.value[..]).collect();
         let ttls: Vec<Option<f64>> = latest.values().map(|call| call.ttl_ms).collect();
         let (keys, values, ttls) = (&keys, &values, &ttls);
-        self.attempt("put", Idempotency::Idempotent, move || async move {
+        self.attempt("put", Idempotency::NotIdempotent, move || async move {
             let mut c = self.checkout().await?;
             let query = sqlx::query(self.inner.sql.batch_put_ttl.clone())
                 .bind(keys)

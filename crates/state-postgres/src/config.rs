@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use state_core::{Limits, Result, RetryPolicy, Scheme, Secret, StateError, StateUrl};
 
 /// Query parameters a `postgres://` URL accepts besides the common `prefix=` and `ttl=`.
-pub const URL_PARAMS: [&str; 11] = [
+pub const URL_PARAMS: [&str; 13] = [
     "sslmode",
     "synchronous_commit",
     "sslrootcert",
@@ -21,6 +21,8 @@ pub const URL_PARAMS: [&str; 11] = [
     "acquire_timeout",
     "connect_timeout",
     "coalesce",
+    "retries",
+    "failover_timeout",
 ];
 
 /// How many coalesced statements run at once when the config does not say (see
@@ -199,10 +201,14 @@ impl PostgresConfig {
         if let Some(n) = url.parse_param::<usize>("coalesce")? {
             config.coalesce = Some(n);
         }
+        if let Some(retries) = url.parse_param::<u32>("retries")? {
+            config.retry.max_attempts = retries.saturating_add(1);
+        }
         for (name, field) in [
             ("statement_timeout", &mut config.statement_timeout),
             ("acquire_timeout", &mut config.acquire_timeout),
             ("connect_timeout", &mut config.connect_timeout),
+            ("failover_timeout", &mut config.retry.failover_timeout),
         ] {
             if let Some(raw) = url.param(name) {
                 *field = state_core::parse_duration(raw).map_err(|e| {
@@ -305,9 +311,22 @@ impl PostgresConfig {
         self
     }
 
-    /// The guide's `retries(max_retries, base_delay, max_delay)`.
+    /// The guide's `retries(max_retries, base_delay, max_delay)` (the failover timeout is
+    /// kept).
     pub fn with_retries(self, max_retries: u32, base_delay: Duration, max_delay: Duration) -> Self {
-        self.with_retry(RetryPolicy::new(max_retries, base_delay, max_delay))
+        let failover_timeout = self.retry.failover_timeout;
+        self.with_retry(RetryPolicy {
+            failover_timeout,
+            ..RetryPolicy::new(max_retries, base_delay, max_delay)
+        })
+    }
+
+    /// How long an operation waits for a server that is away (restarting, refusing
+    /// connections, shutting down) before it reports the error: 30 s by default, zero to
+    /// report at once. Only what may be sent again waits (see [`RetryPolicy`]).
+    pub fn with_failover_timeout(mut self, timeout: Duration) -> Self {
+        self.retry.failover_timeout = timeout;
+        self
     }
 
     /// Namespaces every key under `prefix`.

@@ -145,9 +145,11 @@ impl PostgresStateBackend {
         let (lower, upper) = self.namespace_range(b"");
         let (lower, upper) = (&lower, &upper);
         let prefix = &self.inner.prefix[..];
+        // Not re-sent after a lost COMMIT reply: a second restore would wipe what other
+        // clients wrote after the first.
         self.run(
             "restore_checkpoint",
-            Idempotency::Idempotent,
+            Idempotency::NotIdempotent,
             move || async move {
                 let sql = &self.inner.sql;
                 let mut c = self.checkout().await?;
@@ -192,9 +194,11 @@ impl PostgresStateBackend {
     /// Deletes checkpoint `id` of this namespace; returns whether it existed.
     pub async fn delete_checkpoint(&self, id: i64) -> Result<bool> {
         let prefix = &self.inner.prefix[..];
+        // Not re-sent after a lost reply: the second would report `false` for a
+        // checkpoint the first deleted.
         self.run(
             "delete_checkpoint",
-            Idempotency::Idempotent,
+            Idempotency::NotIdempotent,
             move || async move {
                 let mut c = self.checkout().await?;
                 let query = sqlx::query(self.inner.sql.checkpoint_delete.clone())
@@ -224,9 +228,10 @@ impl PostgresStateBackend {
     /// Deletes every expired row of the table (all namespaces: expired rows are invisible
     /// to everyone) through the migration's cleanup function; returns how many it deleted.
     pub async fn cleanup_expired(&self) -> Result<u64> {
+        // Not re-sent after a lost reply: the second would under-count what was deleted.
         self.run(
             "cleanup_expired",
-            Idempotency::Idempotent,
+            Idempotency::NotIdempotent,
             move || async move {
                 let mut c = self.checkout().await?;
                 let row = c

@@ -28,6 +28,7 @@ async fn load_resumes_after_a_fast_restart_and_keeps_every_acknowledged_write() 
             base_delay: Duration::from_millis(50),
             max_delay: Duration::from_millis(400),
             max_elapsed: Duration::from_secs(3),
+            failover_timeout: Duration::from_secs(3),
         });
     let backend = match PostgresStateBackend::new(config).await {
         Ok(b) => Arc::new(b),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -267,7 +267,7 @@ impl RedisStateBackend {
         }
         // A lone command goes unpipelined: in Cluster the driver then follows MOVED/ASK.
         self.retry(idempotency, what, || async {
-            let reply = self.inner.pool.query_raw(cmd).await?;
+            let reply = self.inner.pool.query_raw(cmd, idempotency).await?;
             match transient_reply(std::slice::from_ref(&reply)) {
                 Some(err) => Err(Failure::after_send(err)),
                 None => Ok(reply),
@@ -278,7 +278,14 @@ impl RedisStateBackend {
 
     /// Sends a write (one or more commands, one slot) as one pipeline, then `WAIT` if
     /// configured; returns the writes' replies, error replies included (for the caller to
-    /// lift), except transient ones (READONLY, LOADING…), which are retried by the policy.
+    /// lift), except transient ones (READONLY, LOADING, MOVED, TRYAGAIN…), which are
+    /// retried by the policy.
+    ///
+    /// A transient reply means that command was not executed, but its neighbours in the
+    /// pipeline may have been (a slot migrating key by key answers `ASK` for some keys
+    /// only): so only the commands that got one are sent again, never one that was
+    /// executed. If the retries run out after part of the pipeline was applied, the error
+    /// is marked outcome-unknown.
     pub(crate) async fn write(
         &self,
         what: &str,
@@ -289,33 +296,75 @@ impl RedisStateBackend {
         if let ([cmd], None) = (cmds, wait) {
             return Ok(vec![self.write_one(what, idempotency, cmd).await?]);
         }
-        let mut pipe = redis::pipe();
-        for cmd in cmds {
-            pipe.add_command(cmd.clone());
-        }
-        if let Some(w) = wait {
-            pipe.cmd("WAIT")
-                .arg(w.replicas)
-                .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
-        }
-        let mut replies = self
-            .retry(idempotency, what, || async {
-                let replies = self.inner.pool.pipeline(&pipe).await?;
-                match transient_reply(&replies) {
-                    Some(err) => Err(Failure::after_send(err)),
-                    None => Ok(replies),
+        let progress = Mutex::new(Progress {
+            replies: vec![None; cmds.len()],
+            acked: i64::MAX,
+        });
+        let sent = self
+            .retry(idempotency, what, || {
+                let pending = lock(&progress).pending();
+                let mut pipe = redis::pipe();
+                for &i in &pending {
+                    if let Some(cmd) = cmds.get(i) {
+                        pipe.add_command(cmd.clone());
+                    }
+                }
+                if let Some(w) = wait {
+                    pipe.cmd("WAIT")
+                        .arg(w.replicas)
+                        .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
+                }
+                let progress = &progress;
+                async move {
+                    let mut replies = self.inner.pool.pipeline(&pipe, idempotency).await?;
+                    let mut progress = lock(progress);
+                    if wait.is_some() {
+                        let acked = match replies.pop() {
+                            Some(Value::Int(n)) => n,
+                            _ => 0,
+                        };
+                        progress.acked = progress.acked.min(acked);
+                    }
+                    let mut transient = None;
+                    for (i, reply) in pending.into_iter().zip(replies) {
+                        match transient_reply(std::slice::from_ref(&reply)) {
+                            Some(err) => transient = Some(err),
+                            None => {
+                                if let Some(slot) = progress.replies.get_mut(i) {
+                                    *slot = Some(reply);
+                                }
+                            }
+                        }
+                    }
+                    match transient {
+                        Some(err) => Err(Failure::after_send(err)),
+                        None => Ok(()),
+                    }
                 }
             })
-            .await?;
+            .await;
+        let progress = progress
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(err) = sent {
+            let partly_applied = progress.replies.iter().any(Option::is_some);
+            return Err(if partly_applied {
+                err.with_outcome_unknown()
+            } else {
+                err
+            });
+        }
+        let replies: Vec<Value> = progress
+            .replies
+            .into_iter()
+            .map(|reply| reply.unwrap_or(Value::Nil))
+            .collect();
         if let Some(w) = wait {
-            let acked = match replies.pop() {
-                Some(Value::Int(n)) => n,
-                _ => 0,
-            };
             // A failed write needs no acknowledgement: the caller reports its own error.
             if replies.iter().any(|r| matches!(r, Value::ServerError(_))) {
                 return Ok(replies);
             }
+            let acked = progress.acked;
             if acked < i64::from(w.replicas) {
                 return Err(StateError::new(
                     ErrorKind::Unavailable,
@@ -454,6 +503,27 @@ impl RedisStateBackend {
         }
         cmd
     }
+}
+
+/// What a pipelined write has achieved so far, across the retries of [`RedisStateBackend::write`].
+struct Progress {
+    /// Each command's reply, once it got one that is not transient.
+    replies: Vec<Option<Value>>,
+    /// The fewest replicas any round's `WAIT` reported.
+    acked: i64,
+}
+
+impl Progress {
+    /// The commands still to send.
+    fn pending(&self) -> Vec<usize> {
+        (0..self.replies.len())
+            .filter(|&i| self.replies.get(i).is_some_and(Option::is_none))
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A command named `name` with room for `args` arguments (the name included) and
@@ -612,7 +682,9 @@ impl StateBackend for RedisStateBackend {
             let full = self.full_key(key)?;
             self.check_value(value)?;
             let cmd = Self::set_cmd(&full, value, self.default_px()?);
-            let reply = self.write_one("SET", Idempotency::Idempotent, &cmd).await?;
+            let reply = self
+                .write_one("SET", Idempotency::NotIdempotent, &cmd)
+                .await?;
             lift_reply("SET", self.target(), reply)?;
             self.inner.counters.written(full.len() + value.len());
             Ok(())
@@ -627,7 +699,7 @@ impl StateBackend for RedisStateBackend {
             let px = state_core::ttl_millis(ttl)?;
             let cmd = Self::set_cmd(&full, value, Some(px));
             let reply = self
-                .write_one("SET PX", Idempotency::Idempotent, &cmd)
+                .write_one("SET PX", Idempotency::NotIdempotent, &cmd)
                 .await?;
             lift_reply("SET PX", self.target(), reply)?;
             self.inner.counters.written(full.len() + value.len());
@@ -641,7 +713,9 @@ impl StateBackend for RedisStateBackend {
             let full = self.full_key(key)?;
             let mut cmd = redis::cmd("DEL");
             cmd.arg(&full);
-            let reply = self.write_one("DEL", Idempotency::Idempotent, &cmd).await?;
+            let reply = self
+                .write_one("DEL", Idempotency::NotIdempotent, &cmd)
+                .await?;
             let reply = lift_reply("DEL", self.target(), reply)?;
             Ok(int_of("DEL", &reply)? > 0)
         })
@@ -740,7 +814,7 @@ impl StateBackend for RedisStateBackend {
                         cmds.push(Self::set_cmd(full, value, px));
                     }
                     let replies = self
-                        .write("batch SET", Idempotency::Idempotent, &cmds)
+                        .write("batch SET", Idempotency::NotIdempotent, &cmds)
                         .await?;
                     first_error("batch SET", self.target(), &replies)?;
                     self.inner.counters.written(bytes);
@@ -1005,7 +1079,9 @@ impl RedisStateBackend {
                     cmd.arg(k);
                 }
             }
-            let replies = self.write("DEL", Idempotency::Idempotent, &[cmd]).await?;
+            let replies = self
+                .write("DEL", Idempotency::NotIdempotent, &[cmd])
+                .await?;
             first_error("DEL", self.target(), &replies)?;
             replies
                 .first()
@@ -1050,7 +1126,9 @@ impl RedisStateBackend {
         idempotency: Idempotency,
         pipe: &Pipeline,
     ) -> Result<Vec<Value>> {
-        self.retry(idempotency, what, || self.inner.pool.pipeline(pipe))
-            .await
+        self.retry(idempotency, what, || {
+            self.inner.pool.pipeline(pipe, idempotency)
+        })
+        .await
     }
 }

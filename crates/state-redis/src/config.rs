@@ -29,7 +29,7 @@ pub struct WaitReplicas {
 }
 
 /// The parameters a Redis URL may carry besides `prefix` and `ttl`.
-pub const URL_PARAMS: [&str; 11] = [
+pub const URL_PARAMS: [&str; 12] = [
     "pool_min",
     "pool_max",
     "pipeline_batch_size",
@@ -38,6 +38,7 @@ pub const URL_PARAMS: [&str; 11] = [
     "retries",
     "retry_base_delay",
     "retry_max_delay",
+    "failover_timeout",
     "tls_ca",
     "wait_replicas",
     "wait_timeout",
@@ -126,8 +127,9 @@ impl RedisConfig {
     ///
     /// Parameters: `prefix`, `ttl` (humantime), `pool_min`, `pool_max`,
     /// `pipeline_batch_size`, `connect_timeout`, `timeout` (reply timeout), `retries`,
-    /// `retry_base_delay`, `retry_max_delay`, `tls_ca` (path of a PEM CA file),
-    /// `wait_replicas`, `wait_timeout`. Any other parameter is a `Config` error.
+    /// `retry_base_delay`, `retry_max_delay`, `failover_timeout` (how long an operation waits
+    /// for a server that is away, 30 s by default; `0s` turns it off), `tls_ca` (path of a
+    /// PEM CA file), `wait_replicas`, `wait_timeout`. Any other parameter is a `Config` error.
     pub fn from_url(url: &str) -> Result<RedisConfig> {
         Self::from_state_url(&StateUrl::parse(url)?)
     }
@@ -360,13 +362,24 @@ impl RedisConfigBuilder {
     /// the first attempt, with exponential backoff from `base_delay` capped at `max_delay`,
     /// with jitter.
     pub fn retries(mut self, max_retries: u32, base_delay: Duration, max_delay: Duration) -> Self {
-        self.retry = RetryPolicy::new(max_retries, base_delay, max_delay);
+        self.retry = RetryPolicy {
+            failover_timeout: self.retry.failover_timeout,
+            ..RetryPolicy::new(max_retries, base_delay, max_delay)
+        };
         self
     }
 
     /// The full retry policy, for control over the total time too.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// How long an operation waits for a server that is away (a Sentinel or Cluster failover
+    /// in progress, a restart) before it reports the error: 30 s by default, zero to report
+    /// at once. Only what may be sent again waits (see [`RetryPolicy`]).
+    pub fn failover_timeout(mut self, timeout: Duration) -> Self {
+        self.retry.failover_timeout = timeout;
         self
     }
 
@@ -447,6 +460,9 @@ impl RedisConfigBuilder {
         }
         if let Some(d) = duration_param(url, "retry_max_delay")? {
             self.retry.max_delay = d;
+        }
+        if let Some(d) = duration_param(url, "failover_timeout")? {
+            self.retry.failover_timeout = d;
         }
         if let Some(path) = url.param("tls_ca") {
             let pem = std::fs::read(path).map_err(|e| {

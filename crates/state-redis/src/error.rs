@@ -16,8 +16,12 @@ impl Failure {
         Failure { err, sent: false }
     }
 
+    /// A failure of a request handed to a connection: it may have been sent, unless the
+    /// error says no connection carried it (refused, or no connection for its Cluster
+    /// slot).
     pub(crate) fn after_send(err: RedisError) -> Self {
-        Failure { err, sent: true }
+        let sent = !(err.is_connection_refusal() || err.kind() == RKind::ClusterConnectionNotFound);
+        Failure { err, sent }
     }
 }
 

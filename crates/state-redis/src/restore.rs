@@ -139,6 +139,8 @@ impl RedisStateBackend {
                         pipe.add_command(cmd.clone());
                     }
                 }
+                // Staging keys belong to this restore alone (its id is in their names):
+                // writing one twice cannot be observed by anyone.
                 let replies = self
                     .pipeline_retry("restore staging", Idempotency::Idempotent, &pipe)
                     .await?;

@@ -343,9 +343,16 @@ impl LeaseLock {
                     ))
                 }
             }
-            // An earlier attempt whose reply was lost may have deleted the row: either way
-            // the lock is not ours now, and we cannot tell a late NotOwner from success.
-            (None, true) => Ok(()),
+            // An earlier attempt whose reply was lost may have deleted the row, or the lease
+            // ran out first: which one is unknown, so neither success nor NotOwner is true.
+            (None, true) => Err(StateError::new(
+                ErrorKind::Connection,
+                format!(
+                    "{what}: a reply was lost and the lock is no longer held; this release \
+                     or the end of its lease freed it, which one is unknown"
+                ),
+            )
+            .with_outcome_unknown()),
             (None, false) => Err(StateError::not_owner(&name, "release")),
         }
     }

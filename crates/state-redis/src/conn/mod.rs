@@ -1,29 +1,36 @@
-//! Connections: `pool_max` multiplexed connections used round-robin, reconnected by us.
+//! Connections: `pool_max` connections used round-robin, and how a request is sent on one.
 //!
-//! Standalone and Sentinel share one path: each slot of the pool holds a multiplexed
-//! connection and a generation number; a failure that means the connection is broken (I/O,
-//! timeout, `READONLY` from a demoted primary) drops it, and the next request dials again
-//! — for Sentinel, after asking the Sentinels where the primary is now. Cluster mode uses
-//! the driver's cluster connection, which follows MOVED/ASK and refreshes its slot map.
+//! Standalone and Sentinel share one path (`single`): each slot of the pool holds a
+//! multiplexed connection that a failure meaning "broken" (I/O, timeout, `READONLY` from a
+//! demoted primary) drops, and the next request dials again — for Sentinel, after asking
+//! the Sentinels where the primary is now. Cluster mode (`cluster`) uses the driver's
+//! cluster connections, which follow MOVED/ASK and refresh their slot map; blind writes go
+//! through a second set that never re-sends on its own.
+//!
+//! Every send reports, with its error, whether the request may have reached the server
+//! ([`Failure`]): that is what the retry rule of `state_core::RetryPolicy` decides on.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+mod cluster;
+mod single;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
-    Pipeline, RedisConnectionInfo, RedisError, TlsCertificates, TlsMode, Value,
+    Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisError, TlsCertificates, TlsMode, Value,
 };
-use state_core::{Result, StateError};
-use tokio::sync::OnceCell;
+use state_core::{ErrorKind, Idempotency, Result, RetryPolicy, StateError};
 
 use crate::config::{RedisConfig, Topology};
 use crate::error::{Failure, needs_reconnect};
+pub(crate) use cluster::parse_cluster_nodes;
+use cluster::{ClusterConns, ask_target};
+use single::{Dial, Dialer, Slot};
 
 /// One server of the deployment, for commands that must visit each (SCAN, INFO).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +48,21 @@ impl Node {
             Node::Cluster { host, port } => format!("{host}:{port}"),
         }
     }
+
+    fn route(&self) -> Option<SingleNodeRoutingInfo> {
+        match self {
+            Node::Single => None,
+            Node::Cluster { host, port } => Some(SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            }),
+        }
+    }
 }
 
 pub(crate) struct Pool {
     kind: Kind,
     next: AtomicUsize,
-    /// Set once `new` has connected: from then on a Sentinel that names no valid primary
-    /// is a failover in progress, not a wrong master name.
-    started: AtomicBool,
     /// Where we connect, for messages: no password.
     pub(crate) target: String,
 }
@@ -67,28 +81,11 @@ enum Kind {
         slots: Vec<Slot>,
     },
     Cluster {
-        client: ClusterClient,
-        slots: Vec<OnceCell<ClusterConnection>>,
-        connect_timeout: Duration,
+        /// Reads and writes that are safe to send again.
+        resending: ClusterConns,
+        /// Blind writes: sent once by the driver. (Boxed: the variants' sizes differ.)
+        exact: Box<ClusterConns>,
     },
-}
-
-struct Dialer {
-    how: Dial,
-    config: AsyncConnectionConfig,
-    connect_timeout: Duration,
-}
-
-enum Dial {
-    Direct(Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
-}
-
-#[derive(Default)]
-struct Slot {
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
-    dialing: tokio::sync::Mutex<()>,
-    generation: AtomicU64,
 }
 
 /// A connection taken from the pool for one request.
@@ -98,7 +95,11 @@ enum Conn {
         slot: usize,
         generation: u64,
     },
-    Cluster(ClusterConnection),
+    Cluster {
+        conn: ClusterConnection,
+        /// From the exact set: an `ASK` reply is followed here, not by the driver.
+        exact: bool,
+    },
 }
 
 impl Pool {
@@ -110,129 +111,65 @@ impl Pool {
         }
         let target = config.describe();
         let kind = match &config.topology {
-            Topology::Cluster => {
-                let nodes: Vec<ConnectionInfo> = config
-                    .hosts
-                    .iter()
-                    .map(|h| node_info(config, &h.host, h.port))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| build_error(&target, e))?;
-                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
-                    .connection_timeout(config.connect_timeout)
-                    .response_timeout(config.response_timeout)
-                    // The driver's own retries follow MOVED/ASK and reconnect to a node;
-                    // our RetryPolicy governs everything else on top.
-                    .retries(6)
-                    .min_retry_wait(20)
-                    .max_retry_wait(500);
-                if let Some(user) = &config.username {
-                    builder = builder.username(user);
-                }
-                if let Some(pass) = &config.password {
-                    builder = builder.password(pass.expose());
-                }
-                if config.tls {
-                    builder = builder.tls(TlsMode::Secure);
-                    if let Some(ca) = &config.tls_root_ca {
-                        builder = builder.certs(TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(ca.clone()),
-                        });
-                    }
-                }
-                let client = builder.build().map_err(|e| build_error(&target, e))?;
-                Kind::Cluster {
-                    client,
-                    slots: (0..config.pool_max).map(|_| OnceCell::new()).collect(),
-                    connect_timeout: config.connect_timeout,
-                }
-            }
+            Topology::Cluster => Kind::Cluster {
+                resending: ClusterConns::new(config, &target, true)?,
+                exact: Box::new(ClusterConns::new(config, &target, false)?),
+            },
             Topology::Standalone => {
                 let Some(host) = config.hosts.first() else {
                     return Err(StateError::config("urls: no server given"));
                 };
                 let info = node_info(config, &host.host, host.port)
                     .map_err(|e| build_error(&target, e))?;
-                let client = match &config.tls_root_ca {
-                    Some(ca) => Client::build_with_tls(
-                        info,
-                        TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(ca.clone()),
-                        },
-                    ),
-                    None => Client::open(info),
-                }
-                .map_err(|e| build_error(&target, e))?;
+                let client = open_client(info, config).map_err(|e| build_error(&target, e))?;
                 Kind::Single {
                     dialer: Dialer::new(Dial::Direct(client), config),
                     slots: (0..config.pool_max).map(|_| Slot::default()).collect(),
                 }
             }
-            Topology::Sentinel { master_name } => {
-                let sentinels = config.hosts.iter().map(|h| {
-                    if config.tls {
-                        ConnectionAddr::TcpTls {
-                            host: h.host.clone(),
-                            port: h.port,
-                            insecure: false,
-                            tls_params: None,
-                        }
-                    } else {
-                        ConnectionAddr::Tcp(h.host.clone(), h.port)
-                    }
-                });
-                let mut builder =
-                    SentinelClientBuilder::new(sentinels, master_name, SentinelServerType::Master)
-                        .map_err(|e| build_error(&target, e))?
-                        .set_client_to_redis_db(config.db);
-                if let Some(user) = &config.username {
-                    builder = builder.set_client_to_redis_username(user);
-                }
-                if let Some(pass) = &config.password {
-                    builder = builder.set_client_to_redis_password(pass.expose());
-                }
-                if config.tls {
-                    builder = builder
-                        .set_client_to_redis_tls_mode(TlsMode::Secure)
-                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-                    if let Some(ca) = &config.tls_root_ca {
-                        let certs = TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(ca.clone()),
-                        };
-                        builder = builder
-                            .set_client_to_redis_certificates(certs.clone())
-                            .set_client_to_sentinel_certificates(certs);
-                    }
-                }
-                let client = builder.build().map_err(|e| build_error(&target, e))?;
-                Kind::Single {
-                    dialer: Dialer::new(Dial::Sentinel(tokio::sync::Mutex::new(client)), config),
-                    slots: (0..config.pool_max).map(|_| Slot::default()).collect(),
-                }
-            }
+            Topology::Sentinel { master_name } => Kind::Single {
+                dialer: Dialer::new(sentinel_dial(config, master_name, &target)?, config),
+                slots: (0..config.pool_max).map(|_| Slot::default()).collect(),
+            },
         };
         let pool = Pool {
             kind,
             next: AtomicUsize::new(0),
-            started: AtomicBool::new(false),
             target,
         };
         for index in 0..config.pool_min {
-            pool.conn_at_index(index)
-                .await
-                .map(|_| ())
-                .map_err(|f| crate::error::to_state("connect", &pool.target, f))?;
+            pool.open_at_start(index, &config.retry).await?;
         }
-        pool.started.store(true, Ordering::Relaxed);
         Ok(pool)
+    }
+
+    /// Opens slot `index` while the backend starts. A server that answers that it cannot
+    /// serve yet (a Sentinel failover in progress, `LOADING`) is waited for, up to the
+    /// failover timeout; one that cannot be reached at all fails at once, so that a wrong
+    /// address is reported without delay.
+    async fn open_at_start(&self, index: usize, retry: &RetryPolicy) -> Result<()> {
+        let started = Instant::now();
+        let mut retries = 0;
+        loop {
+            let failure = match self.conn_at_index(index, Idempotency::Idempotent).await {
+                Ok(_) => return Ok(()),
+                Err(failure) => crate::error::to_state("connect", &self.target, failure),
+            };
+            retries += 1;
+            let delay = retry.delay(retries);
+            if failure.kind() != ErrorKind::Unavailable
+                || started.elapsed() + delay > retry.failover_timeout
+            {
+                return Err(failure);
+            }
+            tokio::time::sleep(delay).await;
+        }
     }
 
     fn size(&self) -> usize {
         match &self.kind {
             Kind::Single { slots, .. } => slots.len(),
-            Kind::Cluster { slots, .. } => slots.len(),
+            Kind::Cluster { resending, .. } => resending.len(),
         }
         .max(1)
     }
@@ -241,26 +178,30 @@ impl Pool {
         matches!(self.kind, Kind::Cluster { .. })
     }
 
-    async fn conn(&self) -> std::result::Result<Conn, Failure> {
+    async fn conn(&self, idempotency: Idempotency) -> std::result::Result<Conn, Failure> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.size();
-        if let Some(conn) = self.ready_conn(index) {
+        if let Some(conn) = self.ready_conn(index, idempotency) {
             return Ok(conn);
         }
         // Dialing is rare and its future is large: boxing it keeps the future of every
         // request small (it is moved into the heap once per call by `async_trait`).
-        Box::pin(self.conn_at_index(index)).await
+        Box::pin(self.conn_at_index(index, idempotency)).await
     }
 
     /// The connection of slot `index` if it is open: the hot path, with no await.
-    fn ready_conn(&self, index: usize) -> Option<Conn> {
+    fn ready_conn(&self, index: usize, idempotency: Idempotency) -> Option<Conn> {
         match &self.kind {
-            Kind::Cluster { slots, .. } => slots
-                .get(index)?
-                .get()
-                .map(|conn| Conn::Cluster(conn.clone())),
+            Kind::Cluster { resending, exact } => {
+                let exact_set = idempotency == Idempotency::NotIdempotent;
+                let set = if exact_set { exact } else { resending };
+                set.ready(index).map(|conn| Conn::Cluster {
+                    conn,
+                    exact: exact_set,
+                })
+            }
             Kind::Single { slots, .. } => {
-                let current = lock(&slots.get(index)?.current).clone();
-                current.map(|(generation, conn)| Conn::Single {
+                let (generation, conn) = slots.get(index)?.current()?;
+                Some(Conn::Single {
                     conn,
                     slot: index,
                     generation,
@@ -269,59 +210,29 @@ impl Pool {
         }
     }
 
-    async fn conn_at_index(&self, index: usize) -> std::result::Result<Conn, Failure> {
+    async fn conn_at_index(
+        &self,
+        index: usize,
+        idempotency: Idempotency,
+    ) -> std::result::Result<Conn, Failure> {
         match &self.kind {
-            Kind::Cluster {
-                client,
-                slots,
-                connect_timeout,
-            } => {
-                let Some(cell) = slots.get(index) else {
-                    return Err(Failure::before_send(internal("no such pool slot")));
-                };
-                let conn = cell
-                    .get_or_try_init(|| async {
-                        tokio::time::timeout(*connect_timeout, client.get_async_connection())
-                            .await
-                            .map_err(|_| timeout_error())?
-                    })
-                    .await
-                    .map_err(Failure::before_send)?;
-                Ok(Conn::Cluster(conn.clone()))
+            Kind::Cluster { resending, exact } => {
+                let exact_set = idempotency == Idempotency::NotIdempotent;
+                let set = if exact_set { exact } else { resending };
+                let conn = set.get(index).await.map_err(Failure::before_send)?;
+                Ok(Conn::Cluster {
+                    conn,
+                    exact: exact_set,
+                })
             }
             Kind::Single { dialer, slots } => {
                 let Some(slot) = slots.get(index) else {
                     return Err(Failure::before_send(internal("no such pool slot")));
                 };
-                if let Some((generation, conn)) = lock(&slot.current).clone() {
-                    return Ok(Conn::Single {
-                        conn,
-                        slot: index,
-                        generation,
-                    });
-                }
-                let _dialing = slot.dialing.lock().await;
-                if let Some((generation, conn)) = lock(&slot.current).clone() {
-                    return Ok(Conn::Single {
-                        conn,
-                        slot: index,
-                        generation,
-                    });
-                }
-                let conn = dialer.dial().await.map_err(|err| {
-                    let failing_over = self.started.load(Ordering::Relaxed)
-                        && err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
-                    Failure::before_send(if failing_over {
-                        RedisError::from((
-                            redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
-                            "the sentinels name no primary that says it is one (failover in progress)",
-                        ))
-                    } else {
-                        err
-                    })
-                })?;
-                let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                *lock(&slot.current) = Some((generation, conn.clone()));
+                let (generation, conn) = slot
+                    .get_or_dial(dialer)
+                    .await
+                    .map_err(Failure::before_send)?;
                 Ok(Conn::Single {
                     conn,
                     slot: index,
@@ -344,26 +255,43 @@ impl Pool {
         ) = (&self.kind, conn)
             && let Some(slot) = slots.get(*slot)
         {
-            let mut current = lock(&slot.current);
-            if current.as_ref().is_some_and(|(g, _)| g == generation) {
-                *current = None;
-            }
+            slot.forget(*generation);
         }
     }
 
-    /// Sends one command (routed by its key in Cluster mode); an error reply is an error.
+    /// Sends one read (routed by its key in Cluster mode); an error reply is an error.
     pub(crate) async fn query(&self, cmd: &Cmd) -> std::result::Result<Value, Failure> {
-        self.query_raw(cmd)
+        self.query_raw(cmd, Idempotency::Idempotent)
             .await
             .and_then(|v| lift(v).map_err(Failure::after_send))
     }
 
     /// Sends one command and returns its reply, an error reply included as a value.
-    pub(crate) async fn query_raw(&self, cmd: &Cmd) -> std::result::Result<Value, Failure> {
-        let mut conn = self.conn().await?;
+    /// `idempotency` picks, in Cluster mode, whether the driver may re-send it by itself.
+    pub(crate) async fn query_raw(
+        &self,
+        cmd: &Cmd,
+        idempotency: Idempotency,
+    ) -> std::result::Result<Value, Failure> {
+        let mut conn = self.conn(idempotency).await?;
         let result = match &mut conn {
             Conn::Single { conn, .. } => conn.req_packed_command(cmd).await,
-            Conn::Cluster(conn) => conn.req_packed_command(cmd).await,
+            Conn::Cluster { conn, exact } => {
+                let reply = conn.req_packed_command(cmd).await;
+                match reply {
+                    Ok(Value::ServerError(e)) if *exact => {
+                        let err = RedisError::from(e.clone());
+                        match ask_target(&err) {
+                            // Not executed where it was sent: send it where ASK says.
+                            Some(node) => Box::pin(asking(conn, &node, std::slice::from_ref(cmd)))
+                                .await
+                                .map(|mut replies| replies.pop().unwrap_or(Value::Nil)),
+                            None => Ok(Value::ServerError(e)),
+                        }
+                    }
+                    other => other,
+                }
+            }
         };
         self.settle(&conn, result)
     }
@@ -374,63 +302,59 @@ impl Pool {
     pub(crate) async fn pipeline(
         &self,
         pipe: &Pipeline,
+        idempotency: Idempotency,
     ) -> std::result::Result<Vec<Value>, Failure> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.conn(idempotency).await?;
         let result = match &mut conn {
             Conn::Single { conn, .. } => run_pipeline(conn, pipe).await,
-            Conn::Cluster(conn) => run_pipeline(conn, pipe).await,
+            Conn::Cluster { conn, exact } => match run_pipeline(conn, pipe).await {
+                Ok(replies) if *exact && !pipe.is_transaction() => {
+                    Box::pin(follow_asks(conn, pipe, replies)).await
+                }
+                other => other,
+            },
         };
         self.settle(&conn, result)
     }
 
-    /// Sends one command to a given node.
+    /// Sends one read to a given node.
     pub(crate) async fn query_node(
         &self,
         node: &Node,
         cmd: &Cmd,
     ) -> std::result::Result<Value, Failure> {
-        match node {
-            Node::Single => self.query(cmd).await,
-            Node::Cluster { host, port } => {
-                let mut conn = self.conn().await?;
-                let result = match &mut conn {
-                    Conn::Cluster(c) => {
-                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port: *port,
-                        });
-                        c.route_command(cmd.clone(), routing).await
-                    }
-                    Conn::Single { conn, .. } => conn.req_packed_command(cmd).await,
-                };
-                self.settle(&conn, result.and_then(lift))
+        let Some(route) = node.route() else {
+            return self.query(cmd).await;
+        };
+        let mut conn = self.conn(Idempotency::Idempotent).await?;
+        let result = match &mut conn {
+            Conn::Cluster { conn, .. } => {
+                conn.route_command(cmd.clone(), RoutingInfo::SingleNode(route))
+                    .await
             }
-        }
+            Conn::Single { conn, .. } => conn.req_packed_command(cmd).await,
+        };
+        self.settle(&conn, result.and_then(lift))
     }
 
-    /// Sends a non-atomic pipeline to a given node.
+    /// Sends a non-atomic pipeline of reads to a given node.
     pub(crate) async fn pipeline_node(
         &self,
         node: &Node,
         pipe: &Pipeline,
     ) -> std::result::Result<Vec<Value>, Failure> {
-        match node {
-            Node::Single => self.pipeline(pipe).await,
-            Node::Cluster { host, port } => {
-                let mut conn = self.conn().await?;
-                let result = match &mut conn {
-                    Conn::Cluster(c) => {
-                        let route = SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port: *port,
-                        };
-                        c.route_pipeline(pipe.clone(), 0, pipe.len(), route).await
-                    }
-                    Conn::Single { conn, .. } => run_pipeline(conn, pipe).await,
-                };
-                self.settle(&conn, result)
+        let Some(route) = node.route() else {
+            return self.pipeline(pipe, Idempotency::Idempotent).await;
+        };
+        let mut conn = self.conn(Idempotency::Idempotent).await?;
+        let result = match &mut conn {
+            Conn::Cluster { conn, .. } => {
+                conn.route_pipeline(pipe.clone(), 0, pipe.len(), route)
+                    .await
             }
-        }
+            Conn::Single { conn, .. } => run_pipeline(conn, pipe).await,
+        };
+        self.settle(&conn, result)
     }
 
     fn settle<T: Replies>(
@@ -480,6 +404,56 @@ impl Pool {
         }
         Ok(masters)
     }
+}
+
+/// Sends `cmds` to `node`, each after `ASKING` (the target of an `ASK` redirection serves a
+/// migrating slot's key only then); returns their replies.
+async fn asking(
+    conn: &mut ClusterConnection,
+    node: &Node,
+    cmds: &[Cmd],
+) -> std::result::Result<Vec<Value>, RedisError> {
+    let Some(route) = node.route() else {
+        return Err(internal("ASK names no node"));
+    };
+    let mut pipe = redis::pipe();
+    for cmd in cmds {
+        pipe.cmd("ASKING");
+        pipe.add_command(cmd.clone());
+    }
+    let replies = conn.route_pipeline(pipe, 0, cmds.len() * 2, route).await?;
+    // Every second reply is a command's; the others are ASKING's OK.
+    Ok(replies.into_iter().skip(1).step_by(2).collect())
+}
+
+/// Replaces the `ASK` replies of a pipeline sent by the exact set with the replies of the
+/// same commands sent where ASK says (none of them was executed where it was first sent).
+async fn follow_asks(
+    conn: &mut ClusterConnection,
+    pipe: &Pipeline,
+    mut replies: Vec<Value>,
+) -> std::result::Result<Vec<Value>, RedisError> {
+    let mut asked: Vec<(usize, Node, Cmd)> = Vec::new();
+    for (i, (reply, cmd)) in replies.iter().zip(pipe.cmd_iter()).enumerate() {
+        if let Value::ServerError(e) = reply
+            && let Some(node) = ask_target(&RedisError::from(e.clone()))
+        {
+            asked.push((i, node, cmd.clone()));
+        }
+    }
+    // One migrating slot per pipeline (groups are per slot), so one target in practice.
+    while let Some((_, node, _)) = asked.first().cloned() {
+        let (here, rest): (Vec<_>, Vec<_>) = asked.into_iter().partition(|(_, n, _)| *n == node);
+        asked = rest;
+        let cmds: Vec<Cmd> = here.iter().map(|(_, _, cmd)| cmd.clone()).collect();
+        let answers = asking(conn, &node, &cmds).await?;
+        for ((i, _, _), answer) in here.into_iter().zip(answers) {
+            if let Some(slot) = replies.get_mut(i) {
+                *slot = answer;
+            }
+        }
+    }
+    Ok(replies)
 }
 
 /// Turns a top-level error reply into an error.
@@ -532,69 +506,76 @@ async fn run_pipeline<C: ConnectionLike>(
     }
 }
 
-/// The masters (not failed) of a `CLUSTER NODES` reply.
-pub(crate) fn parse_cluster_nodes(text: &str) -> Vec<Node> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(_id), Some(addr), Some(flags)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let flags: Vec<&str> = flags.split(',').collect();
-        if !flags.contains(&"master")
-            || flags
-                .iter()
-                .any(|f| matches!(*f, "fail" | "noaddr" | "handshake"))
-        {
-            continue;
-        }
-        // ip:port@cport[,hostname]
-        let addr = addr.split(['@', ',']).next().unwrap_or_default();
-        let Some((host, port)) = addr.rsplit_once(':') else {
-            continue;
-        };
-        let Ok(port) = port.parse::<u16>() else {
-            continue;
-        };
-        // A master with no slots holds no data.
-        let has_slots = line.split_whitespace().nth(8).is_some();
-        if has_slots && !host.is_empty() {
-            out.push(Node::Cluster {
-                host: host.to_string(),
-                port,
-            });
-        }
+fn open_client(info: ConnectionInfo, config: &RedisConfig) -> redis::RedisResult<Client> {
+    match &config.tls_root_ca {
+        Some(ca) => Client::build_with_tls(
+            info,
+            TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        None => Client::open(info),
     }
-    out
 }
 
-impl Dialer {
-    fn new(how: Dial, config: &RedisConfig) -> Dialer {
-        Dialer {
-            how,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.response_timeout)),
-            connect_timeout: config.connect_timeout,
+/// The Sentinel dialer: the driver's Sentinel client, and a plain client per Sentinel to
+/// check the master name when no primary is found.
+fn sentinel_dial(config: &RedisConfig, master_name: &str, target: &str) -> Result<Dial> {
+    let addr = |host: &str, port: u16| {
+        if config.tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_string(), port)
+        }
+    };
+    let sentinels = config
+        .hosts
+        .iter()
+        .map(|h| {
+            let info = addr(&h.host, h.port).into_connection_info()?;
+            open_client(info, config)
+        })
+        .collect::<redis::RedisResult<Vec<Client>>>()
+        .map_err(|e| build_error(target, e))?;
+    let mut builder = SentinelClientBuilder::new(
+        config.hosts.iter().map(|h| addr(&h.host, h.port)),
+        master_name,
+        SentinelServerType::Master,
+    )
+    .map_err(|e| build_error(target, e))?
+    .set_client_to_redis_db(config.db);
+    if let Some(user) = &config.username {
+        builder = builder.set_client_to_redis_username(user);
+    }
+    if let Some(pass) = &config.password {
+        builder = builder.set_client_to_redis_password(pass.expose());
+    }
+    if config.tls {
+        builder = builder
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+        if let Some(ca) = &config.tls_root_ca {
+            let certs = TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            };
+            builder = builder
+                .set_client_to_redis_certificates(certs.clone())
+                .set_client_to_sentinel_certificates(certs);
         }
     }
-
-    async fn dial(&self) -> std::result::Result<MultiplexedConnection, RedisError> {
-        let client = match &self.how {
-            Dial::Direct(client) => client.clone(),
-            // Asked on every dial: after a failover the Sentinels name the new primary.
-            Dial::Sentinel(sentinel) => {
-                let mut sentinel = sentinel.lock().await;
-                tokio::time::timeout(self.connect_timeout, sentinel.async_get_client())
-                    .await
-                    .map_err(|_| timeout_error())??
-            }
-        };
-        client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-    }
+    let client = builder.build().map_err(|e| build_error(target, e))?;
+    Ok(Dial::Sentinel {
+        client: tokio::sync::Mutex::new(client),
+        sentinels,
+        master_name: master_name.to_string(),
+    })
 }
 
 fn node_info(
@@ -630,51 +611,10 @@ fn build_error(target: &str, err: RedisError) -> StateError {
     .with_source(err)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn internal(msg: &'static str) -> RedisError {
     RedisError::from((redis::ErrorKind::Client, msg))
 }
 
 fn internal_owned(msg: String) -> RedisError {
     RedisError::from((redis::ErrorKind::Client, "unexpected reply", msg))
-}
-
-fn timeout_error() -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "connecting timed out",
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_nodes_lists_live_masters_with_slots() {
-        let text = "\
-a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
-b 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922
-c 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383
-d 127.0.0.1:7003@17003 slave a 0 0 1 connected
-e 127.0.0.1:7004@17004 master - 0 0 5 connected
-";
-        let nodes = parse_cluster_nodes(text);
-        assert_eq!(
-            nodes,
-            vec![
-                Node::Cluster {
-                    host: "127.0.0.1".into(),
-                    port: 7000
-                },
-                Node::Cluster {
-                    host: "127.0.0.1".into(),
-                    port: 7001
-                },
-            ]
-        );
-    }
 }

@@ -1,0 +1,174 @@
+//! Standalone and Sentinel: `pool_max` slots, each holding one multiplexed connection and a
+//! generation number, dialled again by us after a failure that broke it.
+//!
+//! For Sentinel every dial asks the Sentinels where the primary is now, so a failover is
+//! found by the next request after the old connection broke.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::SentinelClient;
+use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+
+use crate::config::RedisConfig;
+
+/// How a slot reaches its server.
+pub(super) struct Dialer {
+    how: Dial,
+    config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+}
+
+pub(super) enum Dial {
+    Direct(Client),
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        /// One plain client per Sentinel, to ask whether it knows the master name when the
+        /// driver found no primary (see [`Dialer::dial`]).
+        sentinels: Vec<Client>,
+        master_name: String,
+    },
+}
+
+#[derive(Default)]
+pub(super) struct Slot {
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    dialing: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+}
+
+impl Slot {
+    /// The open connection and its generation, if any: the hot path, with no await.
+    pub(super) fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        lock(&self.current).clone()
+    }
+
+    /// The open connection, dialling one (only one task dials a slot at a time).
+    pub(super) async fn get_or_dial(
+        &self,
+        dialer: &Dialer,
+    ) -> Result<(u64, MultiplexedConnection), RedisError> {
+        if let Some(open) = self.current() {
+            return Ok(open);
+        }
+        let _dialing = self.dialing.lock().await;
+        if let Some(open) = self.current() {
+            return Ok(open);
+        }
+        let conn = dialer.dial().await?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *lock(&self.current) = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Forgets the connection of `generation` (a newer one is kept).
+    pub(super) fn forget(&self, generation: u64) {
+        let mut current = lock(&self.current);
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+}
+
+impl Dialer {
+    pub(super) fn new(how: Dial, config: &RedisConfig) -> Dialer {
+        Dialer {
+            how,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.response_timeout)),
+            connect_timeout: config.connect_timeout,
+        }
+    }
+
+    /// Opens a connection to the server, or for Sentinel to the primary the Sentinels name.
+    ///
+    /// When the Sentinels name no primary that says it is one, the master name is checked:
+    /// a name no Sentinel monitors is a configuration error (`MasterNameNotFoundBySentinel`),
+    /// a known one means a failover is in progress, which is `MASTERDOWN` (retryable).
+    pub(super) async fn dial(&self) -> Result<MultiplexedConnection, RedisError> {
+        let client = match &self.how {
+            Dial::Direct(client) => client.clone(),
+            Dial::Sentinel {
+                client,
+                sentinels,
+                master_name,
+            } => {
+                // Asked on every dial: after a failover the Sentinels name the new primary.
+                let found = {
+                    let mut client = client.lock().await;
+                    tokio::time::timeout(self.connect_timeout, client.async_get_client()).await
+                };
+                match found {
+                    Ok(Ok(client)) => client,
+                    Ok(Err(err))
+                        if err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel =>
+                    {
+                        return Err(self.no_primary(sentinels, master_name, err).await);
+                    }
+                    Ok(Err(err)) => return Err(err),
+                    Err(_) => return Err(timeout_error()),
+                }
+            }
+        };
+        client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+    }
+
+    /// The error for "the Sentinels name no valid primary": whether any Sentinel knows
+    /// `master_name` decides between a failover in progress and a wrong name.
+    async fn no_primary(
+        &self,
+        sentinels: &[Client],
+        master_name: &str,
+        err: RedisError,
+    ) -> RedisError {
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("get-master-addr-by-name").arg(master_name);
+        let mut answered = false;
+        for sentinel in sentinels {
+            let answer = tokio::time::timeout(self.connect_timeout, async {
+                let mut conn = sentinel
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await?;
+                ask.query_async::<Value>(&mut conn).await
+            })
+            .await;
+            match answer {
+                Ok(Ok(Value::Nil)) => answered = true,
+                // A Sentinel that knows the name: the primary is down or being replaced.
+                Ok(Ok(_)) => {
+                    return RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
+                        "the Sentinels know the master name but name no primary that says it \
+                         is one (a failover is in progress)",
+                    ));
+                }
+                // An unreachable Sentinel tells nothing; another may answer.
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+        if answered {
+            // Every Sentinel that answered has never heard of the name.
+            return err;
+        }
+        RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "no Sentinel answered whether it knows the master name",
+        ))
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(super) fn timeout_error() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "connecting timed out",
+    ))
+}
