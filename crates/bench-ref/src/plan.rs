@@ -237,6 +237,14 @@ impl Worker {
         let cas = self.cas.as_mut()?;
         Some(cas.next(&mut self.picker))
     }
+
+    /// For `cas`, after a call whose outcome is unknown: records what key `index` was
+    /// found to hold (`flipped`: the alternate value), so the next swap expects that.
+    pub fn resync_cas(&mut self, index: u64, flipped: bool) {
+        if let Some(cas) = self.cas.as_mut() {
+            cas.set(index, flipped);
+        }
+    }
 }
 
 /// The keys `index, index + stride, …` of one `cas` worker and one bit per key: whether it
@@ -257,6 +265,20 @@ impl CasKeys {
             stride: stride.max(1),
             count,
             flipped: vec![0; count.div_ceil(64) as usize],
+        }
+    }
+
+    fn set(&mut self, index: u64, flipped: bool) {
+        let Some(j) = index.checked_sub(self.first).map(|d| d / self.stride) else {
+            return;
+        };
+        let (word, bit) = ((j / 64) as usize, 1u64 << (j % 64));
+        if let Some(w) = self.flipped.get_mut(word) {
+            if flipped {
+                *w |= bit;
+            } else {
+                *w &= !bit;
+            }
         }
     }
 

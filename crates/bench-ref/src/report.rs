@@ -4,6 +4,7 @@
 //! Memory stays bounded: each worker keeps one HDR histogram (nanoseconds, 3 significant
 //! digits, a few hundred KB), never per-operation samples.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -74,6 +75,10 @@ pub struct OpResult {
     pub latencies: Latencies,
     /// CPU time the whole process used while the op ran (all threads), where known.
     pub cpu: Option<Duration>,
+    /// Calls that failed, by kind of error (`statectl bench` without `--fail-fast` goes on
+    /// after an error and counts it here); `ops`, `calls` and the latencies count only the
+    /// calls that succeeded.
+    pub errors: BTreeMap<String, u64>,
 }
 
 impl OpResult {
@@ -95,7 +100,23 @@ impl OpResult {
             elapsed,
             latencies,
             cpu: cpu_before.and_then(|b| process_cpu_time().map(|a| a.saturating_sub(b))),
+            errors: BTreeMap::new(),
         }
+    }
+
+    /// The same row with `errors` (failed calls by kind): the failed calls leave `calls`
+    /// and `ops`, so that throughput counts only what succeeded.
+    pub fn with_errors(mut self, errors: BTreeMap<String, u64>) -> OpResult {
+        let failed: u64 = errors.values().sum();
+        self.calls = self.calls.saturating_sub(failed);
+        self.ops = self.calls * self.keys_per_call;
+        self.errors = errors;
+        self
+    }
+
+    /// How many calls failed.
+    pub fn failed_calls(&self) -> u64 {
+        self.errors.values().sum()
     }
 
     /// Keys per second.
@@ -126,6 +147,9 @@ impl OpResult {
             }
             if let Some(cpu) = self.cpu {
                 obj.insert("cpu_ms".into(), round(cpu.as_secs_f64() * 1e3, 1).into());
+            }
+            if !self.errors.is_empty() {
+                obj.insert("errors".into(), json!(self.errors));
             }
         }
         row
@@ -237,6 +261,16 @@ impl Report {
                 "batch rows: ops and ops/s count keys (entries); latencies are per batch call"
             );
         }
+        for r in self.results.iter().filter(|r| !r.errors.is_empty()) {
+            let kinds: Vec<String> = r.errors.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let _ = writeln!(
+                out,
+                "{}: {} calls failed ({}); the rows count only the calls that succeeded",
+                r.op.name(),
+                r.failed_calls(),
+                kinds.join(", ")
+            );
+        }
         out
     }
 }
@@ -293,13 +327,20 @@ mod tests {
             elapsed: Duration::from_millis(500),
             latencies: a,
             cpu: Some(Duration::from_millis(120)),
-        }
-        .to_json();
-        assert_eq!(row["op"], "batch-put");
-        assert_eq!(row["ops_per_sec"], 2000.0);
-        assert_eq!(row["batches"], 10);
-        assert!(row["p999_us"].as_f64().is_some_and(|v| v >= p50));
-        assert_eq!(row["cpu_ms"], 120.0);
+            errors: BTreeMap::new(),
+        };
+        let json = row.to_json();
+        assert_eq!(json["op"], "batch-put");
+        assert_eq!(json["ops_per_sec"], 2000.0);
+        assert_eq!(json["batches"], 10);
+        assert!(json["p999_us"].as_f64().is_some_and(|v| v >= p50));
+        assert_eq!(json["cpu_ms"], 120.0);
+        assert!(json.get("errors").is_none());
+        let failed = row.with_errors(BTreeMap::from([("connection".to_string(), 2)]));
+        let json = failed.to_json();
+        assert_eq!(json["batches"], 8);
+        assert_eq!(json["ops"], 800);
+        assert_eq!(json["errors"]["connection"], 2);
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! C tokio tasks share one `Arc<dyn StateBackend>`, the calls split between them. Each task
 //! keeps one HDR histogram, so memory does not grow with `--ops`.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::io::IsTerminal as _;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use state_core::{StateBackend, StateError, StateUrl};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
+use crate::cli::BenchArgs;
 use crate::error::CliError;
 
 /// How many calls a task makes between progress-bar updates.
@@ -26,8 +28,9 @@ const PROGRESS_EVERY: u64 = 256;
 pub async fn run(
     backend: Arc<dyn StateBackend>,
     url: &StateUrl,
-    args: &ShapeArgs,
+    bench: &BenchArgs,
 ) -> Result<Report, CliError> {
+    let args = &bench.shape;
     let shape = args.shape();
     let run = Run {
         backend,
@@ -36,6 +39,7 @@ pub async fn run(
         alt_value: Arc::from(shape.alt_value()),
         template: Latencies::new().map_err(CliError::Backend)?,
         progress: std::io::stderr().is_terminal().then(progress_bar),
+        fail_fast: bench.fail_fast,
     };
     let outcome = tokio::select! {
         outcome = run.all(&shape, args) => outcome,
@@ -81,6 +85,8 @@ struct Run {
     alt_value: Arc<[u8]>,
     template: Latencies,
     progress: Option<ProgressBar>,
+    /// End the run at the first failed call instead of counting it and going on.
+    fail_fast: bool,
 }
 
 impl Run {
@@ -135,29 +141,34 @@ impl Run {
             };
             let mut latencies = self.template.clone();
             let start_line = start_line.clone();
+            let fail_fast = self.fail_fast;
             tasks.spawn(async move {
                 start_line.wait().await;
-                task.calls(op, worker, &mut latencies)
+                task.calls(op, worker, &mut latencies, fail_fast)
                     .await
-                    .map(|()| latencies)
+                    .map(|errors| (latencies, errors))
             });
         }
         let cpu_before = process_cpu_time();
         start_line.wait().await;
         let started = Instant::now();
         let mut latencies = self.template.clone();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         while let Some(joined) = tasks.join_next().await {
-            let task_latencies = joined
+            let (task_latencies, task_errors) = joined
                 .map_err(|e| CliError::Backend(format!("a benchmark task failed ({e})")))??;
             latencies
                 .merge(&task_latencies)
                 .map_err(CliError::Backend)?;
+            for (kind, n) in task_errors {
+                *errors.entry(kind).or_insert(0) += n;
+            }
         }
         let elapsed = started.elapsed();
         if let Some(bar) = &self.progress {
             bar.println(format!("{:>10} done in {:.2?}", op.name(), elapsed));
         }
-        Ok(OpResult::new(op, shape, elapsed, latencies, cpu_before))
+        Ok(OpResult::new(op, shape, elapsed, latencies, cpu_before).with_errors(errors))
     }
 }
 
@@ -171,75 +182,124 @@ struct Task {
 }
 
 impl Task {
-    async fn calls(&self, op: Op, mut w: Worker, lat: &mut Latencies) -> Result<(), StateError> {
-        let backend = &*self.backend;
-        let value = &*self.value;
+    /// Makes worker `w`'s calls of `op`, recording each successful call's latency in `lat`.
+    /// A failed call is counted by kind and the worker goes on, or with `fail_fast` ends the
+    /// run with that error; returns the counts.
+    async fn calls(
+        &self,
+        op: Op,
+        mut w: Worker,
+        lat: &mut Latencies,
+        fail_fast: bool,
+    ) -> Result<BTreeMap<String, u64>, StateError> {
+        let mut errors = BTreeMap::new();
         let mut key = String::new();
         let mut keys: Vec<String> = vec![String::new(); w.keys_per_call as usize];
         for call in 0..w.calls {
             let t = Instant::now();
-            match op {
-                Op::Put => {
-                    plan::key_into(&mut key, &self.prefix, w.picker.next_index());
-                    backend.put(key.as_bytes(), value).await?;
-                }
-                Op::Get => {
-                    plan::key_into(&mut key, &self.prefix, w.picker.next_index());
-                    black_box(backend.get(key.as_bytes()).await?);
-                }
-                Op::Mixed => {
-                    let is_put = w.picker.chance(MIXED_PUT_PERCENT);
-                    plan::key_into(&mut key, &self.prefix, w.picker.next_index());
-                    if is_put {
-                        backend.put(key.as_bytes(), value).await?;
-                    } else {
-                        black_box(backend.get(key.as_bytes()).await?);
-                    }
-                }
-                Op::BatchPut => {
-                    for k in keys.iter_mut() {
-                        plan::key_into(k, &self.prefix, w.picker.next_index());
-                    }
-                    let entries: Vec<(&[u8], &[u8])> =
-                        keys.iter().map(|k| (k.as_bytes(), value)).collect();
-                    backend.batch_put(&entries).await?;
-                }
-                Op::BatchGet => {
-                    for k in keys.iter_mut() {
-                        plan::key_into(k, &self.prefix, w.picker.next_index());
-                    }
-                    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-                    black_box(backend.batch_get(&refs).await?);
-                }
-                Op::Cas => {
-                    let Some((index, flipped)) = w.next_cas() else {
-                        return Err(StateError::new(
-                            state_core::ErrorKind::Backend,
-                            "a cas worker has no keys",
-                        ));
-                    };
-                    plan::key_into(&mut key, &self.prefix, index);
-                    let alt = &*self.alt_value;
-                    let (old, new) = if flipped { (alt, value) } else { (value, alt) };
-                    // Each task owns its keys, so a failed swap means the backend is wrong.
-                    if !backend
-                        .compare_and_swap(key.as_bytes(), Some(old), new)
-                        .await?
-                    {
-                        return Err(StateError::new(
-                            state_core::ErrorKind::Backend,
-                            format!("compare_and_swap of {key} found an unexpected value"),
-                        ));
-                    }
-                }
+            match self.call(op, &mut w, &mut key, &mut keys).await {
+                Ok(()) => lat.record(t.elapsed()),
+                Err(e) if fail_fast => return Err(e),
+                Err(e) => *errors.entry(error_label(&e)).or_insert(0) += 1,
             }
-            lat.record(t.elapsed());
             if let Some(bar) = &self.progress
                 && (call + 1) % PROGRESS_EVERY == 0
             {
                 bar.inc(PROGRESS_EVERY);
             }
         }
+        Ok(errors)
+    }
+
+    /// One call of `op`.
+    async fn call(
+        &self,
+        op: Op,
+        w: &mut Worker,
+        key: &mut String,
+        keys: &mut [String],
+    ) -> Result<(), StateError> {
+        let backend = &*self.backend;
+        let value = &*self.value;
+        match op {
+            Op::Put => {
+                plan::key_into(key, &self.prefix, w.picker.next_index());
+                backend.put(key.as_bytes(), value).await?;
+            }
+            Op::Get => {
+                plan::key_into(key, &self.prefix, w.picker.next_index());
+                black_box(backend.get(key.as_bytes()).await?);
+            }
+            Op::Mixed => {
+                let is_put = w.picker.chance(MIXED_PUT_PERCENT);
+                plan::key_into(key, &self.prefix, w.picker.next_index());
+                if is_put {
+                    backend.put(key.as_bytes(), value).await?;
+                } else {
+                    black_box(backend.get(key.as_bytes()).await?);
+                }
+            }
+            Op::BatchPut => {
+                for k in keys.iter_mut() {
+                    plan::key_into(k, &self.prefix, w.picker.next_index());
+                }
+                let entries: Vec<(&[u8], &[u8])> =
+                    keys.iter().map(|k| (k.as_bytes(), value)).collect();
+                backend.batch_put(&entries).await?;
+            }
+            Op::BatchGet => {
+                for k in keys.iter_mut() {
+                    plan::key_into(k, &self.prefix, w.picker.next_index());
+                }
+                let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+                black_box(backend.batch_get(&refs).await?);
+            }
+            Op::Cas => {
+                let Some((index, flipped)) = w.next_cas() else {
+                    return Err(StateError::new(
+                        state_core::ErrorKind::Backend,
+                        "a cas worker has no keys",
+                    ));
+                };
+                plan::key_into(key, &self.prefix, index);
+                let alt = &*self.alt_value;
+                let (old, new) = if flipped { (alt, value) } else { (value, alt) };
+                let swapped = backend
+                    .compare_and_swap(key.as_bytes(), Some(old), new)
+                    .await;
+                // Each task owns its keys, so a failed swap means the key does not hold what
+                // this task last wrote: a swap of unknown outcome, or a write lost in a
+                // failover. The key is read to learn what the next swap must expect.
+                if !matches!(swapped, Ok(true)) {
+                    match backend.get(key.as_bytes()).await? {
+                        Some(current) => w.resync_cas(index, *current == *alt),
+                        None => {
+                            backend.put(key.as_bytes(), value).await?;
+                            w.resync_cas(index, false);
+                        }
+                    }
+                }
+                if !swapped? {
+                    return Err(StateError::new(
+                        state_core::ErrorKind::Conflict,
+                        format!(
+                            "compare_and_swap of {key} found an unexpected value (a swap of \
+                             unknown outcome, or a write lost in a failover)"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// How a failed call is counted: its kind, and whether its outcome is unknown.
+fn error_label(e: &StateError) -> String {
+    let kind = format!("{:?}", e.kind()).to_lowercase();
+    if e.outcome_unknown() {
+        format!("{kind} (outcome unknown)")
+    } else {
+        kind
     }
 }

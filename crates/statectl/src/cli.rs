@@ -74,7 +74,9 @@ pub enum Command {
     ///
     /// Keys are `bench:XXXXXXXX:0000000042` under a prefix unique to the run, removed at
     /// the end. Batch workloads count ops in keys (entries) and report latency per batch.
-    Bench(ShapeArgs),
+    /// A failed call is counted by kind of error and the run goes on (a failover is ridden
+    /// out); the counts are printed after the table.
+    Bench(BenchArgs),
     /// Creates, lists, restores and deletes server-side checkpoints (postgres:// only).
     ///
     /// A checkpoint copies every live entry under the URL's key prefix inside the server;
@@ -85,6 +87,18 @@ pub enum Command {
     /// Runs a command while holding a distributed lock (redis://…, postgres://…).
     #[command(subcommand)]
     Lock(LockCommand),
+}
+
+/// `statectl bench …`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The workload's shape, the same options as `bench-ref`.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
+    /// Stop at the first failed call with its error (exit 3), instead of counting failures
+    /// by kind and going on.
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 /// `statectl lock …`.

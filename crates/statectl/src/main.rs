@@ -103,7 +103,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(args) => match bench::run(backend.clone(), &url, args).await {
             Ok(report) => {
                 out.write_all(report.table().as_bytes())?;
-                match &args.json {
+                match &args.shape.json {
                     Some(path) => report.write_json(path).map_err(CliError::Usage),
                     None => Ok(()),
                 }
