@@ -14,9 +14,10 @@ use state_core::{
     MemoryBackend, Result, StateBackend, StateError, Ttl,
 };
 use testing::conformance::unique_namespace;
+use testing::faults::Impatient;
 use testing::history::{
-    Anomalies, History, Op, Outcome, Output, Record, SimConfig, Verdict, WorkloadConfig, anomalies,
-    check, run_workload, run_workload_with, simulate,
+    Anomalies, FaultLog, History, Op, Outcome, Output, Record, SimConfig, Trial, Verdict,
+    WorkloadConfig, anomalies, check, run_workload, run_workload_with, simulate, trial,
 };
 
 /// The one bug (or honest misbehaviour) a [`Wrapped`] backend adds to the memory backend.
@@ -278,6 +279,30 @@ async fn memory_backend_histories_are_linearizable_and_clean() {
             0,
             "keys cleaned up"
         );
+    }
+}
+
+/// The memory backend through `testing::faults::Impatient` (every 7th call abandoned
+/// part-way), run the way every backend's `tests/histories.rs` runs (sized by
+/// `STATE_HISTORY_SECS` / `STATE_HISTORY_RUNS`, logged to `STATE_HISTORY_LOG`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_histories_with_abandoned_calls_are_linearizable() {
+    for run in 0..trial::runs() {
+        let log = FaultLog::new();
+        let backend = Arc::new(Impatient::new(
+            Arc::new(MemoryBackend::new()),
+            7,
+            Arc::clone(&log),
+        ));
+        let workload = WorkloadConfig {
+            prefix: unique_namespace(),
+            duration: trial::run_duration(),
+            ..WorkloadConfig::default()
+        };
+        let name = format!("memory, every 7th call abandoned (run {})", run + 1);
+        let trial = Trial::run(&name, backend, workload, log, std::future::pending()).await;
+        assert!(trial.anomalies.total.unknown > 0, "no call was abandoned");
+        trial.assert_correct();
     }
 }
 

@@ -37,10 +37,12 @@
 
 mod connection;
 mod control;
+mod impatient;
 mod proxy;
 mod reply;
 mod url;
 
+pub use impatient::Impatient;
 pub use proxy::FaultProxy;
 pub use reply::ReplyDrop;
 pub use url::proxy_in_front_of;

@@ -40,6 +40,7 @@ mod op;
 mod record;
 mod rng;
 mod simulate;
+pub mod trial;
 mod workload;
 
 pub use anomaly::{Anomalies, Counts, anomalies};
@@ -47,6 +48,7 @@ pub use check::{CheckConfig, Report, Verdict, check, check_with};
 pub use op::{ClientId, Key, Op, OpId, OpKind, Outcome, Output, UNDECODABLE, ValueId};
 pub use record::{History, Record, Recorder};
 pub use simulate::{SimConfig, simulate};
+pub use trial::{FaultLog, Trial, every};
 pub use workload::{
     Weights, WorkloadConfig, decode_value, encode_value, run_workload, run_workload_with,
 };
