@@ -113,11 +113,13 @@ pub fn convert_with(err: sqlx::Error, what: &str, sent: bool, hint: ServerHint) 
             err,
             sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
         );
-    let out = StateError::new(kind, message).with_source(err);
     if outcome_unknown {
-        out.with_outcome_unknown()
+        let message = format!("{message}; the statement may have been applied");
+        StateError::new(kind, message)
+            .with_source(err)
+            .with_outcome_unknown()
     } else {
-        out
+        StateError::new(kind, message).with_source(err)
     }
 }
 
@@ -145,7 +147,7 @@ pub fn client_timeout(what: &str, after: std::time::Duration) -> StateError {
         ErrorKind::Timeout,
         format!(
             "{what} got no answer within {after:?}; the server or the network may be stuck, \
-             and the connection was dropped"
+             and the connection was dropped; the statement may have been applied"
         ),
     )
     .with_outcome_unknown()

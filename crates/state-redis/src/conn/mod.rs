@@ -522,18 +522,7 @@ fn open_client(info: ConnectionInfo, config: &RedisConfig) -> redis::RedisResult
 /// The Sentinel dialer: the driver's Sentinel client, and a plain client per Sentinel to
 /// check the master name when no primary is found.
 fn sentinel_dial(config: &RedisConfig, master_name: &str, target: &str) -> Result<Dial> {
-    let addr = |host: &str, port: u16| {
-        if config.tls {
-            ConnectionAddr::TcpTls {
-                host: host.to_string(),
-                port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(host.to_string(), port)
-        }
-    };
+    let addr = |host: &str, port: u16| node_addr(config, host, port);
     let sentinels = config
         .hosts
         .iter()
@@ -578,12 +567,9 @@ fn sentinel_dial(config: &RedisConfig, master_name: &str, target: &str) -> Resul
     })
 }
 
-fn node_info(
-    config: &RedisConfig,
-    host: &str,
-    port: u16,
-) -> std::result::Result<ConnectionInfo, RedisError> {
-    let addr = if config.tls {
+/// A server's address, over TLS if the config says so.
+fn node_addr(config: &RedisConfig, host: &str, port: u16) -> ConnectionAddr {
+    if config.tls {
         ConnectionAddr::TcpTls {
             host: host.to_string(),
             port,
@@ -592,7 +578,15 @@ fn node_info(
         }
     } else {
         ConnectionAddr::Tcp(host.to_string(), port)
-    };
+    }
+}
+
+fn node_info(
+    config: &RedisConfig,
+    host: &str,
+    port: u16,
+) -> std::result::Result<ConnectionInfo, RedisError> {
+    let addr = node_addr(config, host, port);
     let mut redis_info = RedisConnectionInfo::default().set_db(config.db);
     if let Some(user) = &config.username {
         redis_info = redis_info.set_username(user);

@@ -38,11 +38,13 @@
 mod connection;
 mod control;
 mod impatient;
+mod lost_reply;
 mod proxy;
 mod reply;
 mod url;
 
 pub use impatient::Impatient;
+pub use lost_reply::{LostReply, executed};
 pub use proxy::FaultProxy;
 pub use reply::ReplyDrop;
 pub use url::proxy_in_front_of;

@@ -132,27 +132,7 @@ fn draw(
     seen: &[Option<ValueId>],
     next_value: &mut ValueId,
 ) -> Op {
-    let weights = [
-        w.get,
-        w.put,
-        w.delete,
-        w.cas,
-        w.set_if_not_exists,
-        w.get_and_delete,
-        w.batch_get,
-        w.batch_put,
-        w.batch_delete,
-    ];
-    let total: u64 = weights.iter().map(|&x| u64::from(x)).sum();
-    let mut pick = rng.below(total);
-    let mut kind = 0;
-    for (i, &x) in weights.iter().enumerate() {
-        if pick < u64::from(x) {
-            kind = i;
-            break;
-        }
-        pick -= u64::from(x);
-    }
+    let kind = w.pick(rng);
     let mut fresh = || {
         *next_value += 1;
         *next_value

@@ -29,6 +29,33 @@ pub struct Weights {
     pub batch_delete: u32,
 }
 
+impl Weights {
+    /// Draws an operation's index in field order (0 = get … 8 = batch_delete) with these
+    /// weights; all zero gives 0.
+    pub(crate) fn pick(&self, rng: &mut Rng) -> usize {
+        let weights = [
+            self.get,
+            self.put,
+            self.delete,
+            self.cas,
+            self.set_if_not_exists,
+            self.get_and_delete,
+            self.batch_get,
+            self.batch_put,
+            self.batch_delete,
+        ];
+        let total: u64 = weights.iter().map(|&x| u64::from(x)).sum();
+        let mut pick = rng.below(total);
+        for (i, &x) in weights.iter().enumerate() {
+            if pick < u64::from(x) {
+                return i;
+            }
+            pick -= u64::from(x);
+        }
+        0
+    }
+}
+
 impl Default for Weights {
     /// Reads 30%, writes 20%, CAS 15%, deletes and claims 10% each, batches 5%.
     fn default() -> Self {
@@ -278,27 +305,7 @@ impl Shared {
     /// Draws the next operation of a client that last saw `seen` in each key.
     fn draw(&self, rng: &mut Rng, seen: &[Option<ValueId>]) -> Op {
         let w = &self.config.weights;
-        let weights = [
-            w.get,
-            w.put,
-            w.delete,
-            w.cas,
-            w.set_if_not_exists,
-            w.get_and_delete,
-            w.batch_get,
-            w.batch_put,
-            w.batch_delete,
-        ];
-        let total: u64 = weights.iter().map(|&x| u64::from(x)).sum();
-        let mut pick = rng.below(total);
-        let mut kind = 0;
-        for (i, &x) in weights.iter().enumerate() {
-            if pick < u64::from(x) {
-                kind = i;
-                break;
-            }
-            pick -= u64::from(x);
-        }
+        let kind = w.pick(rng);
         let keys = u64::from(self.config.keys.max(1));
         let key = rng.below(keys) as Key;
         match kind {
