@@ -85,9 +85,11 @@ impl Dialer {
 
     /// Opens a connection to the server, or for Sentinel to the primary the Sentinels name.
     ///
-    /// When the Sentinels name no primary that says it is one, the master name is checked:
-    /// a name no Sentinel monitors is a configuration error (`MasterNameNotFoundBySentinel`),
-    /// a known one means a failover is in progress, which is `MASTERDOWN` (retryable).
+    /// For Sentinel, a failure to reach a primary is looked at again through the Sentinels
+    /// themselves (see [`sentinel_view`](Self::sentinel_view)): if they know the master
+    /// name, a primary that is missing, not a primary, or refusing connections is a
+    /// failover in progress, `MASTERDOWN` (retryable); a name no Sentinel knows is a
+    /// configuration error (`MasterNameNotFoundBySentinel`).
     pub(super) async fn dial(&self) -> Result<MultiplexedConnection, RedisError> {
         let client = match &self.how {
             Dial::Direct(client) => client.clone(),
@@ -101,16 +103,20 @@ impl Dialer {
                     let mut client = client.lock().await;
                     tokio::time::timeout(self.connect_timeout, client.async_get_client()).await
                 };
-                match found {
-                    Ok(Ok(client)) => client,
-                    Ok(Err(err))
-                        if err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel =>
-                    {
-                        return Err(self.no_primary(sentinels, master_name, err).await);
+                let failure = match found {
+                    Ok(Ok(client)) => {
+                        match client
+                            .get_multiplexed_async_connection_with_config(&self.config)
+                            .await
+                        {
+                            Ok(conn) => return Ok(conn),
+                            Err(err) => err,
+                        }
                     }
-                    Ok(Err(err)) => return Err(err),
-                    Err(_) => return Err(timeout_error()),
-                }
+                    Ok(Err(err)) => err,
+                    Err(_) => timeout_error(),
+                };
+                return Err(self.sentinel_view(sentinels, master_name, failure).await);
             }
         };
         client
@@ -118,14 +124,23 @@ impl Dialer {
             .await
     }
 
-    /// The error for "the Sentinels name no valid primary": whether any Sentinel knows
-    /// `master_name` decides between a failover in progress and a wrong name.
-    async fn no_primary(
+    /// What a failure to reach the primary means, by asking the Sentinels directly
+    /// whether they know `master_name`: a known name makes it a failover in progress
+    /// (`MASTERDOWN`), a name every answering Sentinel ignores a configuration error, and
+    /// no answer at all leaves `err` as it is (the Sentinels are unreachable).
+    async fn sentinel_view(
         &self,
         sentinels: &[Client],
         master_name: &str,
         err: RedisError,
     ) -> RedisError {
+        if matches!(
+            err.kind(),
+            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
+        ) || err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        {
+            return err;
+        }
         let mut ask = redis::cmd("SENTINEL");
         ask.arg("get-master-addr-by-name").arg(master_name);
         let mut answered = false;
@@ -143,8 +158,9 @@ impl Dialer {
                 Ok(Ok(_)) => {
                     return RedisError::from((
                         redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown),
-                        "the Sentinels know the master name but name no primary that says it \
-                         is one (a failover is in progress)",
+                        "the Sentinels know the master name, but the primary they name is \
+                         not reachable or not a primary (a failover is in progress)",
+                        err.to_string(),
                     ));
                 }
                 // An unreachable Sentinel tells nothing; another may answer.
@@ -153,12 +169,12 @@ impl Dialer {
         }
         if answered {
             // Every Sentinel that answered has never heard of the name.
-            return err;
+            return RedisError::from((
+                redis::ErrorKind::MasterNameNotFoundBySentinel,
+                "no Sentinel monitors a master of this name",
+            ));
         }
-        RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "no Sentinel answered whether it knows the master name",
-        ))
+        err
     }
 }
 
