@@ -49,20 +49,36 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The benchmark running in the background; killed if the test ends before it does.
+struct Bench(Option<Child>);
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts the benchmark in the background, its JSON report going to `dir/bench.json`.
-fn start_bench(url: &str, dir: &Path) -> std::io::Result<Child> {
-    statectl(url, dir)
+fn start_bench(url: &str, dir: &Path) -> std::io::Result<Bench> {
+    let child = statectl(url, dir)
         .arg("bench")
         .args(BENCH_ARGS)
         .args(["--json", "bench.json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn()?;
+    Ok(Bench(Some(child)))
 }
 
 /// Fails if the benchmark has already ended: the kill must fall inside it.
-fn still_running(bench: &mut Child) -> TestResult {
-    match bench.try_wait()? {
+fn still_running(bench: &mut Bench) -> TestResult {
+    let Some(child) = bench.0.as_mut() else {
+        return Err("the benchmark was not started".into());
+    };
+    match child.try_wait()? {
         None => Ok(()),
         Some(status) => Err(format!(
             "the benchmark ended ({status}) before the node was killed; raise BENCH_OPS"
@@ -72,16 +88,20 @@ fn still_running(bench: &mut Child) -> TestResult {
 }
 
 /// Waits (bounded) for the benchmark to end; kills it if it runs past the limit.
-async fn finish(mut bench: Child) -> Result<Output, Box<dyn std::error::Error>> {
+async fn finish(mut bench: Bench) -> Result<Output, Box<dyn std::error::Error>> {
     let started = Instant::now();
-    while bench.try_wait()?.is_none() {
+    let Some(child) = bench.0.as_mut() else {
+        return Err("the benchmark was not started".into());
+    };
+    while child.try_wait()?.is_none() {
         if started.elapsed() > BENCH_LIMIT {
-            bench.kill()?;
+            // Killed when `bench` drops.
             return Err(format!("the benchmark ran past {BENCH_LIMIT:?}").into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(bench.wait_with_output()?)
+    let child = bench.0.take().ok_or("the benchmark was not started")?;
+    Ok(child.wait_with_output()?)
 }
 
 /// The benchmark completed, measured its one op, and counted what failed by kind; then a

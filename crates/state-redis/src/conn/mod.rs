@@ -278,18 +278,9 @@ impl Pool {
             Conn::Single { conn, .. } => conn.req_packed_command(cmd).await,
             Conn::Cluster { conn, exact } => {
                 let reply = conn.req_packed_command(cmd).await;
-                match reply {
-                    Ok(Value::ServerError(e)) if *exact => {
-                        let err = RedisError::from(e.clone());
-                        match ask_target(&err) {
-                            // Not executed where it was sent: send it where ASK says.
-                            Some(node) => Box::pin(asking(conn, &node, std::slice::from_ref(cmd)))
-                                .await
-                                .map(|mut replies| replies.pop().unwrap_or(Value::Nil)),
-                            None => Ok(Value::ServerError(e)),
-                        }
-                    }
-                    other => other,
+                match error_reply_to_follow(reply, *exact) {
+                    Ok(done) => done,
+                    Err(e) => follow_ask(conn, cmd, e).await,
                 }
             }
         };
@@ -424,6 +415,38 @@ async fn asking(
     let replies = conn.route_pipeline(pipe, 0, cmds.len() * 2, route).await?;
     // Every second reply is a command's; the others are ASKING's OK.
     Ok(replies.into_iter().skip(1).step_by(2).collect())
+}
+
+/// An error reply of the exact set, which may be an `ASK` to follow (`Err`), or the reply
+/// as it is (`Ok`).
+fn error_reply_to_follow(
+    reply: redis::RedisResult<Value>,
+    exact: bool,
+) -> Result<redis::RedisResult<Value>, redis::ServerError> {
+    match reply {
+        Ok(Value::ServerError(e)) if exact => Err(e),
+        other => Ok(other),
+    }
+}
+
+/// The reply to `cmd` after the error reply `e`: if it is `ASK` (the command was not
+/// executed where it was sent), the reply of the node it names; otherwise `e` itself.
+///
+/// Boxed and built outside the caller's `async fn`, so that the point operations' futures
+/// (boxed once per call by `async_trait`) carry a pointer for this rare path, not its state.
+fn follow_ask<'a>(
+    conn: &'a mut ClusterConnection,
+    cmd: &'a Cmd,
+    e: redis::ServerError,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<Value>> + Send + 'a>> {
+    Box::pin(async move {
+        match ask_target(&RedisError::from(e.clone())) {
+            Some(node) => asking(conn, &node, std::slice::from_ref(cmd))
+                .await
+                .map(|mut replies| replies.pop().unwrap_or(Value::Nil)),
+            None => Ok(Value::ServerError(e)),
+        }
+    })
 }
 
 /// Replaces the `ASK` replies of a pipeline sent by the exact set with the replies of the
