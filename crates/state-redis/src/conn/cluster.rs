@@ -71,7 +71,9 @@ impl ClusterConns {
         Ok(ClusterConns {
             client,
             slots: (0..config.pool_max).map(|_| OnceCell::new()).collect(),
-            connect_timeout: config.connect_timeout,
+            // The driver's own per-node connect and handshake deadlines come first: a node
+            // that accepts but never answers (stopped) is left out, not fatal.
+            connect_timeout: config.connect_timeout * 2 + config.response_timeout,
         })
     }
 

@@ -151,8 +151,18 @@ impl Pool {
         let started = Instant::now();
         let mut retries = 0;
         loop {
-            let failure = match self.conn_at_index(index, Idempotency::Idempotent).await {
-                Ok(_) => return Ok(()),
+            // In Cluster mode both sets open now, while the cluster is whole: the driver's
+            // first connection reaches every node, and one that hangs later would stall it.
+            let opened = match self.conn_at_index(index, Idempotency::Idempotent).await {
+                Ok(_) if self.is_cluster() => self
+                    .conn_at_index(index, Idempotency::NotIdempotent)
+                    .await
+                    .map(|_| ()),
+                Ok(_) => Ok(()),
+                Err(failure) => Err(failure),
+            };
+            let failure = match opened {
+                Ok(()) => return Ok(()),
                 Err(failure) => crate::error::to_state("connect", &self.target, failure),
             };
             retries += 1;
