@@ -6,6 +6,7 @@ mod backend;
 mod error;
 mod lock;
 pub mod memory;
+mod registry;
 mod retry;
 pub mod stream;
 mod types;
@@ -18,9 +19,10 @@ pub use lock::{
     DistributedLock, GuardState, LockGuard, MAX_LOCK_NAME_LEN, check_lock_name, new_owner_token,
 };
 pub use memory::{MemoryBackend, MemoryBackendBuilder, MemoryStore};
+pub use registry::{ConnectFuture, Connector, Registry};
 pub use retry::{Idempotency, RetryPolicy};
 pub use types::{
     Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Limits, MAX_TTL, Ttl,
     expiry_after, remaining_ttl, ttl_millis,
 };
-pub use url::{HostPort, Registry, Scheme, Secret, StateUrl, parse_duration};
+pub use url::{HostPort, Scheme, Secret, StateUrl, parse_duration};

@@ -5,10 +5,10 @@
 //! at once and its memory is reclaimed by a bounded sweep on each write (at most
 //! [`SWEEP_BATCH`] entries, taken in expiry order from an index, never a full scan).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,147 +25,16 @@ use crate::types::{
 };
 use crate::url::StateUrl;
 
+mod store;
+
+pub use store::MemoryStore;
+use store::{Inner, Slot};
+
 /// How many expired entries one write reclaims at most.
 pub const SWEEP_BATCH: usize = 32;
 
 /// How many entries a scan takes per lock acquisition.
 const SCAN_PAGE: usize = 256;
-
-#[derive(Debug, Clone)]
-struct Slot {
-    value: Bytes,
-    expires_at: Option<SystemTime>,
-    metadata: Option<serde_json::Value>,
-}
-
-impl Slot {
-    fn is_live(&self, now: SystemTime) -> bool {
-        self.expires_at.is_none_or(|at| at > now)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    map: BTreeMap<Bytes, Slot>,
-    /// (expiry, key) of every entry with a TTL, so that a sweep finds the oldest first.
-    expiries: BTreeSet<(SystemTime, Bytes)>,
-    /// The highest fencing token that wrote each key; kept apart from the value.
-    fences: BTreeMap<Bytes, u64>,
-}
-
-impl Inner {
-    fn live(&self, key: &[u8], now: SystemTime) -> Option<&Slot> {
-        self.map.get(key).filter(|slot| slot.is_live(now))
-    }
-
-    fn insert(&mut self, key: Bytes, slot: Slot) {
-        if let Some(expiry) = slot.expires_at {
-            self.expiries.insert((expiry, key.clone()));
-        }
-        if let Some(old) = self.map.insert(key.clone(), slot) {
-            self.forget_expiry(&key, old.expires_at);
-        }
-    }
-
-    fn remove(&mut self, key: &[u8]) -> Option<Slot> {
-        let old = self.map.remove(key)?;
-        self.forget_expiry(key, old.expires_at);
-        Some(old)
-    }
-
-    fn forget_expiry(&mut self, key: &[u8], expires_at: Option<SystemTime>) {
-        if let Some(expiry) = expires_at {
-            // The new slot may carry the same expiry; keep the index entry if so.
-            let still = self
-                .map
-                .get(key)
-                .is_some_and(|slot| slot.expires_at == Some(expiry));
-            if !still {
-                self.expiries.remove(&(expiry, Bytes::copy_from_slice(key)));
-            }
-        }
-    }
-
-    /// Reclaims at most `max` expired entries, oldest first.
-    fn sweep(&mut self, now: SystemTime, max: usize) -> usize {
-        let mut swept = 0;
-        while swept < max {
-            let Some((expiry, key)) = self.expiries.first().cloned() else {
-                break;
-            };
-            if expiry > now {
-                break;
-            }
-            self.expiries.pop_first();
-            self.map.remove(&key);
-            swept += 1;
-        }
-        swept
-    }
-
-    fn keys_under(&self, prefix: &[u8]) -> Vec<Bytes> {
-        self.map
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix))
-            .cloned()
-            .collect()
-    }
-
-    fn clear_under(&mut self, prefix: &[u8], now: SystemTime) -> u64 {
-        let mut live = 0;
-        for key in self.keys_under(prefix) {
-            if self.remove(&key).is_some_and(|slot| slot.is_live(now)) {
-                live += 1;
-            }
-        }
-        let fenced: Vec<Bytes> = self
-            .fences
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix))
-            .cloned()
-            .collect();
-        for key in fenced {
-            self.fences.remove(&key);
-        }
-        live
-    }
-}
-
-/// The shared map behind one or more [`MemoryBackend`]s.
-///
-/// Backends built on the same store with different key prefixes see one another's data only
-/// through their prefixes, as two clients of one Redis server would.
-#[derive(Debug, Clone, Default)]
-pub struct MemoryStore {
-    inner: Arc<Mutex<Inner>>,
-}
-
-impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        MemoryStore::default()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the map half-updated in a way that
-        // matters more than losing the store, so a poisoned lock is taken over.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// How many entries the store holds, expired but not yet swept ones included.
-    pub fn raw_len(&self) -> usize {
-        self.lock().map.len()
-    }
-
-    /// Reclaims at most `max` expired entries; returns how many it reclaimed.
-    pub fn sweep(&self, max: usize) -> usize {
-        self.lock().sweep(SystemTime::now(), max)
-    }
-}
 
 /// Builds a [`MemoryBackend`].
 #[derive(Debug, Clone, Default)]
@@ -684,87 +553,4 @@ impl Stream for ScanStream<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ErrorKind;
-
-    #[tokio::test]
-    async fn sweep_reclaims_expired_entries_in_bounded_steps() -> Result<()> {
-        let backend = MemoryBackend::new();
-        for i in 0..100u32 {
-            backend
-                .put_with_ttl(&i.to_be_bytes(), b"v", Duration::from_millis(1))
-                .await?;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(
-            backend.count(b"").await?,
-            0,
-            "expired keys are invisible at once"
-        );
-        let before = backend.store().raw_len();
-        backend.put(b"trigger", b"v").await?;
-        let after = backend.store().raw_len();
-        assert_eq!(
-            before - after + 1,
-            SWEEP_BATCH,
-            "one write sweeps one batch"
-        );
-        while backend.store().sweep(SWEEP_BATCH) > 0 {}
-        assert_eq!(backend.store().raw_len(), 1);
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn overwriting_a_ttl_key_drops_its_expiry_index_entry() -> Result<()> {
-        let backend = MemoryBackend::new();
-        backend
-            .put_with_ttl(b"k", b"v", Duration::from_millis(1))
-            .await?;
-        backend.put(b"k", b"v2").await?;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        backend.store().sweep(usize::MAX);
-        assert_eq!(backend.get(b"k").await?.as_deref(), Some(&b"v2"[..]));
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn scan_pages_through_more_than_one_page_in_order() -> Result<()> {
-        let backend = MemoryBackend::new();
-        let n = SCAN_PAGE * 2 + 7;
-        for i in 0..n as u32 {
-            backend.put(&i.to_be_bytes(), b"").await?;
-        }
-        let keys: Vec<Bytes> = stream::try_collect(backend.scan(b""))
-            .await?
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(keys.len(), n);
-        assert!(keys.windows(2).all(|w| w[0] < w[1]));
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn from_url_reads_prefix_and_ttl_and_rejects_unknowns() -> Result<()> {
-        let url = StateUrl::parse("memory://?prefix=a:&ttl=1h")?;
-        let backend = MemoryBackend::from_url(&url)?;
-        backend.put(b"k", b"v").await?;
-        assert!(matches!(backend.ttl(b"k").await?, Ttl::Remaining(_)));
-        assert_eq!(backend.store().raw_len(), 1);
-        let url = StateUrl::parse("memory://?pool_max=3")?;
-        let err = MemoryBackend::from_url(&url).err().map(|e| e.kind());
-        assert_eq!(err, Some(ErrorKind::Config));
-        Ok(())
-    }
-
-    #[test]
-    fn builder_rejects_a_zero_default_ttl() {
-        let err = MemoryBackend::builder()
-            .default_ttl(Duration::ZERO)
-            .build()
-            .err()
-            .map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains("default_ttl")));
-    }
-}
+mod tests;
