@@ -7,8 +7,11 @@
 mod backend;
 mod config;
 mod conn;
+mod driver;
 mod error;
 mod keys;
+mod ops;
+mod reply;
 mod restore;
 mod scan;
 mod scripts;
@@ -16,8 +19,11 @@ mod stats;
 
 use std::sync::Arc;
 
-pub use backend::{NodeInfo, RedisStateBackend};
-pub use config::{RedisConfig, RedisConfigBuilder, Topology, URL_PARAMS, WaitReplicas};
+pub use backend::NodeInfo;
+pub use config::builder::RedisConfigBuilder;
+pub use config::url::URL_PARAMS;
+pub use config::{RedisConfig, Topology, WaitReplicas};
+pub use driver::RedisStateBackend;
 pub use scripts::Script;
 pub use stats::RedisStats;
 

@@ -23,8 +23,9 @@ use state_core::{
     BoxStream, Entry, ErrorKind, Idempotency, ImportMode, Result, StateError, stream,
 };
 
-use crate::backend::{BATCH_CONCURRENCY, RedisStateBackend, first_error};
+use crate::driver::{BATCH_CONCURRENCY, RedisStateBackend};
 use crate::keys;
+use crate::reply::first_error;
 
 /// The longest a staged key lives if a restore dies half-way.
 const STAGE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -266,7 +267,7 @@ impl RedisStateBackend {
                     crate::error::Failure::after_send(e.into()),
                 ));
             }
-            other => return Err(crate::backend::unexpected("restore switch", &other)),
+            other => return Err(crate::reply::unexpected("restore switch", &other)),
         };
         for (&i, result) in group.iter().zip(results) {
             let Value::ServerError(e) = result else {

@@ -12,9 +12,10 @@ use futures_util::StreamExt;
 use redis::Value;
 use state_core::{BoxStream, Entry, Idempotency, Result, StateError};
 
-use crate::backend::{RedisStateBackend, expiry_of, unexpected};
 use crate::conn::Node;
+use crate::driver::RedisStateBackend;
 use crate::keys;
+use crate::reply::{expiry_of, unexpected};
 use crate::scripts;
 use crate::stats::Counters;
 
@@ -193,7 +194,7 @@ impl RedisStateBackend {
             }
             let now = SystemTime::now();
             for (key, reply) in chunk.iter().zip(replies) {
-                let reply = crate::backend::lift_reply("EVALSHA", self.target(), reply)?;
+                let reply = crate::reply::lift_reply("EVALSHA", self.target(), reply)?;
                 let Value::Array(parts) = reply else {
                     if reply == Value::Nil {
                         continue;
