@@ -40,38 +40,10 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use state_core::{Idempotency, Result, StateError};
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::backend::{CHUNK_BYTES, CHUNK_ROWS, Inner, PostgresStateBackend, place_by_ordinal};
-
-type Reply<T> = oneshot::Sender<Result<T>>;
-
-struct GetCall {
-    /// The full key (prefix included).
-    key: Bytes,
-    reply: Reply<Option<Bytes>>,
-}
-
-struct PutCall {
-    key: Bytes,
-    value: Bytes,
-    ttl_ms: Option<f64>,
-    reply: Reply<()>,
-}
-
-enum Call {
-    Get(GetCall),
-    Put(PutCall),
-}
-
-/// The callers' side: the statement slots and a channel to the dispatcher task.
-pub(crate) struct Coalescer {
-    calls: mpsc::UnboundedSender<Call>,
-    /// One permit per statement that may run at once, held by a caller running its own
-    /// statement or by a group's statement.
-    slots: Arc<Semaphore>,
-    runtime: tokio::runtime::Id,
-}
+use crate::coalescer::{Call, Coalescer, GetCall, PutCall, Reply};
+use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, Inner, PostgresStateBackend, place_by_ordinal};
 
 impl Coalescer {
     /// Starts the dispatcher of `backend` on the current runtime; `None` when
@@ -99,44 +71,6 @@ impl Coalescer {
             slots,
             runtime: runtime.id(),
         })
-    }
-
-    /// A free statement slot, if any: its holder runs its call as its own statement, at
-    /// once and without a hop through the dispatcher. None is free while the dispatcher
-    /// waits for one (the semaphore is fair), so queued calls go first.
-    pub fn try_slot(&self) -> Option<SemaphorePermit<'_>> {
-        self.slots.try_acquire().ok()
-    }
-
-    /// The value of full key `key`, or `None` when the dispatcher cannot serve the call
-    /// and the caller must run it directly.
-    pub async fn get(&self, key: Bytes) -> Option<Result<Option<Bytes>>> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Call::Get(GetCall { key, reply }))?;
-        answer.await.ok()
-    }
-
-    /// Writes `value` at full key `key` as `put` does, or `None` when the dispatcher
-    /// cannot serve the call and the caller must run it directly.
-    pub async fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<f64>) -> Option<Result<()>> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Call::Put(PutCall {
-            key,
-            value,
-            ttl_ms,
-            reply,
-        }))?;
-        answer.await.ok()
-    }
-
-    fn send(&self, call: Call) -> Option<()> {
-        // A dispatcher on another runtime may never be polled (an idle current-thread
-        // runtime), so only callers on its own runtime use it.
-        let here = tokio::runtime::Handle::try_current().ok()?;
-        if here.id() != self.runtime {
-            return None;
-        }
-        self.calls.send(call).ok()
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use sqlx::Row;
 use state_core::{BoxStream, Entry, ErrorKind, Idempotency, Result, StateError};
 
-use crate::backend::{PostgresStateBackend, checkpoint_not_found, micros_to_time};
+use crate::driver::{PostgresStateBackend, micros_to_time};
 use crate::error::convert;
 use crate::pager::{Pager, PagerKind};
 
@@ -271,4 +271,14 @@ impl PostgresStateBackend {
         })
         .await
     }
+}
+
+/// `NotFound` for a checkpoint id that does not exist in this namespace.
+fn checkpoint_not_found(id: i64) -> StateError {
+    StateError::new(
+        ErrorKind::NotFound,
+        format!(
+            "checkpoint {id} does not exist for this key prefix; list_checkpoints() shows the ids"
+        ),
+    )
 }

@@ -4,25 +4,33 @@
 
 mod backend;
 mod coalesce;
+mod coalescer;
 mod config;
 mod conn;
+mod driver;
 mod error;
 mod extras;
+mod import;
 mod migrate;
+mod ops;
 mod pager;
+mod point;
 mod sql;
 mod stats;
 
 use std::sync::Arc;
 
-pub use backend::{PostgresStateBackend, migrate};
+pub use backend::migrate;
+pub use driver::PostgresStateBackend;
 /// Driver errors as [`StateError`]s, for crates with sqlx connections of their own.
 pub mod errors {
     pub use crate::error::{
         ServerHint, breaks_connection, client_timeout, convert_with, kind_of_sqlstate,
     };
 }
-pub use config::{MAX_FULL_KEY_LEN, MAX_TABLE_NAME_LEN, PostgresConfig, URL_PARAMS};
+pub use config::PostgresConfig;
+pub use config::url::URL_PARAMS;
+pub use config::validate::{MAX_FULL_KEY_LEN, MAX_TABLE_NAME_LEN};
 pub use extras::CheckpointInfo;
 pub use migrate::{AppliedMigration, MIGRATION_LOCK_KEY};
 pub use stats::PostgresStats;

@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 use futures_util::StreamExt;
 use state_core::{BoxStream, Entry, Idempotency, Result};
 
-use crate::backend::PostgresStateBackend;
 use crate::conn::Checkout;
+use crate::driver::PostgresStateBackend;
 use crate::sql::successor;
 
 /// Rows fetched per page.

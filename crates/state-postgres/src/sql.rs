@@ -21,7 +21,7 @@ const UPSERT: &str = "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
     metadata = EXCLUDED.metadata, expires_at = EXCLUDED.expires_at, updated_at = now(), \
     created_at = CASE WHEN s.expires_at <= now() THEN now() ELSE s.created_at END";
 
-/// Quotes a name already checked by `config::check_identifier`.
+/// Quotes a name already checked by `config::validate::check_identifier`.
 fn quote(name: &str) -> String {
     format!("\"{name}\"")
 }

@@ -1,0 +1,78 @@
+//! Coalescing, the callers' side: the statement slots, the channel to the dispatcher task
+//! and the calls it carries. The dispatcher, and how and why calls are grouped, are in
+//! `coalesce.rs`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use state_core::Result;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub(crate) struct GetCall {
+    /// The full key (prefix included).
+    pub key: Bytes,
+    pub reply: Reply<Option<Bytes>>,
+}
+
+pub(crate) struct PutCall {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub ttl_ms: Option<f64>,
+    pub reply: Reply<()>,
+}
+
+pub(crate) enum Call {
+    Get(GetCall),
+    Put(PutCall),
+}
+
+/// The callers' side: the statement slots and a channel to the dispatcher task.
+pub(crate) struct Coalescer {
+    pub calls: mpsc::UnboundedSender<Call>,
+    /// One permit per statement that may run at once, held by a caller running its own
+    /// statement or by a group's statement.
+    pub slots: Arc<Semaphore>,
+    pub runtime: tokio::runtime::Id,
+}
+
+impl Coalescer {
+    /// A free statement slot, if any: its holder runs its call as its own statement, at
+    /// once and without a hop through the dispatcher. None is free while the dispatcher
+    /// waits for one (the semaphore is fair), so queued calls go first.
+    pub fn try_slot(&self) -> Option<SemaphorePermit<'_>> {
+        self.slots.try_acquire().ok()
+    }
+
+    /// The value of full key `key`, or `None` when the dispatcher cannot serve the call
+    /// and the caller must run it directly.
+    pub async fn get(&self, key: Bytes) -> Option<Result<Option<Bytes>>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Call::Get(GetCall { key, reply }))?;
+        answer.await.ok()
+    }
+
+    /// Writes `value` at full key `key` as `put` does, or `None` when the dispatcher
+    /// cannot serve the call and the caller must run it directly.
+    pub async fn put(&self, key: Bytes, value: Bytes, ttl_ms: Option<f64>) -> Option<Result<()>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Call::Put(PutCall {
+            key,
+            value,
+            ttl_ms,
+            reply,
+        }))?;
+        answer.await.ok()
+    }
+
+    fn send(&self, call: Call) -> Option<()> {
+        // A dispatcher on another runtime may never be polled (an idle current-thread
+        // runtime), so only callers on its own runtime use it.
+        let here = tokio::runtime::Handle::try_current().ok()?;
+        if here.id() != self.runtime {
+            return None;
+        }
+        self.calls.send(call).ok()
+    }
+}

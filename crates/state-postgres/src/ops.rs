@@ -1,0 +1,476 @@
+//! `impl StateBackend for PostgresStateBackend`: the table of operations, each a statement
+//! (or a few) run through the driver core.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use state_core::{
+    BoxStream, Capabilities, Checkpoint, Entry, FencingToken, Health, Idempotency, ImportMode,
+    Result, StateBackend, StateError, Ttl, stream, ttl_millis,
+};
+
+use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode, place_by_ordinal};
+use crate::import::Chunk;
+use crate::pager::{Pager, PagerKind};
+
+#[async_trait]
+impl StateBackend for PostgresStateBackend {
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = Capabilities::new("postgres");
+        caps.ordered_scan = true;
+        caps.consistent_snapshot = true;
+        caps.atomic_restore = true;
+        caps.metadata = true;
+        caps.durable = true;
+        caps.shared = true;
+        caps.max_key_len = self.inner.limits.max_key_len;
+        caps.max_value_len = self.inner.limits.max_value_len;
+        caps
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.inner.limits.check_key(key)?;
+        let full = self.full_key(key);
+        let counters = &self.inner.conns.counters;
+        let value = match &self.inner.coalescer {
+            // With a statement slot free, the call is its own statement, sent at once.
+            Some(coalescer) => match coalescer.try_slot() {
+                Some(_slot) => self.read_counted(&full).await?,
+                None => {
+                    let started = Instant::now();
+                    let full = Bytes::from(full);
+                    match coalescer.get(full.clone()).await {
+                        Some(result) => {
+                            counters.finish(started.elapsed(), result.is_ok());
+                            result?
+                        }
+                        // The dispatcher is gone or on another runtime: the old way.
+                        None => self.read_counted(&full).await?,
+                    }
+                }
+            },
+            None => self.read_counted(&full).await?,
+        };
+        if let Some(v) = &value {
+            counters.read(v.len());
+        }
+        Ok(value)
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_point("put", key, value, self.inner.default_ttl_ms)
+            .await
+    }
+
+    async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        let ttl_ms = ttl_millis(ttl)? as f64;
+        self.put_point("put_with_ttl", key, value, Some(ttl_ms))
+            .await
+    }
+
+    async fn put_with_metadata(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        metadata: serde_json::Value,
+    ) -> Result<()> {
+        self.upsert(
+            "put_with_metadata",
+            key,
+            value,
+            Some(metadata),
+            self.inner.default_ttl_ms,
+        )
+        .await
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<bool> {
+        self.inner.limits.check_key(key)?;
+        let full = &self.full_key(key)[..];
+        // Re-sending a delete whose reply was lost could report `false` for a key it did
+        // delete: not idempotent in its answer.
+        self.run("delete", Idempotency::NotIdempotent, move || async move {
+            let mut c = self.checkout().await?;
+            let query = sqlx::query(self.inner.sql.delete.clone()).bind(full);
+            match c.fetch_optional("delete", query).await? {
+                Some(row) => decode::<bool>(&row, 0, "delete"),
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn batch_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
+        for key in keys {
+            self.inner.limits.check_key(key)?;
+        }
+        let mut out: Vec<Option<Bytes>> = vec![None; keys.len()];
+        for (chunk_index, chunk) in keys.chunks(CHUNK_ROWS).enumerate() {
+            let full: Vec<Vec<u8>> = chunk.iter().map(|k| self.full_key(k)).collect();
+            let full = &full;
+            let rows = self
+                .run("batch_get", Idempotency::Idempotent, move || async move {
+                    let mut c = self.checkout().await?;
+                    let query = sqlx::query(self.inner.sql.batch_get.clone()).bind(full);
+                    c.fetch_all("batch_get", query).await
+                })
+                .await?;
+            let chunk_out = out.get_mut(chunk_index * CHUNK_ROWS..).unwrap_or_default();
+            let bytes = place_by_ordinal(rows, chunk_out, "batch_get")?;
+            self.inner.conns.counters.read(bytes);
+        }
+        Ok(out)
+    }
+
+    async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        for (key, value) in entries {
+            self.inner.limits.check_entry(key, value)?;
+        }
+        // Later writes of a key win, as in sequence. Keys go in sorted order so that
+        // concurrent batches lock rows in one order and cannot deadlock one another.
+        let mut latest: std::collections::BTreeMap<Vec<u8>, &[u8]> = Default::default();
+        for (key, value) in entries {
+            latest.insert(self.full_key(key), value);
+        }
+        let mut chunks: Vec<(Vec<Vec<u8>>, Vec<&[u8]>)> = Vec::new();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut values: Vec<&[u8]> = Vec::new();
+        let mut bytes = 0;
+        for (full, value) in latest {
+            if keys.len() >= CHUNK_ROWS || bytes >= CHUNK_BYTES {
+                chunks.push((std::mem::take(&mut keys), std::mem::take(&mut values)));
+                bytes = 0;
+            }
+            bytes += full.len() + value.len();
+            keys.push(full);
+            values.push(value);
+        }
+        if !keys.is_empty() {
+            chunks.push((keys, values));
+        }
+        let ttl_ms = self.inner.default_ttl_ms;
+        let chunks = &chunks;
+        self.run(
+            "batch_put",
+            Idempotency::NotIdempotent,
+            move || async move {
+                let mut c = self.checkout().await?;
+                let many = chunks.len() > 1;
+                if many {
+                    c.begin("batch_put", "BEGIN").await?;
+                }
+                for (keys, values) in chunks {
+                    let query = sqlx::query(self.inner.sql.batch_put.clone())
+                        .bind(keys)
+                        .bind(values)
+                        .bind(ttl_ms);
+                    if let Err(err) = c.execute("batch_put", query).await {
+                        if many {
+                            c.rollback().await;
+                        }
+                        return Err(err);
+                    }
+                }
+                if many {
+                    c.commit("batch_put").await?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        let written: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.inner.conns.counters.wrote(written);
+        Ok(())
+    }
+
+    async fn batch_delete(&self, keys: &[&[u8]]) -> Result<u64> {
+        for key in keys {
+            self.inner.limits.check_key(key)?;
+        }
+        let mut deleted = 0;
+        for chunk in keys.chunks(CHUNK_ROWS) {
+            let full: Vec<Vec<u8>> = chunk.iter().map(|k| self.full_key(k)).collect();
+            let full = &full;
+            deleted += self
+                .run(
+                    "batch_delete",
+                    Idempotency::NotIdempotent,
+                    move || async move {
+                        let mut c = self.checkout().await?;
+                        let query = sqlx::query(self.inner.sql.batch_delete.clone()).bind(full);
+                        let row = c.fetch_one("batch_delete", query).await?;
+                        Ok(decode::<i64>(&row, 0, "batch_delete")?.max(0) as u64)
+                    },
+                )
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn get_and_delete(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.inner.limits.check_key(key)?;
+        let full = &self.full_key(key)[..];
+        self.run(
+            "get_and_delete",
+            Idempotency::NotIdempotent,
+            move || async move {
+                let mut c = self.checkout().await?;
+                let query = sqlx::query(self.inner.sql.get_and_delete.clone()).bind(full);
+                let Some(row) = c.fetch_optional("get_and_delete", query).await? else {
+                    return Ok(None);
+                };
+                let value: Vec<u8> = decode(&row, 0, "get_and_delete")?;
+                let live: bool = decode(&row, 1, "get_and_delete")?;
+                Ok(live.then(|| Bytes::from(value)))
+            },
+        )
+        .await
+    }
+
+    async fn set_if_not_exists(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        self.inner.limits.check_entry(key, value)?;
+        let ttl_ms = self.ttl_param(ttl)?;
+        let full = &self.full_key(key)[..];
+        self.run(
+            "set_if_not_exists",
+            Idempotency::NotIdempotent,
+            move || async move {
+                let mut c = self.checkout().await?;
+                let query = sqlx::query(self.inner.sql.set_if_absent.clone())
+                    .bind(full)
+                    .bind(value)
+                    .bind(ttl_ms);
+                Ok(c.execute("set_if_not_exists", query).await?.rows_affected() == 1)
+            },
+        )
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool> {
+        self.inner.limits.check_entry(key, new)?;
+        if let Some(expected) = expected {
+            self.inner.limits.check_value(expected)?;
+        }
+        let ttl_ms = self.inner.default_ttl_ms;
+        let full = &self.full_key(key)[..];
+        self.run(
+            "compare_and_swap",
+            Idempotency::NotIdempotent,
+            move || async move {
+                let mut c = self.checkout().await?;
+                let query = match expected {
+                    None => sqlx::query(self.inner.sql.set_if_absent.clone())
+                        .bind(full)
+                        .bind(new)
+                        .bind(ttl_ms),
+                    Some(expected) => sqlx::query(self.inner.sql.swap.clone())
+                        .bind(full)
+                        .bind(new)
+                        .bind(expected)
+                        .bind(ttl_ms),
+                };
+                Ok(c.execute("compare_and_swap", query).await?.rows_affected() == 1)
+            },
+        )
+        .await
+    }
+
+    async fn put_fenced(&self, key: &[u8], value: &[u8], token: FencingToken) -> Result<()> {
+        self.inner.limits.check_entry(key, value)?;
+        let full = &self.full_key(key)[..];
+        let ttl_ms = self.inner.default_ttl_ms;
+        let token_text = &token.0.to_string();
+        // Not re-sent after a lost reply: equal tokens may write, so a second application
+        // could overwrite a plain put made in between.
+        let current = self
+            .run(
+                "put_fenced",
+                Idempotency::NotIdempotent,
+                move || async move {
+                    let mut c = self.checkout().await?;
+                    let query = sqlx::query(self.inner.sql.put_fenced.clone())
+                        .bind(full)
+                        .bind(value)
+                        .bind(token_text)
+                        .bind(ttl_ms);
+                    let row = c.fetch_one("put_fenced", query).await?;
+                    decode::<String>(&row, 0, "put_fenced")
+                },
+            )
+            .await?;
+        let current: u64 = current.parse().map_err(|_| {
+            StateError::corrupt(format!(
+                "the fences table holds a token that is not a u64: {current}"
+            ))
+        })?;
+        if current > token.0 {
+            return Err(StateError::fenced(token.0, current));
+        }
+        self.inner.conns.counters.wrote(full.len() + value.len());
+        Ok(())
+    }
+
+    async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
+        self.inner.limits.check_key(key)?;
+        let full = &self.full_key(key)[..];
+        self.run("ttl", Idempotency::Idempotent, move || async move {
+            let mut c = self.checkout().await?;
+            let query = sqlx::query(self.inner.sql.ttl.clone()).bind(full);
+            let Some(row) = c.fetch_optional("ttl", query).await? else {
+                return Ok(Ttl::Missing);
+            };
+            if decode::<bool>(&row, 0, "ttl")? {
+                return Ok(Ttl::Persistent);
+            }
+            let micros = decode::<Option<i64>>(&row, 1, "ttl")?.unwrap_or(1).max(1);
+            // Millisecond precision, rounded up: a live key has at least 1ms left.
+            Ok(Ttl::Remaining(Duration::from_millis(
+                micros.unsigned_abs().div_ceil(1000),
+            )))
+        })
+        .await
+    }
+
+    fn scan(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {
+        Pager::new(self, prefix, PagerKind::Scan).into_stream()
+    }
+
+    async fn count(&self, prefix: &[u8]) -> Result<u64> {
+        let (lower, upper) = self.namespace_range(prefix);
+        let (lower, upper) = (&lower, &upper);
+        self.run("count", Idempotency::Idempotent, move || async move {
+            let mut c = self.checkout().await?;
+            let mut query = sqlx::query(self.inner.sql.count.pick(upper)).bind(lower);
+            if let Some(upper) = upper {
+                query = query.bind(upper);
+            }
+            let row = c.fetch_one("count", query).await?;
+            Ok(decode::<i64>(&row, 0, "count")?.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn clear(&self, prefix: &[u8]) -> Result<u64> {
+        let (lower, upper) = self.namespace_range(prefix);
+        let (lower, upper) = (&lower, &upper);
+        self.run("clear", Idempotency::NotIdempotent, move || async move {
+            let mut c = self.checkout().await?;
+            let mut query = sqlx::query(self.inner.sql.clear.pick(upper)).bind(lower);
+            if let Some(upper) = upper {
+                query = query.bind(upper);
+            }
+            let row = c.fetch_one("clear", query).await?;
+            Ok(decode::<i64>(&row, 0, "clear")?.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> Result<Checkpoint> {
+        let taken_at = SystemTime::now();
+        let entries = stream::try_collect(self.export(b"")).await?;
+        Ok(Checkpoint::new(entries, taken_at, true))
+    }
+
+    async fn restore(&self, checkpoint: Checkpoint) -> Result<()> {
+        let entries = checkpoint.into_entries();
+        self.import(
+            stream::iter(entries.into_iter().map(Ok)),
+            ImportMode::Replace,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    fn export(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {
+        Pager::new(self, prefix, PagerKind::Export).into_stream()
+    }
+
+    async fn import(
+        &self,
+        mut entries: BoxStream<'_, Result<Entry>>,
+        mode: ImportMode,
+    ) -> Result<u64> {
+        let started = Instant::now();
+        let mut c = self.checkout().await?;
+        c.begin("import", "BEGIN").await?;
+        let outcome = async {
+            if mode == ImportMode::Replace {
+                let (lower, upper) = self.namespace_range(b"");
+                let mut query = sqlx::query(self.inner.sql.clear.pick(&upper)).bind(lower);
+                if let Some(upper) = upper {
+                    query = query.bind(upper);
+                }
+                c.fetch_one("import", query).await?;
+            }
+            let mut chunk = Chunk::default();
+            let mut written = 0;
+            while let Some(entry) = stream::next(&mut entries).await {
+                let entry = entry?;
+                self.inner.limits.check_entry(&entry.key, &entry.value)?;
+                let full = self.full_key(&entry.key);
+                if chunk.must_flush_before(&full) {
+                    written += self.import_chunk(&mut c, &mut chunk).await?;
+                }
+                self.inner
+                    .conns
+                    .counters
+                    .wrote(full.len() + entry.value.len());
+                chunk.push(full, entry)?;
+            }
+            written += self.import_chunk(&mut c, &mut chunk).await?;
+            Ok::<u64, StateError>(written)
+        }
+        .await;
+        let result = match outcome {
+            Ok(written) => c.commit("import").await.map(|_| written),
+            Err(err) => {
+                c.rollback().await;
+                Err(err)
+            }
+        };
+        self.inner
+            .conns
+            .counters
+            .finish(started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn health_check(&self) -> Result<Health> {
+        let started = Instant::now();
+        let endpoint = self.inner.config.endpoint();
+        let probe = async {
+            let mut c = self.checkout().await?;
+            let query = sqlx::query("SELECT pg_is_in_recovery()");
+            let row = c.fetch_one("health check", query).await?;
+            decode::<bool>(&row, 0, "health check")
+        };
+        let outcome = tokio::time::timeout(self.inner.attempt_timeout, probe).await;
+        let latency = started.elapsed();
+        Ok(match outcome {
+            Ok(Ok(false)) => Health::healthy(latency, format!("PostgreSQL primary at {endpoint}")),
+            Ok(Ok(true)) => Health::unhealthy(
+                latency,
+                format!("PostgreSQL at {endpoint} is a read-only replica (in recovery)"),
+            ),
+            Ok(Err(err)) => Health::unhealthy(latency, err.to_string()),
+            Err(_) => Health::unhealthy(
+                latency,
+                format!(
+                    "PostgreSQL at {endpoint} did not answer within {:?}",
+                    self.inner.attempt_timeout
+                ),
+            ),
+        })
+    }
+}
