@@ -16,9 +16,10 @@ use crate::config::{Durability, RedbConfig};
 use crate::group::WriteStats;
 use crate::read;
 use crate::record::{self, to_ms};
-use crate::store::{self, SWEEP_BATCH, Store, Writer};
+use crate::store::{self, SWEEP_BATCH, Store};
 use crate::streams::{ExportStream, ScanStream};
 use crate::task;
+use crate::write::Writer;
 
 /// Keys up to this length (prefix included) are assembled on the stack by reads.
 const STACK_KEY: usize = 128;

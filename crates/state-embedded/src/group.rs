@@ -38,7 +38,7 @@ use std::thread::JoinHandle;
 use state_core::{ErrorKind, Result, StateError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Core, Failure, Writer};
+use crate::write::{Core, Failure, Writer};
 
 #[cfg(test)]
 mod tests;

@@ -5,12 +5,15 @@
 mod backend;
 mod config;
 mod error;
+mod flush;
 mod group;
 mod read;
 mod record;
 mod store;
 mod streams;
+mod tables;
 mod task;
+mod write;
 
 use std::sync::Arc;
 

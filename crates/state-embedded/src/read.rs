@@ -8,7 +8,7 @@ use state_core::{Entry, Result};
 
 use crate::error::redb;
 use crate::record::{self, Record};
-use crate::store::DATA;
+use crate::tables::DATA;
 
 pub(crate) type ReadTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 

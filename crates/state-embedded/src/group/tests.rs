@@ -10,7 +10,8 @@ use state_core::{ErrorKind, FencingToken, StateBackend, StateError};
 use tokio::task::JoinHandle;
 
 use super::MAX_GROUP;
-use crate::store::{EXPIRY, SWEEP_BATCH, Store};
+use crate::store::{SWEEP_BATCH, Store};
+use crate::tables::EXPIRY;
 use crate::{Durability, RedbBackend, RedbConfig, record};
 
 type TestResult = Result<(), Box<dyn Error>>;

@@ -17,14 +17,16 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use state_core::{
     ErrorKind, FencingToken, GuardState, LockGuard, Result, StateError, new_owner_token,
 };
+use state_postgres::errors::{breaks_connection, client_timeout};
 use tokio::sync::Semaphore;
 
+use super::config::PostgresLockConfig;
+use super::errors::convert;
+use super::guard::{deadline_after, foreign_guard};
 use super::key::{advisory_key, pg_locks_ids};
+use super::pooler::PROBE_SETTING;
+use super::sql::{LockTable, is_creation_race, setup_sql, text_literal};
 use super::statements;
-use super::{
-    LockTable, PROBE_SETTING, PostgresLockConfig, breaks_connection, client_timeout, convert,
-    deadline_after, foreign_guard, is_creation_race, setup_sql, text_literal,
-};
 
 /// What the lock and its guards share.
 struct Shared {
@@ -536,7 +538,8 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::{LockMode, test_url};
+    use crate::postgres::config::LockMode;
+    use crate::postgres::test_server::test_url;
     use testing::services::{PgBouncer, PgBouncerOptions};
 
     #[test]

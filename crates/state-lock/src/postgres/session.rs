@@ -20,14 +20,16 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row};
 use state_core::{
     ErrorKind, FencingToken, GuardState, LockGuard, Result, StateError, new_owner_token,
 };
+use state_postgres::errors::{breaks_connection, client_timeout};
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::config::PostgresLockConfig;
+use super::errors::convert;
+use super::guard::{deadline_after, foreign_guard};
 use super::key::{advisory_key, pg_locks_ids};
+use super::pooler::{POOLER_REFUSAL, PROBE_SETTING};
+use super::sql::{LockTable, is_creation_race, setup_sql};
 use super::statements;
-use super::{
-    LockTable, POOLER_REFUSAL, PROBE_SETTING, PostgresLockConfig, breaks_connection,
-    client_timeout, convert, deadline_after, foreign_guard, is_creation_race, setup_sql,
-};
 
 /// How many lock-free connections are kept for later acquires. Enough that an uncontended
 /// acquire + release is two round trips; a burst of holders opens (and closes) more.
@@ -578,7 +580,8 @@ fn lost(name: &str, operation: &str, cause: &StateError) -> StateError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::{LockMode, PostgresLockConfig, test_url};
+    use crate::postgres::config::{LockMode, PostgresLockConfig};
+    use crate::postgres::test_server::test_url;
 
     /// RELIABILITY 8: an unlock that returns false is an error, and that connection is not
     /// reused. A guard whose connection never took the lock is the only way to get there
