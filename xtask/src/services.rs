@@ -17,6 +17,10 @@ use crate::util::{self, capture, is_root, which};
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The PostgreSQL database the tests use.
 pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The variable that points the tests at Redis (`REDIS_URL` when unset).
+pub const REDIS_ENV: &str = "STATE_TEST_REDIS_URL";
+/// The variable that points the tests at PostgreSQL (`POSTGRES_URL` when unset).
+pub const POSTGRES_ENV: &str = "STATE_TEST_POSTGRES_URL";
 /// The database `POSTGRES_URL` names.
 const TEST_DB: &str = "test";
 
@@ -119,8 +123,8 @@ fn up() -> Result<()> {
     }
     ensure_test_database()?;
 
-    println!("{}={REDIS_URL}", crate::test_all::REDIS_ENV);
-    println!("{}={POSTGRES_URL}", crate::test_all::POSTGRES_ENV);
+    println!("{REDIS_ENV}={REDIS_URL}");
+    println!("{POSTGRES_ENV}={POSTGRES_URL}");
     Ok(())
 }
 
@@ -165,8 +169,8 @@ fn status() -> Result<()> {
     } else {
         println!("started by `services up`: {}", started.join(", "));
     }
-    println!("{}={REDIS_URL}", crate::test_all::REDIS_ENV);
-    println!("{}={POSTGRES_URL}", crate::test_all::POSTGRES_ENV);
+    println!("{REDIS_ENV}={REDIS_URL}");
+    println!("{POSTGRES_ENV}={POSTGRES_URL}");
     Ok(())
 }
 

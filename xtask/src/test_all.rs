@@ -2,13 +2,8 @@
 
 use anyhow::{Result, bail};
 
-use crate::services;
+use crate::services::{self, POSTGRES_ENV, REDIS_ENV};
 use crate::util::{self, Outcome, cargo, human};
-
-/// Where the tests find Redis.
-pub const REDIS_ENV: &str = "STATE_TEST_REDIS_URL";
-/// Where the tests find PostgreSQL.
-pub const POSTGRES_ENV: &str = "STATE_TEST_POSTGRES_URL";
 
 /// Options shared by `test-all` and `ci`.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod faults;
+pub mod harness;
 pub mod history;
 pub mod locks;
 pub mod model;

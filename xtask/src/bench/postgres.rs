@@ -8,10 +8,13 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{
-    Case, Options, Row, build_release, case, machine, median_of, paired, run_one, scaled,
-    scratch_dir, shape_args, unique, verdict, write_section,
+use super::measure::{
+    Case, KEYSPACE, Row, VALUE_SIZE, case, median_of, paired, run_one, scaled, shape_args,
 };
+use super::options::Options;
+use super::report::{machine, verdict, write_section};
+use super::tools::{build_release, reference_output, scratch_dir, unique};
+use crate::services::{POSTGRES_ENV, POSTGRES_URL};
 use crate::util::which;
 
 const CONCURRENCY: u64 = 16;
@@ -30,8 +33,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn base_url() -> String {
-    std::env::var("STATE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var(POSTGRES_ENV).unwrap_or_else(|_| POSTGRES_URL.into())
 }
 
 /// `url` with `params` added to its query string.
@@ -89,7 +91,7 @@ fn key_expr(k: &str) -> String {
 
 /// The value every write stores: `plan::Shape::value` (a, b, … z, a, …) as a bytea literal.
 fn value_literal() -> String {
-    let text: String = (0..super::VALUE_SIZE)
+    let text: String = (0..VALUE_SIZE)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     format!("'{text}'::bytea")
@@ -106,7 +108,7 @@ fn scripts(schema: &str) -> Vec<(&'static str, u64, String)> {
     let t = format!("\"{schema}\".\"state_entries\"");
     let k = key_expr("CAST(:k AS int8)");
     let v = value_literal();
-    let last = super::KEYSPACE - 1;
+    let last = KEYSPACE - 1;
     let get =
         format!("\\set k random(0, {last})\nSELECT value FROM {t} WHERE key = {k} AND {LIVE};\n");
     let put = format!(
@@ -116,7 +118,7 @@ fn scripts(schema: &str) -> Vec<(&'static str, u64, String)> {
     );
     // 100 distinct keys, ascending (no row twice in one upsert, no deadlock between
     // clients): k, k + 1000, … k + 99000 for k in 0..1000.
-    let stride = super::KEYSPACE / 100;
+    let stride = KEYSPACE / 100;
     let rows: Vec<String> = (0..100)
         .map(|i| {
             format!(
@@ -160,7 +162,7 @@ fn pgbench(program: &Path, url: &str, script: &Path, secs: u64) -> Result<f64> {
     .args(["-T", &secs.to_string(), "-f"])
     .arg(script)
     .arg(url);
-    super::reference_output(&mut cmd, "tps", parse_tps)
+    reference_output(&mut cmd, "tps", parse_tps)
 }
 
 /// One row: ours and raw, plus pgbench's keys per second where it runs this shape.
@@ -219,7 +221,7 @@ fn measure(
              FROM generate_series(0, {}) AS i; ANALYZE \"{pg_schema}\".\"state_entries\"",
             key_expr("i"),
             value_literal(),
-            super::KEYSPACE - 1
+            KEYSPACE - 1
         ),
     )?;
     let secs = if opts.quick { 2 } else { PGBENCH_SECS };
@@ -304,11 +306,11 @@ fn markdown(rows: &[PgRow], opts: &Options) -> String {
          second, where ours sends the same upsert as `unnest` of two 100-element arrays. \
          ours/raw = median over runs of the paired ratio; ours/pgbench = our median ÷ \
          pgbench's median. Batch latencies are per call.\n",
-        super::VALUE_SIZE,
-        super::KEYSPACE,
+        VALUE_SIZE,
+        KEYSPACE,
         opts.runs,
         if opts.quick { 2 } else { PGBENCH_SECS },
-        super::KEYSPACE - 1,
+        KEYSPACE - 1,
     );
     md.push_str(
         "| op | ops | ours ops/s | ours p50 µs | ours p99 µs | raw ops/s | raw p50 µs | raw p99 µs \

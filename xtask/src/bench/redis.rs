@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{
-    Case, Options, Row, build_release, case, machine, median_of, paired, run_one, scaled,
-    scratch_dir, shape_args, verdict, write_section,
+use super::measure::{
+    Case, KEYSPACE, Row, VALUE_SIZE, case, median_of, paired, run_one, scaled, shape_args,
 };
+use super::options::Options;
+use super::report::{machine, verdict, write_section};
+use super::tools::{build_release, reference_output, scratch_dir};
 use crate::util::which;
 
 /// 50 tasks on one multiplexed connection, as the issue asks (and `redis-benchmark -c 50`).
@@ -121,10 +123,10 @@ fn redis_benchmark(program: &Path, port: u16, pipeline: u64, requests: u64) -> R
     let mut cmd = Command::new(program);
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "set,get"])
         .args(["-n", &requests.to_string(), "-c", &CONCURRENCY.to_string()])
-        .args(["-d", &super::VALUE_SIZE.to_string()])
-        .args(["-r", &super::KEYSPACE.to_string()])
+        .args(["-d", &VALUE_SIZE.to_string()])
+        .args(["-r", &KEYSPACE.to_string()])
         .args(["-P", &pipeline.to_string(), "--csv"]);
-    super::reference_output(&mut cmd, "SET/GET rates", parse_csv)
+    reference_output(&mut cmd, "SET/GET rates", parse_csv)
 }
 
 /// One row: ours and raw, plus the `redis-benchmark` rate of the same shape.
@@ -235,11 +237,7 @@ fn markdown(rows: &[RedisRow], opts: &Options) -> String {
          keys per second with `redis-benchmark`'s requests per second. Batch latencies are per \
          call. `redis-benchmark` runs first in each run with its own keys (`key:NNN`), which \
          vanish with the private server.\n",
-        super::VALUE_SIZE,
-        super::KEYSPACE,
-        opts.runs,
-        super::VALUE_SIZE,
-        super::KEYSPACE,
+        VALUE_SIZE, KEYSPACE, opts.runs, VALUE_SIZE, KEYSPACE,
     );
     md.push_str(
         "| op | ops | ours ops/s | ours p50 µs | ours p99 µs | raw ops/s | raw p50 µs | raw p99 µs \

@@ -6,7 +6,8 @@ use std::time::Duration;
 use state_core::{Result, StateBackend, Ttl};
 use tokio::sync::Barrier;
 
-use super::{Ctx, some, value};
+use super::ctx::Ctx;
+use crate::harness::{some, value};
 
 /// How many tasks race in the race cases.
 const RACERS: usize = 16;

@@ -3,7 +3,8 @@
 use serde_json::json;
 use state_core::{ErrorKind, Result, Ttl};
 
-use super::{Ctx, expect_kind, keys, show, some, value};
+use super::ctx::Ctx;
+use crate::harness::{entries_stream, expect_kind, keys, show, some, value};
 
 /// Capabilities name the backend and leave room for the suite's keys.
 pub async fn capabilities_describe_the_backend(ctx: &Ctx) -> Result<()> {
@@ -227,10 +228,7 @@ pub async fn metadata_round_trips_or_is_unsupported(ctx: &Ctx) -> Result<()> {
 
     let copy = ctx.sibling("copy").await;
     let written = copy
-        .import(
-            super::entries_stream(exported),
-            state_core::ImportMode::Replace,
-        )
+        .import(entries_stream(exported), state_core::ImportMode::Replace)
         .await?;
     assert_eq!(written, 1);
     let imported = ctx.export(copy.as_ref(), b"").await?;

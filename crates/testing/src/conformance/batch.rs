@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use state_core::{ErrorKind, Result, Ttl};
 
-use super::{Ctx, expect_kind, some, value};
+use super::ctx::Ctx;
+use crate::harness::{expect_kind, some, value};
 
 /// `batch_get` answers in the order asked, with `None` for missing keys and repeats kept.
 pub async fn batch_get_keeps_order_and_reports_missing(ctx: &Ctx) -> Result<()> {

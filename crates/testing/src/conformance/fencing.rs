@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use state_core::{ErrorKind, FencingToken, ImportMode, Result};
 
-use super::{Ctx, entries_stream, expect_kind, some, value};
+use super::ctx::Ctx;
+use crate::harness::{entries_stream, expect_kind, some, value};
 
 /// A lower token fails with `Fenced` (not retryable) and changes nothing.
 pub async fn put_fenced_rejects_a_lower_token_and_keeps_the_value(ctx: &Ctx) -> Result<()> {

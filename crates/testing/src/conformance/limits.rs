@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use state_core::{Entry, ErrorKind, FencingToken, ImportMode, Result, StateError};
 
-use super::{Ctx, bytes, entries_stream, expect_kind, some, value};
+use super::ctx::Ctx;
+use crate::harness::{bytes, entries_stream, expect_kind, keys, some, value};
 
 /// Checks that `result` is `InvalidInput` and its message names `limit`.
 #[track_caller]
@@ -69,7 +70,7 @@ pub async fn key_length_limit_is_enforced(ctx: &Ctx) -> Result<()> {
     b.put(&longest, b"v").await?;
     assert_eq!(value(b, &longest).await?, some(b"v"));
     assert_eq!(b.count(&longest).await?, 1);
-    assert_eq!(super::keys(&ctx.scan(b, b"").await?), vec![longest.clone()]);
+    assert_eq!(keys(&ctx.scan(b, b"").await?), vec![longest.clone()]);
     assert!(b.compare_and_swap(&longest, Some(b"v"), b"w").await?);
     assert!(b.delete(&longest).await?);
 

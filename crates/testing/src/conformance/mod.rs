@@ -1,5 +1,5 @@
 //! The conformance suite: the executable definition of the semantics every
-//! [`StateBackend`] shares.
+//! [`StateBackend`](state_core::StateBackend) shares.
 //!
 //! A backend crate runs it with one line in a test file,
 //! `testing::conformance_suite!(my_factory);` (see the crate docs for a whole file),
@@ -9,227 +9,42 @@
 //! case in [`CASES`]; each runs on its own two-worker tokio runtime, under a fresh random
 //! namespace that is cleared afterwards.
 //!
-//! Cases pick their assertions from [`Capabilities`]: a backend without metadata is checked
-//! to answer `Unsupported`, an unordered scan is compared as a set, and so on. No case
-//! returns early without asserting something.
+//! Cases pick their assertions from [`Capabilities`](state_core::Capabilities): a backend
+//! without metadata is checked to answer `Unsupported`, an unordered scan is compared as a
+//! set, and so on. No case returns early without asserting something.
 
 mod atomic;
 mod basic;
 mod batch;
+mod ctx;
 mod fencing;
 mod limits;
 mod scan;
 mod snapshot;
 mod ttl;
 
-use std::fmt::Debug;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
-use state_core::{
-    BoxStream, Bytes, Capabilities, Entry, ErrorKind, Result, StateBackend, StateError,
-};
+use state_core::Result;
+
+use crate::harness;
 
 pub use atomic::*;
 pub use basic::*;
 pub use batch::*;
+pub use ctx::Ctx;
 pub use fencing::*;
 pub use limits::*;
 pub use scan::*;
 pub use snapshot::*;
 pub use ttl::*;
 
-/// The future a backend factory returns.
-pub type BackendFuture = Pin<Box<dyn Future<Output = Arc<dyn StateBackend>> + Send>>;
-
-/// Builds a backend whose key prefix is the given namespace, over shared storage.
-pub type Factory = Arc<dyn Fn(String) -> BackendFuture + Send + Sync>;
-
-/// Wraps an `async fn(String) -> Arc<dyn StateBackend>` (or any such closure) as a
-/// [`Factory`].
-pub fn factory<F, Fut>(f: F) -> Factory
-where
-    F: Fn(String) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Arc<dyn StateBackend>> + Send + 'static,
-{
-    Arc::new(move |namespace| Box::pin(f(namespace)))
-}
-
-/// A fresh namespace such as `t:5f0c2a9e41b7d3c8:`, unique within and across processes.
-pub fn unique_namespace() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // RandomState is seeded randomly per process; time, pid and a counter separate calls.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u32(std::process::id());
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(nanos);
-    format!("t:{:016x}:", hasher.finish())
-}
-
-/// A two-worker multi-threaded runtime, as `#[tokio::test(flavor = "multi_thread",
-/// worker_threads = 2)]` would build; built here so backend crates need no tokio macros.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("cannot build the tokio runtime for the test: {e}"))
-}
-
-/// What one conformance case works with: a backend under a fresh namespace, its
-/// capabilities, and the factory for sibling namespaces over the same storage.
-pub struct Ctx {
-    factory: Factory,
-    namespace: String,
-    backend: Arc<dyn StateBackend>,
-    caps: Capabilities,
-    siblings: Mutex<Vec<Arc<dyn StateBackend>>>,
-}
-
-impl Debug for Ctx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx")
-            .field("namespace", &self.namespace)
-            .field("backend", &self.backend)
-            .field("caps", &self.caps)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Ctx {
-    /// A context with a backend under a fresh [`unique_namespace`].
-    pub async fn new(factory: Factory) -> Ctx {
-        let namespace = unique_namespace();
-        let backend = factory(namespace.clone()).await;
-        let caps = backend.capabilities();
-        Ctx {
-            factory,
-            namespace,
-            backend,
-            caps,
-            siblings: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The backend under test.
-    pub fn backend(&self) -> &Arc<dyn StateBackend> {
-        &self.backend
-    }
-
-    /// Its capabilities, read once.
-    pub fn caps(&self) -> &Capabilities {
-        &self.caps
-    }
-
-    /// The namespace (key prefix) of [`backend`](Self::backend).
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    /// Another backend over the same storage, under the namespace `t:<hex>/<name>:` (for
-    /// the main namespace `t:<hex>:`, so neither is a prefix of the other); cleared by
-    /// [`cleanup`](Self::cleanup) too.
-    pub async fn sibling(&self, name: &str) -> Arc<dyn StateBackend> {
-        let base = self.namespace.strip_suffix(':').unwrap_or(&self.namespace);
-        let backend = (self.factory)(format!("{base}/{name}:")).await;
-        self.siblings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::clone(&backend));
-        backend
-    }
-
-    /// Clears every namespace this context made (keys and fencing marks).
-    pub async fn cleanup(&self) -> Result<()> {
-        let siblings: Vec<_> = self
-            .siblings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut first_error = None;
-        for backend in siblings.iter().chain(std::iter::once(&self.backend)) {
-            if let Err(e) = backend.clear(b"").await {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Scans `prefix`: checks ascending order where the backend claims
-    /// [`Capabilities::ordered_scan`], and returns the entries sorted by key. An unordered
-    /// scan is fuzzy and may repeat a key; repeats must be identical and are dropped.
-    pub async fn scan(&self, backend: &dyn StateBackend, prefix: &[u8]) -> Result<Vec<Entry>> {
-        let entries = state_core::stream::try_collect(backend.scan(prefix)).await?;
-        Ok(self.normalize("scan", prefix, entries, self.caps.ordered_scan))
-    }
-
-    /// Exports `prefix`, with the same checks as [`scan`](Self::scan); a consistent
-    /// snapshot must not repeat a key.
-    pub async fn export(&self, backend: &dyn StateBackend, prefix: &[u8]) -> Result<Vec<Entry>> {
-        let entries = state_core::stream::try_collect(backend.export(prefix)).await?;
-        let strict = self.caps.ordered_scan || self.caps.consistent_snapshot;
-        Ok(self.normalize("export", prefix, entries, strict))
-    }
-
-    fn normalize(
-        &self,
-        what: &str,
-        prefix: &[u8],
-        mut entries: Vec<Entry>,
-        strict: bool,
-    ) -> Vec<Entry> {
-        for entry in &entries {
-            assert!(
-                entry.key.starts_with(prefix),
-                "{what}({}) returned key {} outside the prefix",
-                show(prefix),
-                show(&entry.key)
-            );
-        }
-        if self.caps.ordered_scan {
-            for pair in entries.windows(2) {
-                if let [a, b] = pair {
-                    assert!(
-                        a.key < b.key,
-                        "{what}({}) claims ordered_scan but returned {} before {}",
-                        show(prefix),
-                        show(&a.key),
-                        show(&b.key)
-                    );
-                }
-            }
-        }
-        entries.sort_by(|a, b| a.key.cmp(&b.key));
-        let before = entries.len();
-        entries.dedup_by(|later, earlier| {
-            let same_key = later.key == earlier.key;
-            if same_key {
-                assert_eq!(
-                    later, earlier,
-                    "{what} repeated a key with different contents"
-                );
-            }
-            same_key
-        });
-        if strict {
-            assert_eq!(
-                before,
-                entries.len(),
-                "{what}({}) repeated a key",
-                show(prefix)
-            );
-        }
-        entries
-    }
-}
+// The shared machinery, at the paths backend crates have always used.
+pub use crate::harness::{
+    BackendFuture, Factory, bytes, close, entries_stream, expect_kind, factory, keys, runtime,
+    show, some, unique_namespace, value,
+};
 
 /// Runs one conformance case on a fresh [`Ctx`], clears its namespaces afterwards, and
 /// fails the test (naming the case and the backend) if either fails.
@@ -238,149 +53,27 @@ where
     C: FnOnce(Arc<Ctx>) -> Fut,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
-    runtime().block_on(async move {
-        let ctx = Arc::new(Ctx::new(factory).await);
-        // Run on a task so that a failed assertion still lets the namespace be cleared.
-        let outcome = tokio::spawn(case(Arc::clone(&ctx))).await;
-        let cleanup = ctx.cleanup().await;
-        let backend = ctx.caps.backend;
-        match outcome {
-            Ok(Ok(())) => {
-                if let Err(e) = cleanup {
-                    panic!("conformance case `{name}` passed on `{backend}` but clearing its namespace failed: {e}");
-                }
-            }
-            Ok(Err(e)) => panic!(
-                "conformance case `{name}` failed on `{backend}` ({}): {e} [kind {:?}]",
-                ctx.namespace,
-                e.kind()
-            ),
-            Err(join) => {
-                eprintln!("conformance case `{name}` failed on `{backend}` ({})", ctx.namespace);
-                match join.try_into_panic() {
-                    Ok(panic) => std::panic::resume_unwind(panic),
-                    Err(join) => panic!("conformance case `{name}` was cancelled: {join}"),
-                }
-            }
-        }
-    });
-}
-
-/// Asserts that `result` failed with `kind`; returns the error for further checks.
-#[track_caller]
-pub fn expect_kind<T: Debug>(what: &str, result: Result<T>, kind: ErrorKind) -> StateError {
-    match result {
-        Ok(value) => panic!("{what}: expected a {kind:?} error, got Ok({value:?})"),
-        Err(e) => {
-            assert_eq!(
-                e.kind(),
-                kind,
-                "{what}: expected a {kind:?} error, got: {e}"
-            );
-            e
-        }
-    }
-}
-
-/// The value of `key` as a `Vec`, for compact comparisons.
-pub async fn value(backend: &dyn StateBackend, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    Ok(backend.get(key).await?.map(|v| v.to_vec()))
-}
-
-/// The keys of `entries`, in order.
-pub fn keys(entries: &[Entry]) -> Vec<Vec<u8>> {
-    entries.iter().map(|e| e.key.to_vec()).collect()
-}
-
-/// `Some(bytes)` as an owned vector, for comparing with [`value`].
-pub fn some(bytes: &[u8]) -> Option<Vec<u8>> {
-    Some(bytes.to_vec())
-}
-
-/// Renders bytes as an escaped byte string, such as `b"a\xff*"`.
-pub fn show(bytes: &[u8]) -> String {
-    let escaped: String = bytes
-        .iter()
-        .flat_map(|&b| std::ascii::escape_default(b))
-        .map(char::from)
-        .collect();
-    format!("b\"{escaped}\"")
-}
-
-/// Whether `a` and `b` are within `slack` of each other (absolute expiries after rounding).
-pub fn close(a: SystemTime, b: SystemTime, slack: Duration) -> bool {
-    let diff = a.duration_since(b).or_else(|_| b.duration_since(a));
-    diff.is_ok_and(|d| d <= slack)
-}
-
-/// A stream of entries for `import`.
-pub fn entries_stream(entries: Vec<Entry>) -> BoxStream<'static, Result<Entry>> {
-    state_core::stream::iter(entries.into_iter().map(Ok))
-}
-
-/// `Bytes` from a slice (shorthand in cases).
-pub fn bytes(b: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(b)
+    harness::run_case::<Ctx, _, _>(name, factory, case);
 }
 
 /// The names of every case, in the order the macro expands them.
-pub const CASES: &[&str] = crate::__conformance_cases!(__conformance_names!());
+pub const CASES: &[&str] = crate::__conformance_cases!(__suite_names!());
 
 /// Runs one conformance case against the backends of a factory.
-pub type CaseFn = fn(Factory);
+pub type CaseFn = harness::CaseFn<Factory>;
 
 /// Every case with its runner, in the order of [`CASES`].
-pub const CASE_TABLE: &[(&str, CaseFn)] = crate::__conformance_cases!(__conformance_table!());
+pub const CASE_TABLE: &[(&str, CaseFn)] = crate::__conformance_cases!(__suite_table!(conformance));
 
-/// Runs every conformance case, `parallel` at a time, then every property, all from ONE
-/// test; panics naming each case that failed (their own panics are printed above it).
+/// Runs every conformance case, `parallel` at a time, then every property
+/// ([`model::PROPERTIES`](crate::model::PROPERTIES)), all from ONE test; panics naming each
+/// case that failed (their own panics are printed above it).
 ///
 /// For backends whose server topology is costly to start (a Redis Cluster, Sentinels):
 /// nextest runs each `#[test]` in its own process, so the one-test-per-case expansion of
 /// [`conformance_suite!`](crate::conformance_suite) would start a topology per case.
 pub fn run_all_in_one(factory: Factory, parallel: usize) {
-    let properties: [(&str, CaseFn); 3] = [
-        (
-            "operations_agree_with_model",
-            crate::model::operations_agree_with_model,
-        ),
-        (
-            "export_import_round_trip",
-            crate::model::export_import_round_trip,
-        ),
-        (
-            "checkpoint_restore_round_trip",
-            crate::model::checkpoint_restore_round_trip,
-        ),
-    ];
-    let mut failed = Vec::new();
-    for chunk in CASE_TABLE.chunks(parallel.max(1)) {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(name, case)| {
-                    let factory = Arc::clone(&factory);
-                    let run = move || catch_unwind(AssertUnwindSafe(|| case(factory)));
-                    (*name, scope.spawn(run))
-                })
-                .collect();
-            for (name, handle) in handles {
-                if !matches!(handle.join(), Ok(Ok(()))) {
-                    failed.push(name);
-                }
-            }
-        });
-    }
-    for (name, property) in properties {
-        let factory = Arc::clone(&factory);
-        if catch_unwind(AssertUnwindSafe(|| property(factory))).is_err() {
-            failed.push(name);
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "failed cases (see their panics above): {failed:?}"
-    );
+    harness::run_all_in_one::<Ctx>(CASE_TABLE, crate::model::PROPERTIES, factory, parallel);
 }
 
 /// Runs every conformance case as its own `#[test]`.
@@ -391,49 +84,7 @@ pub fn run_all_in_one(factory: Factory, parallel: usize) {
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:path) => {
-        $crate::__conformance_cases!(__conformance_tests!($factory));
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __conformance_tests {
-    ($factory:path ; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                $crate::conformance::run_case(
-                    stringify!($case),
-                    $crate::conformance::factory($factory),
-                    |ctx| async move { $crate::conformance::$case(&ctx).await },
-                );
-            }
-        )*
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __conformance_table {
-    ($(;)? $($case:ident),* $(,)?) => {
-        &[$(
-            (
-                stringify!($case),
-                (|factory: $crate::conformance::Factory| {
-                    $crate::conformance::run_case(stringify!($case), factory, |ctx| async move {
-                        $crate::conformance::$case(&ctx).await
-                    })
-                }) as $crate::conformance::CaseFn,
-            ),
-        )*]
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __conformance_names {
-    ($(;)? $($case:ident),* $(,)?) => {
-        &[$(stringify!($case)),*]
+        $crate::__conformance_cases!(__suite_tests!(conformance, $factory));
     };
 }
 

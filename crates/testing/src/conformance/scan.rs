@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use state_core::{Entry, FencingToken, ImportMode, Result, stream};
 
-use super::{Ctx, entries_stream, keys, show, some, value};
+use super::ctx::Ctx;
+use crate::harness::{entries_stream, keys, show, some, value};
 
 /// Writes `all` (value = key), then checks `scan` and `count` of each prefix against a
 /// plain filter of the list.

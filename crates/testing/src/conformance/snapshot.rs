@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use state_core::{Checkpoint, Entry, ErrorKind, ImportMode, Result, StateError, Ttl, stream};
 
-use super::{Ctx, bytes, close, entries_stream, expect_kind, keys, some, value};
+use super::ctx::Ctx;
+use crate::harness::{bytes, close, entries_stream, expect_kind, keys, show, some, value};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -247,7 +248,7 @@ pub async fn checkpoint_restore_round_trip_keeps_ttls(ctx: &Ctx) -> Result<()> {
         "restore did not bring back exactly the keys"
     );
     for (x, y) in before.iter().zip(&after) {
-        assert_eq!(x.value, y.value, "value of {}", super::show(&x.key));
+        assert_eq!(x.value, y.value, "value of {}", show(&x.key));
         assert_eq!(x.metadata, y.metadata);
         match (x.expires_at, y.expires_at) {
             (None, None) => {}

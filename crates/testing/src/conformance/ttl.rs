@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use state_core::{ErrorKind, FencingToken, MAX_TTL, Result, Ttl};
 
-use super::{Ctx, expect_kind, keys, some, value};
+use super::ctx::Ctx;
+use crate::harness::{expect_kind, keys, some, value};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use state_core::{ErrorKind, LockGuard, MAX_LOCK_NAME_LEN, Result, new_owner_token};
 
-use super::{LockKind, LockSubject, WAIT_TIMEOUT, eventually, unique_name};
-use crate::conformance::{expect_kind, value};
+use super::subject::{LockKind, LockSubject, WAIT_TIMEOUT, eventually, unique_name};
+use crate::harness::{expect_kind, value};
 
 /// A lease that outlives every case.
 const LONG: Duration = Duration::from_secs(30);

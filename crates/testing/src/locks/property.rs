@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use state_core::{DistributedLock, ErrorKind, FencingToken, LockGuard};
 
-use super::{LockFactory, LockKind, LockSubject, unique_name};
+use super::subject::{LockFactory, LockKind, LockSubject, unique_name};
+use crate::harness::runtime;
 
 /// Overrides the number of cases (default 12: each case sleeps through leases).
 pub const PROPERTY_CASES_ENV: &str = "LOCK_PROPERTY_CASES";
@@ -79,7 +80,7 @@ pub fn no_two_holders_and_tokens_never_go_back(factory: LockFactory) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
-    let rt = crate::conformance::runtime();
+    let rt = runtime();
     let mut subject = rt.block_on(factory());
     let cleanup = subject.cleanup.take();
     let subject = Arc::new(subject);

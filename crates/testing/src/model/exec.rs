@@ -257,7 +257,7 @@ async fn collect(
     entries.dedup_by(|later, earlier| {
         let same = later.key == earlier.key;
         if same && later != earlier {
-            repeat = Some(crate::conformance::show(&later.key));
+            repeat = Some(crate::harness::show(&later.key));
         }
         same
     });

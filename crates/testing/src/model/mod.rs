@@ -23,7 +23,7 @@ use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use state_core::{Entry, ImportMode, StateBackend};
 
-use crate::conformance::{Factory, close, runtime, show, unique_namespace};
+use crate::harness::{CaseFn, Factory, close, entries_stream, runtime, show, unique_namespace};
 
 pub use exec::{Outcome, apply_backend, apply_model, run_sequence};
 pub use ops::{Blob, Expected, Op, Seed, key, op, ops, prefix, seeds, value};
@@ -102,6 +102,17 @@ pub fn render_ops(ops: &[Op]) -> String {
 fn render_debug<T: Debug>(value: &T) -> String {
     format!("{value:#?}")
 }
+
+/// Every property with its runner, in the order `conformance::run_all_in_one` runs them
+/// after the cases.
+pub const PROPERTIES: &[(&str, CaseFn<Factory>)] = &[
+    ("operations_agree_with_model", operations_agree_with_model),
+    ("export_import_round_trip", export_import_round_trip),
+    (
+        "checkpoint_restore_round_trip",
+        checkpoint_restore_round_trip,
+    ),
+];
 
 /// Property: random sequences of every operation agree with the model step by step.
 pub fn operations_agree_with_model(factory: Factory) {
@@ -264,7 +275,7 @@ async fn snapshot_round_trip(
     let count = snapshot.len();
     match via {
         Via::ExportImport => {
-            let stream = crate::conformance::entries_stream(snapshot.clone());
+            let stream = entries_stream(snapshot.clone());
             let written = b
                 .import(stream, ImportMode::Replace)
                 .await
@@ -314,17 +325,17 @@ macro_rules! property_suite {
     ($factory:path) => {
         #[test]
         fn property_operations_agree_with_model() {
-            $crate::model::operations_agree_with_model($crate::conformance::factory($factory));
+            $crate::model::operations_agree_with_model($crate::harness::factory($factory));
         }
 
         #[test]
         fn property_export_import_round_trip() {
-            $crate::model::export_import_round_trip($crate::conformance::factory($factory));
+            $crate::model::export_import_round_trip($crate::harness::factory($factory));
         }
 
         #[test]
         fn property_checkpoint_restore_round_trip() {
-            $crate::model::checkpoint_restore_round_trip($crate::conformance::factory($factory));
+            $crate::model::checkpoint_restore_round_trip($crate::harness::factory($factory));
         }
     };
 }

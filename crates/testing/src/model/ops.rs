@@ -12,7 +12,7 @@ pub struct Blob(pub Vec<u8>);
 
 impl fmt::Debug for Blob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::conformance::show(&self.0))
+        f.write_str(&crate::harness::show(&self.0))
     }
 }
 
