@@ -292,17 +292,6 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// Runs a network workload on a multi-threaded tokio runtime of its own.
-pub fn block_on<T>(
-    workload: impl std::future::Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?
-        .block_on(workload)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

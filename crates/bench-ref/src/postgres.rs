@@ -12,7 +12,7 @@ use clap::Args;
 use sqlx::{Connection, PgConnection};
 
 use bench_ref::plan::{self, MIXED_PUT_PERCENT, Op, Shape, ShapeArgs, Worker};
-use bench_ref::report::{self, Latencies, OpResult, Report, process_cpu_time, redacted};
+use bench_ref::report::{Latencies, OpResult, Report, process_cpu_time, redacted};
 
 /// Options of `bench-ref postgres`.
 #[derive(Debug, Args)]
@@ -78,7 +78,7 @@ impl Sql {
 
 /// Runs the workload and returns the report.
 pub fn run(args: &PostgresArgs) -> Res<Report> {
-    report::block_on(run_async(args))
+    bench_ref::block_on(run_async(args))
 }
 
 async fn run_async(args: &PostgresArgs) -> Res<Report> {

@@ -1,4 +1,4 @@
-//! `statectl bench`: the shared workloads (see `bench_ref::plan`) through the
+//! `statectl bench`: the shared workloads (see `bench_plan::plan`) through the
 //! `StateBackend` API, measured the same way as the raw reference runner.
 //!
 //! C tokio tasks share one `Arc<dyn StateBackend>`, the calls split between them. Each task
@@ -10,8 +10,8 @@ use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bench_ref::plan::{self, MIXED_PUT_PERCENT, Op, Shape, ShapeArgs, Worker};
-use bench_ref::report::{Latencies, OpResult, Report, process_cpu_time};
+use bench_plan::plan::{self, MIXED_PUT_PERCENT, Op, Shape, ShapeArgs, Worker};
+use bench_plan::report::{Latencies, OpResult, Report, process_cpu_time};
 use indicatif::{ProgressBar, ProgressStyle};
 use state_core::{StateBackend, StateError, StateUrl};
 use tokio::sync::Barrier;

@@ -1,6 +1,6 @@
 //! The command line (DESIGN.md "statectl": a public interface, keep it stable).
 
-use bench_ref::plan::ShapeArgs;
+use bench_plan::plan::ShapeArgs;
 use clap::{Parser, Subcommand};
 
 /// Reads and writes distributed state from a shell, on any backend picked by URL.
