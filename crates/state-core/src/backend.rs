@@ -62,14 +62,50 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug + 'static {
 
     /// The values of `keys`, in the same order. One round trip per chunk where the backend
     /// has a network.
-    async fn batch_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>>;
+    ///
+    /// Provided as one [`get`](Self::get) per key; backends override it to do better.
+    async fn batch_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
 
     /// Stores every entry (as [`put`](Self::put) would). All keys are validated before any
     /// is written.
-    async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> Result<()>;
+    ///
+    /// Provided as one [`put`](Self::put) per entry after checking every entry against
+    /// the [`Capabilities`] limits; backends override it to do better.
+    async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        let limits = self.capabilities().limits();
+        for (key, value) in entries {
+            limits.check_entry(key, value)?;
+        }
+        for (key, value) in entries {
+            self.put(key, value).await?;
+        }
+        Ok(())
+    }
 
     /// Deletes every key; returns how many live keys were deleted.
-    async fn batch_delete(&self, keys: &[&[u8]]) -> Result<u64>;
+    ///
+    /// Provided as one [`delete`](Self::delete) per distinct key; backends override it to do
+    /// better.
+    async fn batch_delete(&self, keys: &[&[u8]]) -> Result<u64> {
+        let limits = self.capabilities().limits();
+        for key in keys {
+            limits.check_key(key)?;
+        }
+        let mut distinct: Vec<&[u8]> = keys.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut deleted = 0;
+        for key in distinct {
+            deleted += u64::from(self.delete(key).await?);
+        }
+        Ok(deleted)
+    }
 
     /// Atomically reads and deletes `key`.
     async fn get_and_delete(&self, key: &[u8]) -> Result<Option<Bytes>>;
@@ -124,12 +160,28 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every live entry of the namespace, held in memory (the guide's `checkpoint().len()`).
     /// For large state prefer [`export`](Self::export), which streams.
-    async fn checkpoint(&self) -> Result<Checkpoint>;
+    ///
+    /// Provided as the whole [`export`](Self::export) collected, consistent where
+    /// [`Capabilities::consistent_snapshot`] holds; backends override it to do better.
+    async fn checkpoint(&self) -> Result<Checkpoint> {
+        let taken_at = std::time::SystemTime::now();
+        let consistent = self.capabilities().consistent_snapshot;
+        let entries = crate::stream::try_collect(self.export(b"")).await?;
+        Ok(Checkpoint::new(entries, taken_at, consistent))
+    }
 
     /// Replaces the whole namespace with the checkpoint's entries, keeping each entry's
     /// absolute expiry (entries already expired stay absent). All or nothing where
     /// [`Capabilities::atomic_restore`] holds.
-    async fn restore(&self, checkpoint: Checkpoint) -> Result<()>;
+    ///
+    /// Provided as [`import`](Self::import) in [`ImportMode::Replace`]; backends override it
+    /// to do better.
+    async fn restore(&self, checkpoint: Checkpoint) -> Result<()> {
+        let entries = checkpoint.into_entries().into_iter().map(Ok);
+        self.import(crate::stream::iter(entries), ImportMode::Replace)
+            .await
+            .map(|_| ())
+    }
 
     /// Streams the live entries under `prefix` with their absolute expiry and metadata: a
     /// point-in-time snapshot where [`Capabilities::consistent_snapshot`] holds.

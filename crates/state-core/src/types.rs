@@ -130,6 +130,14 @@ impl Capabilities {
             max_value_len: Limits::DEFAULT.max_value_len,
         }
     }
+
+    /// The size limits these capabilities declare.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_key_len: self.max_key_len,
+            max_value_len: self.max_value_len,
+        }
+    }
 }
 
 /// Size limits checked before anything is sent to a server.

@@ -1,13 +1,13 @@
 //! `impl StateBackend for PostgresStateBackend`: the table of operations, each a statement
 //! (or a few) run through the driver core.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use state_core::{
-    BoxStream, Capabilities, Checkpoint, Entry, FencingToken, Health, Idempotency, ImportMode,
-    Result, StateBackend, StateError, Ttl, stream, ttl_millis,
+    BoxStream, Capabilities, Entry, FencingToken, Health, Idempotency, ImportMode, Result,
+    StateBackend, StateError, Ttl, stream, ttl_millis,
 };
 
 use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode, place_by_ordinal};
@@ -374,22 +374,6 @@ impl StateBackend for PostgresStateBackend {
             Ok(decode::<i64>(&row, 0, "clear")?.max(0) as u64)
         })
         .await
-    }
-
-    async fn checkpoint(&self) -> Result<Checkpoint> {
-        let taken_at = SystemTime::now();
-        let entries = stream::try_collect(self.export(b"")).await?;
-        Ok(Checkpoint::new(entries, taken_at, true))
-    }
-
-    async fn restore(&self, checkpoint: Checkpoint) -> Result<()> {
-        let entries = checkpoint.into_entries();
-        self.import(
-            stream::iter(entries.into_iter().map(Ok)),
-            ImportMode::Replace,
-        )
-        .await
-        .map(|_| ())
     }
 
     fn export(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {

@@ -2,15 +2,15 @@
 //! checks its keys, sends through the driver core and decodes the reply.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::Value;
 use state_core::{
-    BoxStream, Capabilities, Checkpoint, Entry, FencingToken, Health, Idempotency, ImportMode,
-    Result, StateBackend, StateError, Ttl, stream,
+    BoxStream, Capabilities, Entry, FencingToken, Health, Idempotency, ImportMode, Result,
+    StateBackend, StateError, Ttl, stream,
 };
 
 use crate::config::Topology;
@@ -390,27 +390,6 @@ impl StateBackend for RedisStateBackend {
 
     async fn clear(&self, prefix: &[u8]) -> Result<u64> {
         self.op(async { self.clear_prefix(prefix).await }).await
-    }
-
-    async fn checkpoint(&self) -> Result<Checkpoint> {
-        let taken_at = SystemTime::now();
-        let entries = stream::try_collect(self.entries(b"", false)).await?;
-        self.inner.counters.finished(
-            SystemTime::now()
-                .duration_since(taken_at)
-                .unwrap_or_default(),
-            true,
-        );
-        Ok(Checkpoint::new(entries, taken_at, false))
-    }
-
-    async fn restore(&self, checkpoint: Checkpoint) -> Result<()> {
-        self.import(
-            stream::iter(checkpoint.into_entries().into_iter().map(Ok)),
-            ImportMode::Replace,
-        )
-        .await
-        .map(|_| ())
     }
 
     fn export(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {

@@ -443,15 +443,6 @@ impl StateBackend for MemoryBackend {
         Ok(Checkpoint::new(self.snapshot(b""), taken_at, true))
     }
 
-    async fn restore(&self, checkpoint: Checkpoint) -> Result<()> {
-        self.import(
-            stream::iter(checkpoint.into_entries().into_iter().map(Ok)),
-            ImportMode::Replace,
-        )
-        .await
-        .map(|_| ())
-    }
-
     fn export(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {
         // Memory state is already in memory: one copy under the lock is the snapshot.
         stream::iter(self.snapshot(prefix).into_iter().map(Ok))

@@ -110,7 +110,7 @@ impl Inner {
     }
 }
 
-/// The shared map behind one or more [`MemoryBackend`]s.
+/// The shared map behind one or more [`MemoryBackend`](super::MemoryBackend)s.
 ///
 /// Backends built on the same store with different key prefixes see one another's data only
 /// through their prefixes, as two clients of one Redis server would.
