@@ -15,8 +15,6 @@ use state_core::StateBackend;
 use state_postgres::{PostgresConfig, PostgresStateBackend};
 use testing::faults::{LostReply, proxy_in_front_of};
 
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
 /// The backend through a proxy (one connection, so the armed fault hits the statement
 /// under test) and one straight to the server, both under one fresh key prefix.
 async fn subject() -> Result<LostReply, Box<dyn std::error::Error + Send + Sync>> {
@@ -44,30 +42,4 @@ async fn subject() -> Result<LostReply, Box<dyn std::error::Error + Send + Sync>
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_whose_reply_is_lost_is_not_applied_twice() -> TestResult {
-    let s = subject().await?;
-    s.put_is_not_applied_twice().await?;
-    s.clean_up().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_put_whose_reply_is_lost_is_not_applied_twice() -> TestResult {
-    let s = subject().await?;
-    s.batch_put_is_not_applied_twice().await?;
-    s.clean_up().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_whose_reply_is_lost_never_reports_false() -> TestResult {
-    let s = subject().await?;
-    s.delete_never_reports_false().await?;
-    s.clean_up().await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_whose_reply_is_lost_is_sent_again() -> TestResult {
-    let s = subject().await?;
-    s.read_is_sent_again().await?;
-    s.clean_up().await
-}
+testing::lost_reply_suite!(subject);

@@ -122,3 +122,48 @@ impl LostReply {
         Ok(())
     }
 }
+
+/// The four lost-reply tests for a backend crate's `tests/retries.rs`, one `#[tokio::test]`
+/// each (`a_put_whose_reply_is_lost_is_not_applied_twice`,
+/// `a_batch_put_whose_reply_is_lost_is_not_applied_twice`,
+/// `a_delete_whose_reply_is_lost_never_reports_false`,
+/// `a_read_whose_reply_is_lost_is_sent_again`), each on a fresh [`LostReply`] from
+/// `$subject`, an `async fn() -> Result<LostReply, Box<dyn Error + Send + Sync>>`.
+#[macro_export]
+macro_rules! lost_reply_suite {
+    ($subject:path) => {
+        $crate::__lost_reply_test!(
+            $subject,
+            a_put_whose_reply_is_lost_is_not_applied_twice,
+            put_is_not_applied_twice
+        );
+        $crate::__lost_reply_test!(
+            $subject,
+            a_batch_put_whose_reply_is_lost_is_not_applied_twice,
+            batch_put_is_not_applied_twice
+        );
+        $crate::__lost_reply_test!(
+            $subject,
+            a_delete_whose_reply_is_lost_never_reports_false,
+            delete_never_reports_false
+        );
+        $crate::__lost_reply_test!(
+            $subject,
+            a_read_whose_reply_is_lost_is_sent_again,
+            read_is_sent_again
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __lost_reply_test {
+    ($subject:path, $name:ident, $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let subject = $subject().await?;
+            subject.$case().await?;
+            subject.clean_up().await
+        }
+    };
+}
