@@ -7,6 +7,7 @@ use bytes::Bytes;
 pub use futures_core::stream::BoxStream;
 
 use crate::error::{Result, StateError};
+use crate::stats::Stats;
 use crate::types::{Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Ttl};
 
 /// An async key-value store with TTLs, atomic operations, fenced writes, streaming scans and
@@ -194,4 +195,14 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks that the backend answers.
     async fn health_check(&self) -> Result<Health>;
+
+    /// What the backend has done since it was opened (the guide's `backend.stats()`).
+    ///
+    /// The operation figures are counted by a [`StatsLayer`](crate::StatsLayer), the same
+    /// way for every backend; a bare backend reports only what its driver alone sees
+    /// (retries, and extra figures such as connections). Layers pass the call down, so ask
+    /// the outermost backend.
+    async fn stats(&self) -> Stats {
+        Stats::default()
+    }
 }

@@ -4,10 +4,12 @@
 
 mod backend;
 mod error;
+pub mod layer;
 mod lock;
 pub mod memory;
 mod registry;
 mod retry;
+mod stats;
 pub mod stream;
 mod types;
 pub mod url;
@@ -15,6 +17,10 @@ pub mod url;
 pub use backend::{BoxStream, StateBackend};
 pub use bytes::Bytes;
 pub use error::{ErrorKind, Result, StateError};
+pub use layer::{
+    Hook, Input, Layer, Layered, LimitsLayer, LockHook, LockLayer, LockLayered, LockOp, Observed,
+    Op, OpKind, Outcome, Stack, Stats, StatsLayer, TimeoutLayer,
+};
 pub use lock::{
     DistributedLock, GuardState, LockGuard, MAX_LOCK_NAME_LEN, check_lock_name, new_owner_token,
 };

@@ -13,7 +13,6 @@ use crate::conn::ConnSet;
 use crate::driver::{Inner, PostgresStateBackend};
 use crate::migrate::{self, AppliedMigration};
 use crate::sql::{Names, Statements};
-use crate::stats::PostgresStats;
 
 impl PostgresStateBackend {
     /// Opens the backend: checks the config, applies pending migrations (unless disabled)
@@ -70,14 +69,6 @@ impl PostgresStateBackend {
     /// The configuration it was opened with.
     pub fn config(&self) -> &PostgresConfig {
         &self.inner.config
-    }
-
-    /// The guide's `stats()`: counters since the backend was opened.
-    pub async fn stats(&self) -> PostgresStats {
-        let conns = &self.inner.conns;
-        conns
-            .counters
-            .snapshot(conns.open_connections(), conns.max_connections())
     }
 
     /// Closes the idle connections gracefully (dropping the backend closes them abruptly,

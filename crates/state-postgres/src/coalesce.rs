@@ -290,12 +290,12 @@ impl PostgresStateBackend {
         if let [key] = keys {
             // A lone call takes the point statement, cheaper for the server than a join.
             let value = self
-                .attempt("get", Idempotency::Idempotent, || self.read_one(key))
+                .run("get", Idempotency::Idempotent, || self.read_one(key))
                 .await?;
             return Ok(vec![value.map(Bytes::from)]);
         }
         let rows = self
-            .attempt("get", Idempotency::Idempotent, move || async move {
+            .run("get", Idempotency::Idempotent, move || async move {
                 let mut c = self.checkout().await?;
                 let query = sqlx::query(self.inner.sql.batch_get.clone()).bind(keys);
                 c.fetch_all("get", query).await
@@ -322,7 +322,7 @@ impl PostgresStateBackend {
     async fn write_many(&self, calls: &[PutCall]) -> Result<()> {
         if let [call] = calls {
             return self
-                .attempt("put", Idempotency::NotIdempotent, || {
+                .run("put", Idempotency::NotIdempotent, || {
                     self.write_one("put", &call.key, &call.value, &None, call.ttl_ms)
                 })
                 .await;
@@ -337,7 +337,7 @@ impl PostgresStateBackend {
         let values: Vec<&[u8]> = latest.values().map(|call| &call.value[..]).collect();
         let ttls: Vec<Option<f64>> = latest.values().map(|call| call.ttl_ms).collect();
         let (keys, values, ttls) = (&keys, &values, &ttls);
-        self.attempt("put", Idempotency::NotIdempotent, move || async move {
+        self.run("put", Idempotency::NotIdempotent, move || async move {
             let mut c = self.checkout().await?;
             let query = sqlx::query(self.inner.sql.batch_put_ttl.clone())
                 .bind(keys)

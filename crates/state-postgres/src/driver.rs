@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sqlx::Row;
@@ -100,30 +100,8 @@ impl PostgresStateBackend {
         full
     }
 
-    /// Runs `op` with retries of retryable errors and a client deadline per attempt, and
-    /// counts it as one operation.
+    /// Runs `op` with retries of retryable errors and a client deadline per attempt.
     pub(crate) async fn run<T, F, Fut>(
-        &self,
-        what: &'static str,
-        idempotency: Idempotency,
-        op: F,
-    ) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
-        let started = Instant::now();
-        let result = self.attempt(what, idempotency, op).await;
-        self.inner
-            .conns
-            .counters
-            .finish(started.elapsed(), result.is_ok());
-        result
-    }
-
-    /// [`run`](Self::run) without counting an operation: a coalesced statement serves
-    /// several calls, and each caller counts its own.
-    pub(crate) async fn attempt<T, F, Fut>(
         &self,
         what: &'static str,
         idempotency: Idempotency,
@@ -178,7 +156,6 @@ impl PostgresStateBackend {
                 "a row outside the key prefix came back from a prefix query",
             ));
         };
-        self.inner.conns.counters.read(key.len() + value.len());
         Ok(Entry {
             key: Bytes::copy_from_slice(user_key),
             value: Bytes::from(value),
@@ -238,13 +215,12 @@ pub(crate) fn time_to_micros(at: SystemTime) -> Result<i64> {
 }
 
 /// Puts each row of the `batch_get` statement, (1-based position in the request, value),
-/// at its position in `out`; returns the bytes of the values placed.
+/// at its position in `out`.
 pub(crate) fn place_by_ordinal(
     rows: Vec<PgRow>,
     out: &mut [Option<Bytes>],
     what: &str,
-) -> Result<usize> {
-    let mut bytes = 0;
+) -> Result<()> {
     for row in rows {
         let ordinal: i64 = decode(&row, 0, what)?;
         let value: Vec<u8> = decode(&row, 1, what)?;
@@ -256,10 +232,9 @@ pub(crate) fn place_by_ordinal(
                     "{what}: the server returned a position outside the request"
                 ))
             })?;
-        bytes += value.len();
         *slot = Some(Bytes::from(value));
     }
-    Ok(bytes)
+    Ok(())
 }
 
 pub(crate) fn decode<T>(row: &PgRow, index: usize, what: &str) -> Result<T>

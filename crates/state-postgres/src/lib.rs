@@ -33,7 +33,7 @@ pub use config::url::URL_PARAMS;
 pub use config::validate::{MAX_FULL_KEY_LEN, MAX_TABLE_NAME_LEN};
 pub use extras::CheckpointInfo;
 pub use migrate::{AppliedMigration, MIGRATION_LOCK_KEY};
-pub use stats::PostgresStats;
+pub use stats::EXTRA_STATS;
 
 pub use sqlx;
 pub use state_core::{

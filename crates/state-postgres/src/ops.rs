@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use state_core::{
     BoxStream, Capabilities, Entry, FencingToken, Health, Idempotency, ImportMode, Result,
-    StateBackend, StateError, Ttl, stream, ttl_millis,
+    StateBackend, StateError, Stats, Ttl, stream, ttl_millis,
 };
 
 use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode, place_by_ordinal};
@@ -32,30 +32,21 @@ impl StateBackend for PostgresStateBackend {
     async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.inner.limits.check_key(key)?;
         let full = self.full_key(key);
-        let counters = &self.inner.conns.counters;
-        let value = match &self.inner.coalescer {
+        match &self.inner.coalescer {
             // With a statement slot free, the call is its own statement, sent at once.
             Some(coalescer) => match coalescer.try_slot() {
-                Some(_slot) => self.read_counted(&full).await?,
+                Some(_slot) => self.read_point(&full).await,
                 None => {
-                    let started = Instant::now();
                     let full = Bytes::from(full);
                     match coalescer.get(full.clone()).await {
-                        Some(result) => {
-                            counters.finish(started.elapsed(), result.is_ok());
-                            result?
-                        }
+                        Some(result) => result,
                         // The dispatcher is gone or on another runtime: the old way.
-                        None => self.read_counted(&full).await?,
+                        None => self.read_point(&full).await,
                     }
                 }
             },
-            None => self.read_counted(&full).await?,
-        };
-        if let Some(v) = &value {
-            counters.read(v.len());
+            None => self.read_point(&full).await,
         }
-        Ok(value)
     }
 
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -117,8 +108,7 @@ impl StateBackend for PostgresStateBackend {
                 })
                 .await?;
             let chunk_out = out.get_mut(chunk_index * CHUNK_ROWS..).unwrap_or_default();
-            let bytes = place_by_ordinal(rows, chunk_out, "batch_get")?;
-            self.inner.conns.counters.read(bytes);
+            place_by_ordinal(rows, chunk_out, "batch_get")?;
         }
         Ok(out)
     }
@@ -179,8 +169,6 @@ impl StateBackend for PostgresStateBackend {
             },
         )
         .await?;
-        let written: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
-        self.inner.conns.counters.wrote(written);
         Ok(())
     }
 
@@ -317,7 +305,6 @@ impl StateBackend for PostgresStateBackend {
         if current > token.0 {
             return Err(StateError::fenced(token.0, current));
         }
-        self.inner.conns.counters.wrote(full.len() + value.len());
         Ok(())
     }
 
@@ -385,7 +372,6 @@ impl StateBackend for PostgresStateBackend {
         mut entries: BoxStream<'_, Result<Entry>>,
         mode: ImportMode,
     ) -> Result<u64> {
-        let started = Instant::now();
         let mut c = self.checkout().await?;
         c.begin("import", "BEGIN").await?;
         let outcome = async {
@@ -406,28 +392,19 @@ impl StateBackend for PostgresStateBackend {
                 if chunk.must_flush_before(&full) {
                     written += self.import_chunk(&mut c, &mut chunk).await?;
                 }
-                self.inner
-                    .conns
-                    .counters
-                    .wrote(full.len() + entry.value.len());
                 chunk.push(full, entry)?;
             }
             written += self.import_chunk(&mut c, &mut chunk).await?;
             Ok::<u64, StateError>(written)
         }
         .await;
-        let result = match outcome {
+        match outcome {
             Ok(written) => c.commit("import").await.map(|_| written),
             Err(err) => {
                 c.rollback().await;
                 Err(err)
             }
-        };
-        self.inner
-            .conns
-            .counters
-            .finish(started.elapsed(), result.is_ok());
-        result
+        }
     }
 
     async fn health_check(&self) -> Result<Health> {
@@ -456,5 +433,12 @@ impl StateBackend for PostgresStateBackend {
                 ),
             ),
         })
+    }
+
+    async fn stats(&self) -> Stats {
+        let conns = &self.inner.conns;
+        conns
+            .counters
+            .snapshot(conns.open_connections(), conns.max_connections())
     }
 }

@@ -1,7 +1,7 @@
 //! Point writes and reads as their own statements, counted as operations, and the choice
 //! of `put` and `put_with_ttl` between that and the coalescer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use state_core::{Idempotency, Result, ttl_millis};
@@ -33,12 +33,11 @@ impl PostgresStateBackend {
             self.write_one(what, full, value, metadata, ttl_ms)
         })
         .await?;
-        self.inner.conns.counters.wrote(full.len() + value.len());
         Ok(())
     }
 
-    /// A get as its own statement, counted as an operation.
-    pub(crate) async fn read_counted(&self, full: &[u8]) -> Result<Option<Bytes>> {
+    /// A get as its own statement.
+    pub(crate) async fn read_point(&self, full: &[u8]) -> Result<Option<Bytes>> {
         let value = self
             .run("get", Idempotency::Idempotent, || self.read_one(full))
             .await?;
@@ -62,21 +61,12 @@ impl PostgresStateBackend {
             return self.upsert(what, key, value, None, ttl_ms).await;
         }
         self.inner.limits.check_entry(key, value)?;
-        let started = Instant::now();
         let full = Bytes::from(self.full_key(key));
-        let written = full.len() + value.len();
         match coalescer
             .put(full, Bytes::copy_from_slice(value), ttl_ms)
             .await
         {
-            Some(result) => {
-                let counters = &self.inner.conns.counters;
-                counters.finish(started.elapsed(), result.is_ok());
-                if result.is_ok() {
-                    counters.wrote(written);
-                }
-                result
-            }
+            Some(result) => result,
             // The dispatcher is gone or on another runtime: the old way.
             None => self.upsert(what, key, value, None, ttl_ms).await,
         }

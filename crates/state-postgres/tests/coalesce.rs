@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::Connection;
-use state_core::{StateBackend, StateError};
+use state_core::{Stack, StateBackend, StateError, Stats, StatsLayer};
 use state_postgres::{PostgresConfig, PostgresStateBackend};
 
 /// No test here waits longer than this for anything.
@@ -202,8 +202,21 @@ fn decode_id(value: Option<&[u8]>) -> u64 {
     }
 }
 
+/// `backend` under the stats layer, which counts each caller's operation once.
+fn counted(backend: &Arc<PostgresStateBackend>) -> Arc<dyn StateBackend> {
+    Stack::new().layer(StatsLayer::new()).apply(backend.clone())
+}
+
+/// The statements the driver sent.
+fn queries(stats: &Stats) -> u64 {
+    stats
+        .extra("queries")
+        .unwrap_or_else(|| panic!("no `queries` figure in {stats:?}"))
+}
+
 /// 32 tasks × 50 calls each: how many operations and statements the stats show.
 async fn concurrent_load(backend: &Arc<PostgresStateBackend>) -> (u64, u64) {
+    let backend = counted(backend);
     let before = backend.stats().await;
     let mut tasks = Vec::new();
     for task in 0..32u32 {
@@ -223,8 +236,8 @@ async fn concurrent_load(backend: &Arc<PostgresStateBackend>) -> (u64, u64) {
     join(tasks).await;
     let after = backend.stats().await;
     (
-        after.operation_count - before.operation_count,
-        after.query_count - before.query_count,
+        after.operations - before.operations,
+        queries(&after) - queries(&before),
     )
 }
 
@@ -325,9 +338,10 @@ async fn a_put_group_naming_a_key_twice_stores_the_later_value() {
         {
             panic!("cannot lock the row: {e}");
         }
-        let before = backend.stats().await;
+        let counted = counted(&backend);
+        let before = counted.stats().await;
         let spawn_put = |key: &'static [u8], value: &'static [u8]| {
-            let backend = backend.clone();
+            let backend = counted.clone();
             tokio::spawn(async move { backend.put(key, value).await })
         };
         let blocked = spawn_put(b"blocker", b"1");
@@ -340,11 +354,11 @@ async fn a_put_group_naming_a_key_twice_stores_the_later_value() {
             panic!("cannot release the lock: {e}");
         }
         join(vec![blocked, first, second]).await;
-        let after = backend.stats().await;
-        assert_eq!(after.operation_count - before.operation_count, 3);
+        let after = counted.stats().await;
+        assert_eq!(after.operations - before.operations, 3);
         // The blocked put alone, then both puts of `dup` in one statement.
         assert!(
-            after.query_count - before.query_count <= 2,
+            queries(&after) - queries(&before) <= 2,
             "the two puts of one key were not grouped: {before:?} -> {after:?}"
         );
         assert_eq!(backend.get(b"dup").await?.as_deref(), Some(&b"second"[..]));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use state_core::{RetryPolicy, StateBackend};
+use state_core::{RetryPolicy, Stack, Stats, StatsLayer};
 use state_postgres::{PostgresConfig, PostgresStateBackend};
 use testing::services::{LocalPostgres, LocalPostgresOptions};
 
@@ -31,7 +31,8 @@ async fn load_resumes_after_a_fast_restart_and_keeps_every_acknowledged_write() 
             failover_timeout: Duration::from_secs(3),
         });
     let backend = match PostgresStateBackend::new(config).await {
-        Ok(b) => Arc::new(b),
+        // The stats layer counts operations; the backend its broken connections.
+        Ok(b) => Stack::new().layer(StatsLayer::new()).apply(Arc::new(b)),
         Err(e) => panic!("cannot open the backend: {e}"),
     };
 
@@ -73,8 +74,8 @@ async fn load_resumes_after_a_fast_restart_and_keeps_every_acknowledged_write() 
     // Let the writers prove the load resumed, bounded by the deadline.
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if backend.stats().await.operation_count
-            >= before.operation_count + RESUMED_WRITES * WRITERS as u64 * 2
+        if backend.stats().await.operations
+            >= before.operations + RESUMED_WRITES * WRITERS as u64 * 2
         {
             break;
         }
@@ -106,8 +107,9 @@ async fn load_resumes_after_a_fast_restart_and_keeps_every_acknowledged_write() 
         all_acked.extend(acked);
     }
     let after = backend.stats().await;
+    let broken = |s: &Stats| s.extra("broken_connections").unwrap_or(0);
     assert!(
-        after.broken_connections > before.broken_connections,
+        broken(&after) > broken(&before),
         "the restart was not noticed: {after:?}"
     );
 

@@ -1,9 +1,11 @@
 //! The Redis backend in a few lines: `cargo run -p state-redis --example redis [URL]`
 //! (default `redis://127.0.0.1:6379`; also `redis+sentinel://…/mymaster`, `redis+cluster://…`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use state_redis::{RedisConfig, RedisStateBackend, StateBackend};
+use state_core::{Stack, StatsLayer};
+use state_redis::{RedisConfig, RedisStateBackend};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,6 +18,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .retries(3, Duration::from_millis(50), Duration::from_secs(1))
         .build()?;
     let backend = RedisStateBackend::new(config).await?;
+    // Counted the same way for every backend: the stats layer, read with `stats()`.
+    let backend = Stack::new()
+        .layer(StatsLayer::new())
+        .apply(Arc::new(backend));
 
     backend
         .put_with_ttl(b"session:1", b"alice", Duration::from_millis(1500))

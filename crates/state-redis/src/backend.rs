@@ -4,6 +4,7 @@
 //! [`StateBackend`](state_core::StateBackend) operations in `ops`.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use redis::Value;
 use state_core::{Idempotency, Result, StateError};
@@ -14,7 +15,6 @@ use crate::driver::{Inner, RedisStateBackend};
 use crate::keys;
 use crate::reply::text_of;
 use crate::scripts::Script;
-use crate::stats::{Counters, RedisStats};
 
 /// What one server reports about itself ([`RedisStateBackend::server_info`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl RedisStateBackend {
             inner: Arc::new(Inner {
                 config,
                 pool,
-                counters: Counters::default(),
+                retries: AtomicU64::new(0),
             }),
         };
         backend.check_version().await?;
@@ -59,13 +59,6 @@ impl RedisStateBackend {
         &self.inner.config
     }
 
-    /// Statistics since this backend was created.
-    ///
-    /// `async` only to keep the guide's `backend.stats().await`: it reads atomics.
-    pub async fn stats(&self) -> RedisStats {
-        self.inner.counters.snapshot()
-    }
-
     /// Bytes of memory the server(s) use (`INFO memory` `used_memory`, summed over every
     /// Cluster master).
     pub async fn memory_usage(&self) -> Result<u64> {
@@ -75,7 +68,7 @@ impl RedisStateBackend {
 
     /// `INFO` of every node that holds data.
     pub async fn server_info(&self) -> Result<Vec<NodeInfo>> {
-        self.op(self.node_infos()).await
+        self.node_infos().await
     }
 
     /// Runs `script` atomically on `keys` with `args` and returns its reply: the building
@@ -118,27 +111,24 @@ impl RedisStateBackend {
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<Value> {
-        self.op(async {
-            let fulls = keys
-                .iter()
-                .map(|k| self.full_key(k))
-                .collect::<Result<Vec<_>>>()?;
-            let Some(slot) = fulls.first().map(|k| keys::slot(k)) else {
-                return Err(StateError::invalid_input(format!(
-                    "{what}: the script declares no key; pass the keys it touches (they \
+        let fulls = keys
+            .iter()
+            .map(|k| self.full_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(slot) = fulls.first().map(|k| keys::slot(k)) else {
+            return Err(StateError::invalid_input(format!(
+                "{what}: the script declares no key; pass the keys it touches (they \
                      route it to its Cluster node)"
-                )));
-            };
-            if fulls.iter().any(|k| keys::slot(k) != slot) {
-                return Err(StateError::invalid_input(format!(
-                    "{what}: the script's keys hash to different Cluster slots; give them \
+            )));
+        };
+        if fulls.iter().any(|k| keys::slot(k) != slot) {
+            return Err(StateError::invalid_input(format!(
+                "{what}: the script's keys hash to different Cluster slots; give them \
                      a common hash tag such as `{{name}}`"
-                )));
-            }
-            let fulls: Vec<&[u8]> = fulls.iter().map(Vec::as_slice).collect();
-            self.eval(what, idempotency, script, &fulls, args).await
-        })
-        .await
+            )));
+        }
+        let fulls: Vec<&[u8]> = fulls.iter().map(Vec::as_slice).collect();
+        self.eval(what, idempotency, script, &fulls, args).await
     }
 
     async fn node_infos(&self) -> Result<Vec<NodeInfo>> {

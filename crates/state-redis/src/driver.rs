@@ -1,12 +1,12 @@
 //! The driver core under the operations: the state every clone of the backend shares
-//! (configuration, connections, counters) and how requests go out: a public operation timed
-//! and counted once, one request under the retry policy, one write, a pipeline of writes
-//! (with `WAIT`), a script, keys grouped into pipelines, keys deleted in groups.
+//! (configuration, connections, the retry count) and how requests go out: one request
+//! under the retry policy, one write, a pipeline of writes (with `WAIT`), a script, keys
+//! grouped into pipelines, keys deleted in groups.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
 
 use futures_util::{FutureExt, StreamExt};
 use redis::{Cmd, Pipeline, Value};
@@ -18,7 +18,6 @@ use crate::error::{Failure, to_state};
 use crate::keys;
 use crate::reply::{first_error, int_of, lift_reply};
 use crate::scripts::Script;
-use crate::stats::Counters;
 
 /// How many pipelines of one batch run at once (each on the multiplexed connections).
 pub(crate) const BATCH_CONCURRENCY: usize = 16;
@@ -26,10 +25,14 @@ pub(crate) const BATCH_CONCURRENCY: usize = 16;
 /// The Redis [`StateBackend`](state_core::StateBackend): standalone, Sentinel or Cluster,
 /// with or without TLS.
 ///
-/// Cloning is cheap and clones share connections and statistics.
+/// Cloning is cheap and clones share connections and statistics. The guide's
+/// `backend.stats()` counts operations when a [`StatsLayer`](state_core::StatsLayer) wraps
+/// the backend (as below); the backend itself reports its retries.
 ///
 /// ```no_run
 /// use state_redis::{RedisConfig, RedisStateBackend, StateBackend};
+/// use state_core::{Stack, StatsLayer};
+/// use std::sync::Arc;
 /// use std::time::Duration;
 /// # async fn demo() -> state_core::Result<()> {
 /// let config = RedisConfig::builder()
@@ -37,6 +40,7 @@ pub(crate) const BATCH_CONCURRENCY: usize = 16;
 ///     .key_prefix("optimizer:")
 ///     .build()?;
 /// let backend = RedisStateBackend::new(config).await?;
+/// let backend = Stack::new().layer(StatsLayer::new()).apply(Arc::new(backend));
 /// backend.put_with_ttl(b"cache:item:456", b"value", Duration::from_millis(1500)).await?;
 /// assert_eq!(backend.get(b"cache:item:456").await?.as_deref(), Some(&b"value"[..]));
 /// println!("hit rate {:.2}", backend.stats().await.hit_rate());
@@ -50,7 +54,8 @@ pub struct RedisStateBackend {
 pub(crate) struct Inner {
     pub(crate) config: RedisConfig,
     pub(crate) pool: Pool,
-    pub(crate) counters: Counters,
+    /// Requests sent again under the retry policy: the one figure only the driver sees.
+    pub(crate) retries: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStateBackend {
@@ -74,18 +79,6 @@ impl RedisStateBackend {
         self.inner.pool.is_cluster()
     }
 
-    /// Runs one public operation: times it and counts it once, whatever its retries.
-    ///
-    /// A combinator, not an `async fn`: an `async fn` would hold `fut` both as its argument
-    /// and as the future it awaits, doubling the size of every operation's future.
-    pub(crate) fn op<T>(
-        &self,
-        fut: impl Future<Output = Result<T>>,
-    ) -> impl Future<Output = Result<T>> {
-        let started = Instant::now();
-        fut.inspect(move |out| self.inner.counters.finished(started.elapsed(), out.is_ok()))
-    }
-
     /// Runs one request under the retry policy, mapping driver failures.
     pub(crate) async fn retry<T, F, Fut>(
         &self,
@@ -103,7 +96,9 @@ impl RedisStateBackend {
             .retry
             .run(
                 idempotency,
-                |_| self.inner.counters.retried(),
+                |_| {
+                    self.inner.retries.fetch_add(1, Ordering::Relaxed);
+                },
                 // `map`, not an `async` block, for the reason given at `op`.
                 || f().map(|out| out.map_err(|e| to_state(what, target, e))),
             )

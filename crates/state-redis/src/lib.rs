@@ -15,7 +15,6 @@ mod reply;
 mod restore;
 mod scan;
 mod scripts;
-mod stats;
 
 use std::sync::Arc;
 
@@ -25,7 +24,6 @@ pub use config::url::URL_PARAMS;
 pub use config::{RedisConfig, Topology, WaitReplicas};
 pub use driver::RedisStateBackend;
 pub use scripts::Script;
-pub use stats::RedisStats;
 
 /// The driver, re-exported so that users need no separate dependency on it.
 pub use redis;

@@ -2,6 +2,7 @@
 //! checks its keys, sends through the driver core and decodes the reply.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -10,7 +11,7 @@ use futures_util::StreamExt;
 use redis::Value;
 use state_core::{
     BoxStream, Capabilities, Entry, FencingToken, Health, Idempotency, ImportMode, Result,
-    StateBackend, StateError, Ttl, stream,
+    StateBackend, StateError, Stats, Ttl, stream,
 };
 
 use crate::config::Topology;
@@ -37,216 +38,162 @@ impl StateBackend for RedisStateBackend {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            let mut cmd = command("GET", 2, full.len());
-            cmd.arg(&full);
-            let value = self
-                .retry(Idempotency::Idempotent, "GET", || {
-                    self.inner.pool.query(&cmd)
-                })
-                .await?;
-            let value = bytes_of("GET", value)?;
-            let c = &self.inner.counters;
-            match &value {
-                Some(v) => {
-                    c.lookups(1, 0);
-                    c.read(v.len());
-                }
-                None => c.lookups(0, 1),
-            }
-            Ok(value)
-        })
-        .await
+        let full = self.full_key(key)?;
+        let mut cmd = command("GET", 2, full.len());
+        cmd.arg(&full);
+        let value = self
+            .retry(Idempotency::Idempotent, "GET", || {
+                self.inner.pool.query(&cmd)
+            })
+            .await?;
+        let value = bytes_of("GET", value)?;
+        Ok(value)
     }
 
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            self.check_value(value)?;
-            let cmd = Self::set_cmd(&full, value, self.default_px()?);
-            let reply = self
-                .write_one("SET", Idempotency::NotIdempotent, &cmd)
-                .await?;
-            lift_reply("SET", self.target(), reply)?;
-            self.inner.counters.written(full.len() + value.len());
-            Ok(())
-        })
-        .await
+        let full = self.full_key(key)?;
+        self.check_value(value)?;
+        let cmd = Self::set_cmd(&full, value, self.default_px()?);
+        let reply = self
+            .write_one("SET", Idempotency::NotIdempotent, &cmd)
+            .await?;
+        lift_reply("SET", self.target(), reply)?;
+        Ok(())
     }
 
     async fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            self.check_value(value)?;
-            let px = state_core::ttl_millis(ttl)?;
-            let cmd = Self::set_cmd(&full, value, Some(px));
-            let reply = self
-                .write_one("SET PX", Idempotency::NotIdempotent, &cmd)
-                .await?;
-            lift_reply("SET PX", self.target(), reply)?;
-            self.inner.counters.written(full.len() + value.len());
-            Ok(())
-        })
-        .await
+        let full = self.full_key(key)?;
+        self.check_value(value)?;
+        let px = state_core::ttl_millis(ttl)?;
+        let cmd = Self::set_cmd(&full, value, Some(px));
+        let reply = self
+            .write_one("SET PX", Idempotency::NotIdempotent, &cmd)
+            .await?;
+        lift_reply("SET PX", self.target(), reply)?;
+        Ok(())
     }
 
     async fn delete(&self, key: &[u8]) -> Result<bool> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            let mut cmd = redis::cmd("DEL");
-            cmd.arg(&full);
-            let reply = self
-                .write_one("DEL", Idempotency::NotIdempotent, &cmd)
-                .await?;
-            let reply = lift_reply("DEL", self.target(), reply)?;
-            Ok(int_of("DEL", &reply)? > 0)
-        })
-        .await
+        let full = self.full_key(key)?;
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(&full);
+        let reply = self
+            .write_one("DEL", Idempotency::NotIdempotent, &cmd)
+            .await?;
+        let reply = lift_reply("DEL", self.target(), reply)?;
+        Ok(int_of("DEL", &reply)? > 0)
     }
 
     async fn batch_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
-        self.op(async {
-            let fulls = keys
-                .iter()
-                .map(|k| self.full_key(k))
-                .collect::<Result<Vec<_>>>()?;
-            let mut out: Vec<Option<Bytes>> = vec![None; fulls.len()];
-            let groups = self.groups(&fulls);
-            let results = futures_util::stream::iter(groups.into_iter().map(|group| {
-                let fulls = &fulls;
-                async move {
-                    let mut cmd = redis::cmd("MGET");
-                    for &i in &group {
-                        if let Some(k) = fulls.get(i) {
-                            cmd.arg(k);
-                        }
+        let fulls = keys
+            .iter()
+            .map(|k| self.full_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out: Vec<Option<Bytes>> = vec![None; fulls.len()];
+        let groups = self.groups(&fulls);
+        let results = futures_util::stream::iter(groups.into_iter().map(|group| {
+            let fulls = &fulls;
+            async move {
+                let mut cmd = redis::cmd("MGET");
+                for &i in &group {
+                    if let Some(k) = fulls.get(i) {
+                        cmd.arg(k);
                     }
-                    let reply = self
-                        .retry(Idempotency::Idempotent, "MGET", || {
-                            self.inner.pool.query(&cmd)
-                        })
-                        .await?;
-                    Ok::<_, StateError>((group, reply))
                 }
-            }))
-            .buffer_unordered(BATCH_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await;
-            let (mut hits, mut misses) = (0, 0);
-            for result in results {
-                let (group, reply) = result?;
-                let Value::Array(values) = reply else {
-                    return Err(unexpected("MGET", &reply));
-                };
-                if values.len() != group.len() {
-                    return Err(unexpected("MGET", &Value::Array(values)));
-                }
-                for (i, value) in group.into_iter().zip(values) {
-                    let value = bytes_of("MGET", value)?;
-                    match &value {
-                        Some(v) => {
-                            hits += 1;
-                            self.inner.counters.read(v.len());
-                        }
-                        None => misses += 1,
-                    }
-                    if let Some(slot) = out.get_mut(i) {
-                        *slot = value;
-                    }
+                let reply = self
+                    .retry(Idempotency::Idempotent, "MGET", || {
+                        self.inner.pool.query(&cmd)
+                    })
+                    .await?;
+                Ok::<_, StateError>((group, reply))
+            }
+        }))
+        .buffer_unordered(BATCH_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+        for result in results {
+            let (group, reply) = result?;
+            let Value::Array(values) = reply else {
+                return Err(unexpected("MGET", &reply));
+            };
+            if values.len() != group.len() {
+                return Err(unexpected("MGET", &Value::Array(values)));
+            }
+            for (i, value) in group.into_iter().zip(values) {
+                let value = bytes_of("MGET", value)?;
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = value;
                 }
             }
-            self.inner.counters.lookups(hits, misses);
-            Ok(out)
-        })
-        .await
+        }
+        Ok(out)
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
-        self.op(async {
-            let mut checked = Vec::with_capacity(entries.len());
-            for (key, value) in entries {
-                let full = self.full_key(key)?;
-                self.check_value(value)?;
-                checked.push((full, *value));
-            }
-            // The last write of a repeated key wins, as it would one by one; groups run
-            // concurrently, so only that one is sent.
-            let mut last: HashMap<&[u8], usize> = HashMap::new();
-            for (i, (k, _)) in checked.iter().enumerate() {
-                last.insert(k.as_slice(), i);
-            }
-            let (kept_keys, values): (Vec<Vec<u8>>, Vec<&[u8]>) = checked
-                .iter()
-                .enumerate()
-                .filter(|(i, (k, _))| last.get(k.as_slice()) == Some(i))
-                .map(|(_, (k, v))| (k.clone(), *v))
-                .unzip();
-            let px = self.default_px()?;
-            let groups = self.groups(&kept_keys);
-            let results = futures_util::stream::iter(groups.into_iter().map(|group| {
-                let (kept_keys, values) = (&kept_keys, &values);
-                async move {
-                    let mut cmds = Vec::with_capacity(group.len());
-                    let mut bytes = 0;
-                    for &g in &group {
-                        let (Some(full), Some(&value)) = (kept_keys.get(g), values.get(g)) else {
-                            continue;
-                        };
-                        bytes += full.len() + value.len();
-                        cmds.push(Self::set_cmd(full, value, px));
-                    }
-                    let replies = self
-                        .write("batch SET", Idempotency::NotIdempotent, &cmds)
-                        .await?;
-                    first_error("batch SET", self.target(), &replies)?;
-                    self.inner.counters.written(bytes);
-                    Ok::<_, StateError>(())
+        let mut checked = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let full = self.full_key(key)?;
+            self.check_value(value)?;
+            checked.push((full, *value));
+        }
+        // The last write of a repeated key wins, as it would one by one; groups run
+        // concurrently, so only that one is sent.
+        let mut last: HashMap<&[u8], usize> = HashMap::new();
+        for (i, (k, _)) in checked.iter().enumerate() {
+            last.insert(k.as_slice(), i);
+        }
+        let (kept_keys, values): (Vec<Vec<u8>>, Vec<&[u8]>) = checked
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| last.get(k.as_slice()) == Some(i))
+            .map(|(_, (k, v))| (k.clone(), *v))
+            .unzip();
+        let px = self.default_px()?;
+        let groups = self.groups(&kept_keys);
+        let results = futures_util::stream::iter(groups.into_iter().map(|group| {
+            let (kept_keys, values) = (&kept_keys, &values);
+            async move {
+                let mut cmds = Vec::with_capacity(group.len());
+                for &g in &group {
+                    let (Some(full), Some(&value)) = (kept_keys.get(g), values.get(g)) else {
+                        continue;
+                    };
+                    cmds.push(Self::set_cmd(full, value, px));
                 }
-            }))
-            .buffer_unordered(BATCH_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await;
-            results.into_iter().collect::<Result<Vec<()>>>()?;
-            Ok(())
-        })
-        .await
+                let replies = self
+                    .write("batch SET", Idempotency::NotIdempotent, &cmds)
+                    .await?;
+                first_error("batch SET", self.target(), &replies)?;
+                Ok::<_, StateError>(())
+            }
+        }))
+        .buffer_unordered(BATCH_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(())
     }
 
     async fn batch_delete(&self, keys: &[&[u8]]) -> Result<u64> {
-        self.op(async {
-            let mut fulls = keys
-                .iter()
-                .map(|k| self.full_key(k))
-                .collect::<Result<Vec<_>>>()?;
-            // DEL of a repeated key counts it once, like deleting one by one.
-            fulls.sort();
-            fulls.dedup();
-            self.delete_keys(&fulls).await
-        })
-        .await
+        let mut fulls = keys
+            .iter()
+            .map(|k| self.full_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        // DEL of a repeated key counts it once, like deleting one by one.
+        fulls.sort();
+        fulls.dedup();
+        self.delete_keys(&fulls).await
     }
 
     async fn get_and_delete(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            let mut cmd = redis::cmd("GETDEL");
-            cmd.arg(&full);
-            let reply = self
-                .write_one("GETDEL", Idempotency::NotIdempotent, &cmd)
-                .await?;
-            let reply = lift_reply("GETDEL", self.target(), reply)?;
-            let value = bytes_of("GETDEL", reply)?;
-            match &value {
-                Some(v) => {
-                    self.inner.counters.lookups(1, 0);
-                    self.inner.counters.read(v.len());
-                }
-                None => self.inner.counters.lookups(0, 1),
-            }
-            Ok(value)
-        })
-        .await
+        let full = self.full_key(key)?;
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(&full);
+        let reply = self
+            .write_one("GETDEL", Idempotency::NotIdempotent, &cmd)
+            .await?;
+        let reply = lift_reply("GETDEL", self.target(), reply)?;
+        bytes_of("GETDEL", reply)
     }
 
     async fn set_if_not_exists(
@@ -255,26 +202,20 @@ impl StateBackend for RedisStateBackend {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            self.check_value(value)?;
-            let px = match ttl {
-                Some(ttl) => Some(state_core::ttl_millis(ttl)?),
-                None => self.default_px()?,
-            };
-            let mut cmd = Self::set_cmd(&full, value, px);
-            cmd.arg("NX");
-            let reply = self
-                .write_one("SET NX", Idempotency::NotIdempotent, &cmd)
-                .await?;
-            let reply = lift_reply("SET NX", self.target(), reply)?;
-            let stored = !matches!(reply, Value::Nil);
-            if stored {
-                self.inner.counters.written(full.len() + value.len());
-            }
-            Ok(stored)
-        })
-        .await
+        let full = self.full_key(key)?;
+        self.check_value(value)?;
+        let px = match ttl {
+            Some(ttl) => Some(state_core::ttl_millis(ttl)?),
+            None => self.default_px()?,
+        };
+        let mut cmd = Self::set_cmd(&full, value, px);
+        cmd.arg("NX");
+        let reply = self
+            .write_one("SET NX", Idempotency::NotIdempotent, &cmd)
+            .await?;
+        let reply = lift_reply("SET NX", self.target(), reply)?;
+        let stored = !matches!(reply, Value::Nil);
+        Ok(stored)
     }
 
     async fn compare_and_swap(
@@ -283,121 +224,103 @@ impl StateBackend for RedisStateBackend {
         expected: Option<&[u8]>,
         new: &[u8],
     ) -> Result<bool> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            self.check_value(new)?;
-            if let Some(e) = expected {
-                self.check_value(e)?;
-            }
-            let px = self
-                .default_px()?
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            let (flag, exp): (&[u8], &[u8]) = match expected {
-                Some(e) => (b"1", e),
-                None => (b"0", b""),
-            };
-            let reply = self
-                .eval(
-                    "compare_and_swap",
-                    Idempotency::NotIdempotent,
-                    &scripts::CAS,
-                    &[&full],
-                    &[flag, exp, new, px.as_bytes()],
-                )
-                .await?;
-            let swapped = int_of("compare_and_swap", &reply)? == 1;
-            if swapped {
-                self.inner.counters.written(full.len() + new.len());
-            }
-            Ok(swapped)
-        })
-        .await
+        let full = self.full_key(key)?;
+        self.check_value(new)?;
+        if let Some(e) = expected {
+            self.check_value(e)?;
+        }
+        let px = self
+            .default_px()?
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let (flag, exp): (&[u8], &[u8]) = match expected {
+            Some(e) => (b"1", e),
+            None => (b"0", b""),
+        };
+        let reply = self
+            .eval(
+                "compare_and_swap",
+                Idempotency::NotIdempotent,
+                &scripts::CAS,
+                &[&full],
+                &[flag, exp, new, px.as_bytes()],
+            )
+            .await?;
+        let swapped = int_of("compare_and_swap", &reply)? == 1;
+        Ok(swapped)
     }
 
     async fn put_fenced(&self, key: &[u8], value: &[u8], token: FencingToken) -> Result<()> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            self.check_value(value)?;
-            let fence = keys::fence_key(&full);
-            let px = self
-                .default_px()?
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            let padded = format!("{:020}", token.0);
-            let reply = self
-                .eval(
-                    "put_fenced",
-                    Idempotency::NotIdempotent,
-                    &scripts::FENCED_PUT,
-                    &[&full, &fence],
-                    &[padded.as_bytes(), value, px.as_bytes()],
-                )
-                .await?;
-            match reply {
-                Value::Int(0) => {
-                    self.inner.counters.written(full.len() + value.len());
-                    Ok(())
-                }
-                Value::BulkString(current) => {
-                    let current = std::str::from_utf8(&current)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .unwrap_or(u64::MAX);
-                    Err(StateError::fenced(token.0, current))
-                }
-                other => Err(unexpected("put_fenced", &other)),
+        let full = self.full_key(key)?;
+        self.check_value(value)?;
+        let fence = keys::fence_key(&full);
+        let px = self
+            .default_px()?
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let padded = format!("{:020}", token.0);
+        let reply = self
+            .eval(
+                "put_fenced",
+                Idempotency::NotIdempotent,
+                &scripts::FENCED_PUT,
+                &[&full, &fence],
+                &[padded.as_bytes(), value, px.as_bytes()],
+            )
+            .await?;
+        match reply {
+            Value::Int(0) => Ok(()),
+            Value::BulkString(current) => {
+                let current = std::str::from_utf8(&current)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(u64::MAX);
+                Err(StateError::fenced(token.0, current))
             }
-        })
-        .await
+            other => Err(unexpected("put_fenced", &other)),
+        }
     }
 
     async fn ttl(&self, key: &[u8]) -> Result<Ttl> {
-        self.op(async {
-            let full = self.full_key(key)?;
-            let mut cmd = redis::cmd("PTTL");
-            cmd.arg(&full);
-            let reply = self
-                .retry(Idempotency::Idempotent, "PTTL", || {
-                    self.inner.pool.query(&cmd)
-                })
-                .await?;
-            Ok(match int_of("PTTL", &reply)? {
-                -1 => Ttl::Persistent,
-                n if n >= 0 => Ttl::Remaining(Duration::from_millis(n.max(1) as u64)),
-                _ => Ttl::Missing,
+        let full = self.full_key(key)?;
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(&full);
+        let reply = self
+            .retry(Idempotency::Idempotent, "PTTL", || {
+                self.inner.pool.query(&cmd)
             })
+            .await?;
+        Ok(match int_of("PTTL", &reply)? {
+            -1 => Ttl::Persistent,
+            n if n >= 0 => Ttl::Remaining(Duration::from_millis(n.max(1) as u64)),
+            _ => Ttl::Missing,
         })
-        .await
     }
 
     fn scan(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {
-        self.entries(prefix, true)
+        self.entries(prefix)
     }
 
     async fn count(&self, prefix: &[u8]) -> Result<u64> {
-        self.op(async {
-            let pattern = keys::prefix_pattern(&self.full_prefix(prefix));
-            let mut keys = self.scan_keys(pattern);
-            let mut n = 0u64;
-            while let Some(page) = stream::next(&mut keys).await {
-                n += page?.len() as u64;
-            }
-            Ok(n)
-        })
-        .await
+        let pattern = keys::prefix_pattern(&self.full_prefix(prefix));
+        let mut keys = self.scan_keys(pattern);
+        let mut n = 0u64;
+        while let Some(page) = stream::next(&mut keys).await {
+            n += page?.len() as u64;
+        }
+        Ok(n)
     }
 
     async fn clear(&self, prefix: &[u8]) -> Result<u64> {
-        self.op(async { self.clear_prefix(prefix).await }).await
+        self.clear_prefix(prefix).await
     }
 
     fn export(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {
-        self.entries(prefix, true)
+        self.entries(prefix)
     }
 
     async fn import(&self, entries: BoxStream<'_, Result<Entry>>, mode: ImportMode) -> Result<u64> {
-        self.op(self.import_staged(entries, mode)).await
+        self.import_staged(entries, mode).await
     }
 
     async fn health_check(&self) -> Result<Health> {
@@ -427,6 +350,12 @@ impl StateBackend for RedisStateBackend {
             (Ok(_), _) => Health::healthy(latency, format!("PONG from {}", self.target())),
             (Err(e), _) => Health::unhealthy(latency, e.to_string()),
         })
+    }
+
+    async fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        stats.retries = self.inner.retries.load(Ordering::Relaxed);
+        stats
     }
 }
 

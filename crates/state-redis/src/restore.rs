@@ -118,7 +118,6 @@ impl RedisStateBackend {
                     .clone(),
             );
             batch_keys.push(staged);
-            self.inner.counters.written(full.len() + entry.value.len());
             plans.insert(full, Plan::Live(entry.expires_at.map(unix_ms)));
             if batch.len() >= self.batch_size() * BATCH_CONCURRENCY {
                 self.send_batch(std::mem::take(&mut batch), std::mem::take(&mut batch_keys))

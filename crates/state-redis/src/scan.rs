@@ -2,11 +2,7 @@
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
-
-use futures_util::Stream;
+use std::time::SystemTime;
 
 use futures_util::StreamExt;
 use redis::Value;
@@ -17,7 +13,6 @@ use crate::driver::RedisStateBackend;
 use crate::keys;
 use crate::reply::{expiry_of, unexpected};
 use crate::scripts;
-use crate::stats::Counters;
 
 /// One page of keys found on `node`.
 pub(crate) type Page = (Node, Vec<Vec<u8>>);
@@ -131,14 +126,13 @@ impl RedisStateBackend {
         ))
     }
 
-    /// Streams the live entries under `prefix` with their absolute expiry; `counted`: the
-    /// whole stream counts as one operation in the statistics (when it ends or is dropped).
-    pub(crate) fn entries(&self, prefix: &[u8], counted: bool) -> BoxStream<'_, Result<Entry>> {
+    /// Streams the live entries under `prefix` with their absolute expiry.
+    pub(crate) fn entries(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {
         let full_prefix = self.full_prefix(prefix);
         let pattern = keys::prefix_pattern(&full_prefix);
         let strip = self.prefix().len();
         let pages = self.scan_pages(pattern, false);
-        let entries = Box::pin(
+        Box::pin(
             pages
                 .then(move |page| async move {
                     let out: Vec<Result<Entry>> = match page {
@@ -151,16 +145,7 @@ impl RedisStateBackend {
                     futures_util::stream::iter(out)
                 })
                 .flatten(),
-        );
-        if !counted {
-            return entries;
-        }
-        Box::pin(Counted {
-            inner: entries,
-            counters: &self.inner.counters,
-            started: Instant::now(),
-            outcome: None,
-        })
+        )
     }
 
     /// Values and expiries of `keys` (all on `node`), each read atomically with its TTL.
@@ -213,7 +198,6 @@ impl RedisStateBackend {
                 let Some(expires_at) = expiry_of(pttl, now) else {
                     continue;
                 };
-                self.inner.counters.read(value.len());
                 out.push(Entry {
                     key: bytes::Bytes::copy_from_slice(key.get(strip..).unwrap_or_default()),
                     value: bytes::Bytes::from(value),
@@ -223,44 +207,6 @@ impl RedisStateBackend {
             }
         }
         Ok(out)
-    }
-}
-
-/// A stream that reports itself to the statistics once: as failed at its first error, as
-/// done at its end or when dropped.
-struct Counted<'a> {
-    inner: BoxStream<'a, Result<Entry>>,
-    counters: &'a Counters,
-    started: Instant,
-    outcome: Option<bool>,
-}
-
-impl Stream for Counted<'_> {
-    type Item = Result<Entry>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = self.inner.as_mut().poll_next(cx);
-        match &polled {
-            Poll::Ready(Some(Err(_))) => self.record(false),
-            Poll::Ready(None) => self.record(true),
-            _ => {}
-        }
-        polled
-    }
-}
-
-impl Counted<'_> {
-    fn record(&mut self, ok: bool) {
-        if self.outcome.is_none() {
-            self.outcome = Some(ok);
-            self.counters.finished(self.started.elapsed(), ok);
-        }
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.record(true);
     }
 }
 

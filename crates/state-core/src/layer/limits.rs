@@ -1,0 +1,61 @@
+//! [`LimitsLayer`]: an application's own, narrower key and value limits.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::backend::StateBackend;
+use crate::error::Result;
+use crate::types::{Capabilities, Limits};
+
+use super::Layer;
+use super::hook::{Hook, Op, Outcome};
+use super::layered::Layered;
+
+/// Refuses keys and values over an application's limits with an
+/// [`InvalidInput`](crate::ErrorKind::InvalidInput) error naming the limit, before the
+/// backend sees the call; the wrapped backend's [`Capabilities`] show the narrower limits.
+///
+/// A limit wider than the backend's own changes nothing: the backend still refuses what
+/// its store cannot hold. The checks borrow the input and allocate nothing unless they fail.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsLayer {
+    limits: Limits,
+}
+
+impl LimitsLayer {
+    /// Keys up to `limits.max_key_len` bytes, values up to `limits.max_value_len`.
+    pub fn new(limits: Limits) -> LimitsLayer {
+        LimitsLayer { limits }
+    }
+}
+
+impl Layer for LimitsLayer {
+    fn layer(&self, inner: Arc<dyn StateBackend>) -> Arc<dyn StateBackend> {
+        let own = inner.capabilities().limits();
+        let limits = Limits {
+            max_key_len: self.limits.max_key_len.min(own.max_key_len),
+            max_value_len: self.limits.max_value_len.min(own.max_value_len),
+        };
+        Arc::new(Layered::new(LimitsLayer { limits }, inner))
+    }
+}
+
+impl Hook for LimitsLayer {
+    fn around<T: Outcome>(
+        &self,
+        op: Op<'_>,
+        call: impl Future<Output = Result<T>> + Send,
+    ) -> impl Future<Output = Result<T>> + Send {
+        let checked = op.input.check(&self.limits);
+        async move {
+            checked?;
+            call.await
+        }
+    }
+
+    fn capabilities(&self, mut inner: Capabilities) -> Capabilities {
+        inner.max_key_len = inner.max_key_len.min(self.limits.max_key_len);
+        inner.max_value_len = inner.max_value_len.min(self.limits.max_value_len);
+        inner
+    }
+}
