@@ -205,4 +205,12 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug + 'static {
     async fn stats(&self) -> Stats {
         Stats::default()
     }
+
+    /// The concrete backend under any layers, for the extras of its own type (such as
+    /// PostgreSQL's server-side checkpoints):
+    /// `backend.as_any().and_then(|b| b.downcast_ref::<T>())`. `None` unless the backend
+    /// opts in; layers pass the call down.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }

@@ -25,7 +25,9 @@ pub use lock::{
     DistributedLock, GuardState, LockGuard, MAX_LOCK_NAME_LEN, check_lock_name, new_owner_token,
 };
 pub use memory::{MemoryBackend, MemoryBackendBuilder, MemoryStore};
-pub use registry::{ConnectFuture, Connector, Registry};
+pub use registry::{
+    ConnectFuture, Connector, LAYER_PARAMS, LockConnectFuture, LockConnector, LockOptions, Registry,
+};
 pub use retry::{Idempotency, RetryPolicy};
 pub use types::{
     Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Limits, MAX_TTL, Ttl,

@@ -1,15 +1,19 @@
-//! [`Registry`]: URL schemes mapped to backend constructors, so that a binary linking some
-//! backends can open any of them by URL and name the missing ones clearly.
+//! [`Registry`]: the composition root. URL schemes mapped to the constructors of backends
+//! and lock services, and the layers to wrap them in, so that a binary linking some crates
+//! opens any of them by URL and names the missing ones clearly.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::StateBackend;
-use crate::error::{Result, StateError};
-use crate::url::{Scheme, StateUrl};
+use crate::error::{ErrorKind, Result, StateError};
+use crate::layer::{Stack, StatsLayer, TimeoutLayer};
+use crate::lock::DistributedLock;
+use crate::url::{Scheme, StateUrl, parse_duration};
 
 /// A future that opens a backend.
 pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn StateBackend>>> + Send>>;
@@ -17,15 +21,51 @@ pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn StateBackend
 /// A function that opens a backend from a parsed URL.
 pub type Connector = Arc<dyn Fn(StateUrl) -> ConnectFuture + Send + Sync>;
 
-/// Maps URL schemes to backend constructors, so that a binary linking some backends can open
-/// any of them by URL and name the missing ones clearly.
+/// A future that opens a lock service.
+pub type LockConnectFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn DistributedLock>>> + Send>>;
+
+/// A function that opens a lock service from a parsed URL.
+pub type LockConnector = Arc<dyn Fn(StateUrl, LockOptions) -> LockConnectFuture + Send + Sync>;
+
+/// What a caller may set for a lock service besides its URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockOptions {
+    /// How long `acquire` waits for a busy lock; `None`: the URL's `wait_timeout=`, else
+    /// the service's default.
+    pub wait_timeout: Option<Duration>,
+}
+
+impl LockOptions {
+    /// `acquire` waits up to `wait`.
+    pub fn with_wait_timeout(mut self, wait: Duration) -> LockOptions {
+        self.wait_timeout = Some(wait);
+        self
+    }
+}
+
+/// URL parameters the registry reads itself, for the layers they name:
+///
+/// - `stats=true`: a [`StatsLayer`] (the guide's `stats()` counters);
+/// - `deadline=DURATION`: a [`TimeoutLayer`] bounding each call, on backends and locks.
+pub const LAYER_PARAMS: [&str; 2] = ["stats", "deadline"];
+
+/// The composition root: opens backends and lock services by URL, each wrapped in the
+/// layers the URL names (see [`LAYER_PARAMS`]) under those set in code.
+///
+/// Each backend crate registers its schemes (`state_redis::register(&mut registry)`) and
+/// reads its own URL parameters; the registry hands the layer parameters to the layers
+/// and the lock parameters to the lock services, and a parameter nobody reads is a
+/// [`Config`](ErrorKind::Config) error naming it.
 ///
 /// ```
+/// use state_core::{Registry, StatsLayer};
 /// # tokio_test_block_on(async {
-/// let registry = state_core::Registry::new(); // memory:// is always there
-/// let backend = registry.connect("memory://?prefix=app:").await?;
+/// let registry = Registry::new().layer(StatsLayer::new()); // memory:// is always there
+/// let backend = registry.connect("memory://?prefix=app:&deadline=2s").await?;
 /// backend.put(b"k", b"v").await?;
 /// assert_eq!(backend.get(b"k").await?.as_deref(), Some(&b"v"[..]));
+/// assert_eq!(backend.stats().await.total_operations(), 2);
 /// # Ok::<(), state_core::StateError>(())
 /// # }).unwrap();
 /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -35,12 +75,16 @@ pub type Connector = Arc<dyn Fn(StateUrl) -> ConnectFuture + Send + Sync>;
 #[derive(Clone)]
 pub struct Registry {
     connectors: BTreeMap<Scheme, Connector>,
+    locks: BTreeMap<Scheme, LockConnector>,
+    stack: Stack,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("schemes", &self.connectors.keys().collect::<Vec<_>>())
+            .field("lock_schemes", &self.locks.keys().collect::<Vec<_>>())
+            .field("stack", &self.stack)
             .finish()
     }
 }
@@ -52,10 +96,12 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// A registry that knows `memory://`.
+    /// A registry that knows `memory://` backends and no lock service.
     pub fn new() -> Self {
         let mut registry = Registry {
             connectors: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            stack: Stack::new(),
         };
         registry.register(&[Scheme::Memory], |url| {
             Box::pin(async move {
@@ -66,7 +112,7 @@ impl Registry {
         registry
     }
 
-    /// Registers `connector` for `schemes`, replacing any earlier one.
+    /// Registers `connector` for the backends of `schemes`, replacing any earlier one.
     pub fn register<F>(&mut self, schemes: &[Scheme], connector: F)
     where
         F: Fn(StateUrl) -> ConnectFuture + Send + Sync + 'static,
@@ -77,9 +123,38 @@ impl Registry {
         }
     }
 
-    /// The schemes this registry can open.
+    /// Registers `connector` for the lock services of `schemes`, replacing any earlier one.
+    pub fn register_locks<F>(&mut self, schemes: &[Scheme], connector: F)
+    where
+        F: Fn(StateUrl, LockOptions) -> LockConnectFuture + Send + Sync + 'static,
+    {
+        let connector: LockConnector = Arc::new(connector);
+        for scheme in schemes {
+            self.locks.insert(*scheme, connector.clone());
+        }
+    }
+
+    /// Adds `layer` to every backend this registry opens, below the layers added before
+    /// and above those the URL names.
+    pub fn layer(mut self, layer: impl crate::layer::Layer) -> Registry {
+        self.stack = self.stack.layer(layer);
+        self
+    }
+
+    /// Adds `layer` to every lock service this registry opens (as [`layer`](Self::layer)).
+    pub fn lock_layer(mut self, layer: impl crate::layer::LockLayer) -> Registry {
+        self.stack = self.stack.lock_layer(layer);
+        self
+    }
+
+    /// The schemes whose backends this registry can open.
     pub fn schemes(&self) -> Vec<Scheme> {
         self.connectors.keys().copied().collect()
+    }
+
+    /// The schemes whose lock services this registry can open.
+    pub fn lock_schemes(&self) -> Vec<Scheme> {
+        self.locks.keys().copied().collect()
     }
 
     /// Parses `url` and opens the backend it names.
@@ -87,8 +162,8 @@ impl Registry {
         self.connect_url(StateUrl::parse(url)?).await
     }
 
-    /// Opens the backend a parsed URL names.
-    pub async fn connect_url(&self, url: StateUrl) -> Result<Arc<dyn StateBackend>> {
+    /// Opens the backend a parsed URL names, in its layers.
+    pub async fn connect_url(&self, mut url: StateUrl) -> Result<Arc<dyn StateBackend>> {
         let Some(connector) = self.connectors.get(&url.scheme()) else {
             let known: Vec<&str> = self.connectors.keys().map(|s| s.as_str()).collect();
             return Err(StateError::config(format!(
@@ -97,8 +172,73 @@ impl Registry {
                 known.join(", ")
             )));
         };
-        connector(url).await
+        let named = url_layers(&url)?;
+        url.hand_over(&LAYER_PARAMS);
+        let backend = connector(url).await?;
+        Ok(self.stack.apply(named.apply(backend)))
     }
+
+    /// Parses `url` and opens the lock service it names.
+    pub async fn connect_lock(&self, url: &str) -> Result<Arc<dyn DistributedLock>> {
+        self.connect_lock_url(StateUrl::parse(url)?, LockOptions::default())
+            .await
+    }
+
+    /// Opens the lock service a parsed URL names, with `options`, in its layers.
+    pub async fn connect_lock_url(
+        &self,
+        mut url: StateUrl,
+        options: LockOptions,
+    ) -> Result<Arc<dyn DistributedLock>> {
+        let Some(connector) = self.locks.get(&url.scheme()) else {
+            return Err(self.no_lock_for(url.scheme()));
+        };
+        let named = url_layers(&url)?;
+        url.hand_over(&LAYER_PARAMS);
+        let lock = connector(url, options).await?;
+        Ok(self.stack.apply_lock(named.apply_lock(lock)))
+    }
+
+    fn no_lock_for(&self, scheme: Scheme) -> StateError {
+        if self.locks.is_empty() {
+            return StateError::config(
+                "this program registered no lock service (state_lock::register does)",
+            );
+        }
+        StateError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "a {scheme} URL cannot hold locks shared by processes: use a redis:// or \
+                 postgres:// URL (memory:// holds locks within one process)"
+            ),
+        )
+    }
+}
+
+/// The layers a URL names with [`LAYER_PARAMS`], outermost first.
+fn url_layers(url: &StateUrl) -> Result<Stack> {
+    let mut stack = Stack::new();
+    match url.param("stats") {
+        None | Some("false") => {}
+        Some("true") => stack = stack.layer(StatsLayer::new()),
+        Some(other) => {
+            return Err(StateError::config(format!(
+                "parameter `stats`: `{other}` is not valid; write stats=true or stats=false"
+            )));
+        }
+    }
+    if let Some(raw) = url.param("deadline") {
+        let deadline = parse_duration(raw)
+            .map_err(|e| StateError::config(format!("parameter `deadline`: {}", e.message())))?;
+        if deadline.is_zero() {
+            return Err(StateError::config(
+                "parameter `deadline`: 0 would end every call at once; leave it out for none",
+            ));
+        }
+        let timeout = TimeoutLayer::new(deadline);
+        stack = stack.layer(timeout).lock_layer(timeout);
+    }
+    Ok(stack)
 }
 
 #[cfg(test)]
@@ -112,5 +252,36 @@ mod tests {
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("without the redis backend"), "{msg}");
         assert!(registry.connect("memory://").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn url_layers_are_applied_and_their_parameters_checked() -> Result<()> {
+        let registry = Registry::new();
+        let counted = registry.connect("memory://?stats=true&deadline=1s").await?;
+        counted.put(b"k", b"v").await?;
+        assert_eq!(counted.stats().await.operations, 1);
+        let bare = registry.connect("memory://?stats=false").await?;
+        bare.put(b"k", b"v").await?;
+        assert_eq!(bare.stats().await.operations, 0);
+        for (url, named) in [
+            ("memory://?stats=yes", "`stats`"),
+            ("memory://?deadline=soon", "`deadline`"),
+            ("memory://?deadline=0s", "`deadline`"),
+            ("memory://?dedline=1s", "`dedline`"),
+        ] {
+            let err = registry.connect(url).await.err();
+            assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Config));
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(named), "{url}: {msg}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_registry_without_lock_services_says_so() {
+        let registry = Registry::new();
+        let err = registry.connect_lock("memory://").await.err();
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("no lock service"), "{msg}");
     }
 }

@@ -159,6 +159,9 @@ pub struct StateUrl {
     hosts: Vec<HostPort>,
     path: Option<String>,
     params: BTreeMap<String, String>,
+    /// Parameters read by another part (a layer, a lock), which the backend accepts
+    /// without reading.
+    handed_over: Vec<&'static str>,
 }
 
 impl StateUrl {
@@ -208,6 +211,7 @@ impl StateUrl {
             hosts: Vec::new(),
             path,
             params,
+            handed_over: Vec::new(),
         }
     }
 
@@ -259,14 +263,31 @@ impl StateUrl {
             .transpose()
     }
 
+    /// Marks `names` as parameters another part reads (a layer, a lock service): the
+    /// backend's [`check_params`](Self::check_params) then accepts them, and the URL keeps
+    /// them for whoever they are meant for.
+    pub fn hand_over(&mut self, names: &[&'static str]) {
+        for name in names {
+            if !self.handed_over.contains(name) {
+                self.handed_over.push(name);
+            }
+        }
+    }
+
     /// Fails with a `Config` error naming the first parameter not in `common` (`prefix`,
-    /// `ttl`) or `specific`, and listing the ones this backend accepts.
+    /// `ttl`), `specific` or those [handed over](Self::hand_over) to other parts, and
+    /// listing the ones accepted.
     pub fn check_params(&self, specific: &[&str]) -> Result<()> {
         const COMMON: [&str; 2] = ["prefix", "ttl"];
         for name in self.params.keys() {
-            if !COMMON.contains(&name.as_str()) && !specific.contains(&name.as_str()) {
+            let name = name.as_str();
+            if !COMMON.contains(&name)
+                && !specific.contains(&name)
+                && !self.handed_over.contains(&name)
+            {
                 let mut known: Vec<&str> = COMMON.to_vec();
                 known.extend_from_slice(specific);
+                known.extend_from_slice(&self.handed_over);
                 return Err(StateError::config(format!(
                     "unknown parameter `{name}` in a {} URL; accepted parameters: {}",
                     self.scheme,
@@ -486,6 +507,7 @@ fn parse_network(scheme: Scheme, rest: &str) -> Result<StateUrl> {
         hosts,
         path,
         params: parse_query(query)?,
+        handed_over: Vec::new(),
     })
 }
 

@@ -572,6 +572,10 @@ impl StateBackend for RedbBackend {
         written
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     async fn health_check(&self) -> Result<Health> {
         let started = Instant::now();
         let store = self.store.clone();

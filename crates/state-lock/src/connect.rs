@@ -1,39 +1,104 @@
-//! [`connect`]: a lock picked by URL, for tools such as statectl.
+//! [`register`]: this crate's lock services in the composition root, and [`connect`], a lock
+//! picked by URL through it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use state_core::{DistributedLock, ErrorKind, Result, Scheme, StateError, StateUrl};
+use state_core::{
+    DistributedLock, LockConnectFuture, LockOptions, Registry, Result, Scheme, StateError,
+    StateUrl, parse_duration,
+};
 
 use crate::MemoryLock;
 
-/// Opens the lock service that `url` names, with `acquire` waiting up to `wait`:
-/// `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://` (feature `redis`),
-/// `postgres://` with `lock_mode=session|lease` (feature `postgres`), or `memory://` (one
-/// process only). An embedded `redb:` store is refused: its file belongs to one process.
+/// Registers the lock services of this build in `registry`: `memory://` (one process
+/// only), `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://` (feature
+/// `redis`) and `postgres://` with `lock_mode=session|lease` (feature `postgres`).
+///
+/// Each reads its own URL parameters, `wait_timeout=DURATION` among them; a
+/// [`LockOptions::wait_timeout`] given in code wins over the URL's.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// let mut registry = state_core::Registry::new();
+/// state_lock::register(&mut registry);
+/// let lock = registry.connect_lock("memory://").await?;
+/// let guard = lock.try_acquire("job", std::time::Duration::from_secs(5)).await?;
+/// assert!(guard.is_some());
+/// # Ok::<(), state_core::StateError>(())
+/// # }).unwrap();
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub fn register(registry: &mut Registry) {
+    registry.register_locks(&[Scheme::Memory], |url, options| {
+        boxed(async move {
+            url.check_params(&["wait_timeout"])?;
+            let lock = match options.wait_timeout.or(wait_timeout_param(&url)?) {
+                Some(wait) => MemoryLock::with_wait_timeout(wait),
+                None => MemoryLock::new(),
+            };
+            Ok(Arc::new(lock) as Arc<dyn DistributedLock>)
+        })
+    });
+    #[cfg(feature = "redis")]
+    registry.register_locks(
+        &[
+            Scheme::Redis,
+            Scheme::Rediss,
+            Scheme::RedisSentinel,
+            Scheme::RedisCluster,
+        ],
+        |url, options| {
+            boxed(async move {
+                let mut config = crate::RedisLockConfig::from_state_url(&url)?;
+                if let Some(wait) = options.wait_timeout {
+                    config = config.with_wait_timeout(wait);
+                }
+                let lock = crate::RedisDistributedLock::with_config(config).await?;
+                Ok(Arc::new(lock) as Arc<dyn DistributedLock>)
+            })
+        },
+    );
+    #[cfg(feature = "postgres")]
+    registry.register_locks(&[Scheme::Postgres], |url, options| {
+        boxed(async move {
+            let mut config = crate::PostgresLockConfig::from_state_url(&url)?;
+            if let Some(wait) = options.wait_timeout {
+                config = config.with_wait_timeout(wait);
+            }
+            let lock = crate::PostgresDistributedLock::with_config(config).await?;
+            Ok(Arc::new(lock) as Arc<dyn DistributedLock>)
+        })
+    });
+}
+
+fn boxed(
+    future: impl Future<Output = Result<Arc<dyn DistributedLock>>> + Send + 'static,
+) -> LockConnectFuture {
+    Box::pin(future)
+}
+
+/// Opens the lock service that `url` names, with `acquire` waiting up to `wait`, through a
+/// registry holding this crate's services ([`register`]). An embedded `redb:` store is
+/// refused: its file belongs to one process.
 pub async fn connect(url: &str, wait: Duration) -> Result<Arc<dyn DistributedLock>> {
-    match StateUrl::parse(url)?.scheme() {
-        Scheme::Memory => Ok(Arc::new(MemoryLock::with_wait_timeout(wait))),
-        #[cfg(feature = "redis")]
-        Scheme::Redis | Scheme::Rediss | Scheme::RedisSentinel | Scheme::RedisCluster => {
-            let config = crate::RedisLockConfig::from_url(url)?.with_wait_timeout(wait);
-            Ok(Arc::new(
-                crate::RedisDistributedLock::with_config(config).await?,
-            ))
-        }
-        #[cfg(feature = "postgres")]
-        Scheme::Postgres => {
-            let config = crate::PostgresLockConfig::from_url(url)?.with_wait_timeout(wait);
-            Ok(Arc::new(
-                crate::PostgresDistributedLock::with_config(config).await?,
-            ))
-        }
-        other => Err(StateError::new(
-            ErrorKind::Unsupported,
-            format!(
-                "a {other} URL cannot hold locks shared by processes: use a redis:// or \
-                 postgres:// URL (memory:// holds locks within one process)"
-            ),
-        )),
-    }
+    let mut registry = Registry::new();
+    register(&mut registry);
+    let options = LockOptions::default().with_wait_timeout(wait);
+    registry
+        .connect_lock_url(StateUrl::parse(url)?, options)
+        .await
+}
+
+/// The `wait_timeout=` parameter: how long `acquire` waits for a busy lock.
+pub(crate) fn wait_timeout_param(url: &StateUrl) -> Result<Option<Duration>> {
+    url.param("wait_timeout")
+        .map(|raw| {
+            parse_duration(raw).map_err(|e| {
+                StateError::config(format!("parameter `wait_timeout`: {}", e.message()))
+            })
+        })
+        .transpose()
 }

@@ -30,7 +30,8 @@ mod redis;
 mod wait;
 mod watchdog;
 
-pub use connect::connect;
+pub(crate) use connect::wait_timeout_param;
+pub use connect::{connect, register};
 pub use leader::{LeaderElector, Leadership, Term};
 pub use memory::MemoryLock;
 #[cfg(feature = "postgres")]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use state_core::{
     DistributedLock, ErrorKind, FencingToken, GuardState, Idempotency, LockGuard, Result,
-    StateBackend, StateError, Ttl, check_lock_name, ttl_millis,
+    StateBackend, StateError, StateUrl, Ttl, check_lock_name, ttl_millis,
 };
 use state_redis::redis::Value;
 use state_redis::{RedisConfig, RedisStateBackend, Script};
@@ -99,7 +99,20 @@ impl RedisLockConfig {
     /// [`new`](Self::new) with the Redis of a `redis://`, `rediss://`, `redis+sentinel://`
     /// or `redis+cluster://` URL (see [`RedisConfig::from_url`]).
     pub fn from_url(url: &str) -> Result<RedisLockConfig> {
-        Ok(RedisLockConfig::new(RedisConfig::from_url(url)?))
+        RedisLockConfig::from_state_url(&StateUrl::parse(url)?)
+    }
+
+    /// [`from_url`](Self::from_url) for a parsed URL. Besides the Redis parameters it
+    /// takes `wait_timeout=DURATION` (how long `acquire` waits).
+    pub fn from_state_url(url: &StateUrl) -> Result<RedisLockConfig> {
+        let wait_timeout = crate::wait_timeout_param(url)?;
+        let mut server = url.clone();
+        server.hand_over(&["wait_timeout"]);
+        let config = RedisLockConfig::new(RedisConfig::from_state_url(&server)?);
+        Ok(match wait_timeout {
+            Some(wait) => config.with_wait_timeout(wait),
+            None => config,
+        })
     }
 
     /// How long [`acquire`](DistributedLock::acquire) waits for a busy lock before a

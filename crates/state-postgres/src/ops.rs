@@ -435,6 +435,10 @@ impl StateBackend for PostgresStateBackend {
         })
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     async fn stats(&self) -> Stats {
         let conns = &self.inner.conns;
         conns

@@ -352,6 +352,10 @@ impl StateBackend for RedisStateBackend {
         })
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     async fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         stats.retries = self.inner.retries.load(Ordering::Relaxed);

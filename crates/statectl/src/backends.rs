@@ -7,13 +7,10 @@ use crate::error::CliError;
 /// The store used when neither `--url` nor `$STATE_URL` is given.
 pub const DEFAULT_URL: &str = "redb:.statectl/state.redb";
 
-/// Every backend linked into statectl. Adding one is a line here and one in Cargo.toml.
+/// The composition root: every backend and lock service linked into statectl (the
+/// facade's, with all its features), through which statectl opens everything.
 pub fn registry() -> Registry {
-    let mut registry = Registry::new(); // memory://
-    state_embedded::register(&mut registry);
-    state_redis::register(&mut registry);
-    state_postgres::register(&mut registry);
-    registry
+    distributed_state::registry()
 }
 
 /// The URL to open: `--url` (or `$STATE_URL`, which clap already folded in), else the

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::SystemTime;
 
 use state_core::{ErrorKind, Scheme, StateUrl};
-use state_postgres::{PostgresConfig, PostgresStateBackend};
+use state_postgres::PostgresStateBackend;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -29,15 +29,24 @@ pub async fn run(
             url.scheme()
         )));
     }
-    // The concrete type, not the registry's `dyn StateBackend`: the server-side
-    // checkpoints are PostgreSQL extras outside the shared trait.
-    let backend = PostgresStateBackend::new(PostgresConfig::from_state_url(url)?).await?;
+    // Opened through the composition root like every other command; the server-side
+    // checkpoints are extras of the PostgreSQL type, outside the shared trait.
+    let opened = crate::backends::registry().connect_url(url.clone()).await?;
+    let Some(backend) = opened
+        .as_any()
+        .and_then(|b| b.downcast_ref::<PostgresStateBackend>())
+    else {
+        return Err(CliError::Backend(format!(
+            "{} did not open a PostgreSQL backend",
+            url.redacted()
+        )));
+    };
     let result = match *command {
         CheckpointCommand::Create => {
             let id = backend.create_checkpoint().await?;
             writeln!(out, "{id}").map_err(CliError::from)
         }
-        CheckpointCommand::List => list(&backend, out).await,
+        CheckpointCommand::List => list(backend, out).await,
         CheckpointCommand::Restore { id } => backend
             .restore_checkpoint(id)
             .await

@@ -4,7 +4,7 @@
 use std::process::ExitStatus;
 use std::sync::Arc;
 
-use state_core::{ErrorKind, parse_duration};
+use state_core::{ErrorKind, LockOptions, StateUrl, parse_duration};
 use state_lock::WatchedGuard;
 use tokio::process::Command;
 
@@ -26,7 +26,10 @@ pub async fn run(url: &str, command: &LockCommand) -> Result<(), CliError> {
             "lock run needs a command after `--`".into(),
         ));
     };
-    let lock = state_lock::connect(url, wait).await?;
+    let options = LockOptions::default().with_wait_timeout(wait);
+    let lock = crate::backends::registry()
+        .connect_lock_url(StateUrl::parse(url)?, options)
+        .await?;
     let guard = lock.acquire(name, ttl).await.map_err(|e| match e.kind() {
         ErrorKind::Timeout => CliError::LockBusy(e.to_string()),
         _ => e.into(),

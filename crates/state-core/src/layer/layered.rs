@@ -178,4 +178,8 @@ impl<H: Hook> StateBackend for Layered<H> {
     async fn stats(&self) -> Stats {
         self.hook.stats(self.inner.stats().await)
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
+    }
 }

@@ -477,6 +477,10 @@ impl StateBackend for MemoryBackend {
         })
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     async fn health_check(&self) -> Result<Health> {
         let started = Instant::now();
         let keys = self.store.raw_len();

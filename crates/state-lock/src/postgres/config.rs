@@ -136,22 +136,23 @@ impl PostgresLockConfig {
     /// every parameter of [`PostgresConfig`] plus `lock_mode=session|lease`,
     /// `wait_timeout=DURATION`, `pgbouncer=true|false` and `durable_leases=true|false`.
     pub fn from_url(url: &str) -> Result<Self> {
-        let parsed = StateUrl::parse(url)?;
+        PostgresLockConfig::from_state_url(&StateUrl::parse(url)?)
+    }
+
+    /// A config from a parsed URL (what the registry and tools that parse URLs first use),
+    /// with the same parameters as [`from_url`](Self::from_url).
+    pub fn from_state_url(parsed: &StateUrl) -> Result<Self> {
         let mode = parsed
             .param("lock_mode")
             .map(LockMode::from_str)
             .transpose()?;
-        let wait_timeout = parsed
-            .param("wait_timeout")
-            .map(|raw| {
-                state_core::parse_duration(raw).map_err(|e| {
-                    StateError::config(format!("parameter `wait_timeout`: {}", e.message()))
-                })
-            })
-            .transpose()?;
-        let behind_pooler = bool_param(&parsed, "pgbouncer")?;
-        let durable_leases = bool_param(&parsed, "durable_leases")?;
-        let pg = PostgresConfig::from_url(&strip_lock_params(url))?;
+        let wait_timeout = crate::wait_timeout_param(parsed)?;
+        let behind_pooler = bool_param(parsed, "pgbouncer")?;
+        let durable_leases = bool_param(parsed, "durable_leases")?;
+        // The lock's own parameters are handed over: the server's config reads the rest.
+        let mut server = parsed.clone();
+        server.hand_over(&LOCK_URL_PARAMS);
+        let pg = PostgresConfig::from_state_url(&server)?;
         let mut config = PostgresLockConfig::from_postgres_config(pg);
         config.mode = mode;
         config.behind_pooler = behind_pooler;
@@ -161,12 +162,6 @@ impl PostgresLockConfig {
         }
         config.validate()?;
         Ok(config)
-    }
-
-    /// A config from a parsed URL (what [`crate::connect`] and tools that parse URLs
-    /// first use), with the same parameters as [`from_url`](Self::from_url).
-    pub fn from_state_url(url: &StateUrl) -> Result<Self> {
-        PostgresLockConfig::from_url(&url.expose(true))
     }
 
     /// A config for the server (and TLS, timeouts, schema, pool size) of `postgres`, in
@@ -352,26 +347,6 @@ fn bool_param(url: &StateUrl, name: &str) -> Result<bool> {
     }
 }
 
-/// `url` without the lock's own query parameters, for [`PostgresConfig::from_url`] (which
-/// rejects parameters it does not know).
-fn strip_lock_params(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_string();
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !pair.is_empty() && !LOCK_URL_PARAMS.contains(&key)
-        })
-        .collect();
-    if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,16 +430,23 @@ mod tests {
     }
 
     #[test]
-    fn lock_parameters_are_stripped_before_postgres_parses() {
-        assert_eq!(
-            strip_lock_params("postgres://h/d?lock_mode=lease&schema=s&wait_timeout=1s"),
-            "postgres://h/d?schema=s"
+    fn lock_parameters_are_handed_over_and_unknown_ones_still_refused() -> Result<()> {
+        let c = PostgresLockConfig::from_url(
+            "postgres://h/d?lock_mode=lease&schema=s&wait_timeout=1s&pgbouncer=true",
+        )?;
+        assert_eq!(c.wait_timeout, Duration::from_secs(1));
+        assert!(c.behind_pooler);
+        assert_eq!(c.pg.schema(), "s");
+        let err = PostgresLockConfig::from_url("postgres://h/d?lock_mode=lease&lock_mdoe=x")
+            .err()
+            .map(|e| (e.kind(), e.to_string()));
+        let (kind, msg) = err.unwrap_or_else(|| panic!("a misspelt parameter was accepted"));
+        assert_eq!(kind, ErrorKind::Config);
+        assert!(
+            msg.contains("`lock_mdoe`") && msg.contains("lock_mode"),
+            "{msg}"
         );
-        assert_eq!(
-            strip_lock_params("postgres://h/d?pgbouncer=true&durable_leases=false"),
-            "postgres://h/d"
-        );
-        assert_eq!(strip_lock_params("postgres://h/d"), "postgres://h/d");
+        Ok(())
     }
 
     #[test]
