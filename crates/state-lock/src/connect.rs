@@ -15,8 +15,9 @@ use crate::MemoryLock;
 /// only), `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://` (feature
 /// `redis`) and `postgres://` with `lock_mode=session|lease` (feature `postgres`).
 ///
-/// Each reads its own URL parameters, `wait_timeout=DURATION` among them; a
-/// [`LockOptions::wait_timeout`] given in code wins over the URL's.
+/// Each reads its own URL parameters. How long `acquire` waits: a
+/// [`LockOptions::wait_timeout`] given in code, else the URL's `wait_timeout=` for
+/// `memory://` and `postgres://` (in a Redis URL that parameter is `WAIT`'s), else 30 s.
 ///
 /// ```
 /// # tokio_test_block_on(async {

@@ -102,17 +102,12 @@ impl RedisLockConfig {
         RedisLockConfig::from_state_url(&StateUrl::parse(url)?)
     }
 
-    /// [`from_url`](Self::from_url) for a parsed URL. Besides the Redis parameters it
-    /// takes `wait_timeout=DURATION` (how long `acquire` waits).
+    /// [`from_url`](Self::from_url) for a parsed URL. The URL's parameters are the Redis
+    /// ones (its `wait_timeout=` is `WAIT`'s, for writes); set how long `acquire` waits
+    /// with [`with_wait_timeout`](Self::with_wait_timeout) or
+    /// [`LockOptions`](state_core::LockOptions).
     pub fn from_state_url(url: &StateUrl) -> Result<RedisLockConfig> {
-        let wait_timeout = crate::wait_timeout_param(url)?;
-        let mut server = url.clone();
-        server.hand_over(&["wait_timeout"]);
-        let config = RedisLockConfig::new(RedisConfig::from_state_url(&server)?);
-        Ok(match wait_timeout {
-            Some(wait) => config.with_wait_timeout(wait),
-            None => config,
-        })
+        Ok(RedisLockConfig::new(RedisConfig::from_state_url(url)?))
     }
 
     /// How long [`acquire`](DistributedLock::acquire) waits for a busy lock before a
