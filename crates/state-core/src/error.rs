@@ -47,6 +47,40 @@ impl ErrorKind {
         )
     }
 
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::Connection,
+        ErrorKind::Timeout,
+        ErrorKind::Unavailable,
+        ErrorKind::Conflict,
+        ErrorKind::Fenced,
+        ErrorKind::NotOwner,
+        ErrorKind::InvalidInput,
+        ErrorKind::Config,
+        ErrorKind::Corrupt,
+        ErrorKind::Unsupported,
+        ErrorKind::NotFound,
+        ErrorKind::Backend,
+    ];
+
+    /// The kind as one snake_case word, for metric labels and logs (`not_owner`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Connection => "connection",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Fenced => "fenced",
+            ErrorKind::NotOwner => "not_owner",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Config => "config",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Backend => "backend",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             ErrorKind::Connection => "connection error",

@@ -44,11 +44,22 @@ impl LockOptions {
     }
 }
 
-/// URL parameters the registry reads itself, for the layers they name:
+/// URL parameters every registry reads itself, for the layers they name:
 ///
 /// - `stats=true`: a [`StatsLayer`] (the guide's `stats()` counters);
-/// - `deadline=DURATION`: a [`TimeoutLayer`] bounding each call, on backends and locks.
+/// - `deadline=DURATION`: a [`TimeoutLayer`] bounding each call, on backends and locks,
+///   below every other layer so that they see its timeouts.
+///
+/// Crates add switches of their own with [`Registry::register_switch`] (state-metrics:
+/// `metrics=true`, `tracing=true`).
 pub const LAYER_PARAMS: [&str; 2] = ["stats", "deadline"];
+
+/// Layers a URL switches on with `PARAM=true`.
+#[derive(Debug, Clone)]
+struct Switch {
+    param: &'static str,
+    stack: Stack,
+}
 
 /// The composition root: opens backends and lock services by URL, each wrapped in the
 /// layers the URL names (see [`LAYER_PARAMS`]) under those set in code.
@@ -77,6 +88,7 @@ pub struct Registry {
     connectors: BTreeMap<Scheme, Connector>,
     locks: BTreeMap<Scheme, LockConnector>,
     stack: Stack,
+    switches: Vec<Switch>,
 }
 
 impl fmt::Debug for Registry {
@@ -85,6 +97,7 @@ impl fmt::Debug for Registry {
             .field("schemes", &self.connectors.keys().collect::<Vec<_>>())
             .field("lock_schemes", &self.locks.keys().collect::<Vec<_>>())
             .field("stack", &self.stack)
+            .field("switches", &self.switches)
             .finish()
     }
 }
@@ -102,7 +115,9 @@ impl Registry {
             connectors: BTreeMap::new(),
             locks: BTreeMap::new(),
             stack: Stack::new(),
+            switches: Vec::new(),
         };
+        registry.register_switch("stats", Stack::new().layer(StatsLayer::new()));
         registry.register(&[Scheme::Memory], |url| {
             Box::pin(async move {
                 let backend = crate::memory::MemoryBackend::from_url(&url)?;
@@ -132,6 +147,14 @@ impl Registry {
         for scheme in schemes {
             self.locks.insert(*scheme, connector.clone());
         }
+    }
+
+    /// Lets URLs switch `stack` on with `param=true` (`param=false` or no parameter: off).
+    /// Switched-on stacks apply in the order they were registered, below the layers set
+    /// in code and above the URL's `deadline`; registering `param` again replaces it.
+    pub fn register_switch(&mut self, param: &'static str, stack: Stack) {
+        self.switches.retain(|s| s.param != param);
+        self.switches.push(Switch { param, stack });
     }
 
     /// Adds `layer` to every backend this registry opens, below the layers added before
@@ -172,8 +195,7 @@ impl Registry {
                 known.join(", ")
             )));
         };
-        let named = url_layers(&url)?;
-        url.hand_over(&LAYER_PARAMS);
+        let named = self.url_layers(&mut url)?;
         let backend = connector(url).await?;
         Ok(self.stack.apply(named.apply(backend)))
     }
@@ -193,8 +215,7 @@ impl Registry {
         let Some(connector) = self.locks.get(&url.scheme()) else {
             return Err(self.no_lock_for(url.scheme()));
         };
-        let named = url_layers(&url)?;
-        url.hand_over(&LAYER_PARAMS);
+        let named = self.url_layers(&mut url)?;
         let lock = connector(url, options).await?;
         Ok(self.stack.apply_lock(named.apply_lock(lock)))
     }
@@ -215,30 +236,40 @@ impl Registry {
     }
 }
 
-/// The layers a URL names with [`LAYER_PARAMS`], outermost first.
-fn url_layers(url: &StateUrl) -> Result<Stack> {
-    let mut stack = Stack::new();
-    match url.param("stats") {
-        None | Some("false") => {}
-        Some("true") => stack = stack.layer(StatsLayer::new()),
-        Some(other) => {
-            return Err(StateError::config(format!(
-                "parameter `stats`: `{other}` is not valid; write stats=true or stats=false"
-            )));
+impl Registry {
+    /// The layers `url` names, outermost first; their parameters are handed over, so that
+    /// the backend or lock service accepts them without reading them.
+    fn url_layers(&self, url: &mut StateUrl) -> Result<Stack> {
+        let mut stack = Stack::new();
+        for switch in &self.switches {
+            match url.param(switch.param) {
+                None | Some("false") => {}
+                Some("true") => stack.extend(&switch.stack),
+                Some(other) => {
+                    return Err(StateError::config(format!(
+                        "parameter `{param}`: `{other}` is not valid; write {param}=true or \
+                         {param}=false",
+                        param = switch.param
+                    )));
+                }
+            }
+            url.hand_over(&[switch.param]);
         }
-    }
-    if let Some(raw) = url.param("deadline") {
-        let deadline = parse_duration(raw)
-            .map_err(|e| StateError::config(format!("parameter `deadline`: {}", e.message())))?;
-        if deadline.is_zero() {
-            return Err(StateError::config(
-                "parameter `deadline`: 0 would end every call at once; leave it out for none",
-            ));
+        if let Some(raw) = url.param("deadline") {
+            let deadline = parse_duration(raw).map_err(|e| {
+                StateError::config(format!("parameter `deadline`: {}", e.message()))
+            })?;
+            if deadline.is_zero() {
+                return Err(StateError::config(
+                    "parameter `deadline`: 0 would end every call at once; leave it out for none",
+                ));
+            }
+            let timeout = TimeoutLayer::new(deadline);
+            stack = stack.layer(timeout).lock_layer(timeout);
         }
-        let timeout = TimeoutLayer::new(deadline);
-        stack = stack.layer(timeout).lock_layer(timeout);
+        url.hand_over(&["deadline"]);
+        Ok(stack)
     }
-    Ok(stack)
 }
 
 #[cfg(test)]

@@ -36,6 +36,22 @@ pub trait Hook: Send + Sync + fmt::Debug + 'static {
         stream
     }
 
+    /// Wraps the entries given to `import` (and, as a stream, to `restore`) before the
+    /// inner backend reads them. Passed through by default.
+    fn around_entries<'a>(
+        &'a self,
+        entries: BoxStream<'a, Result<Entry>>,
+    ) -> BoxStream<'a, Result<Entry>> {
+        entries
+    }
+
+    /// Checks the entries of a checkpoint about to be restored; an error means nothing is
+    /// sent. Nothing to check by default.
+    fn check_entries(&self, entries: &[Entry]) -> Result<()> {
+        let _ = entries;
+        Ok(())
+    }
+
     /// The capabilities the wrapped backend shows, given the inner one's.
     fn capabilities(&self, inner: Capabilities) -> Capabilities {
         inner
@@ -76,6 +92,36 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// Every operation, in the trait's order: `ALL[kind.index()] == kind`.
+    pub const ALL: [OpKind; 21] = [
+        OpKind::Get,
+        OpKind::Put,
+        OpKind::PutWithTtl,
+        OpKind::PutWithMetadata,
+        OpKind::Delete,
+        OpKind::BatchGet,
+        OpKind::BatchPut,
+        OpKind::BatchDelete,
+        OpKind::GetAndDelete,
+        OpKind::SetIfNotExists,
+        OpKind::CompareAndSwap,
+        OpKind::PutFenced,
+        OpKind::Ttl,
+        OpKind::Scan,
+        OpKind::Count,
+        OpKind::Clear,
+        OpKind::Checkpoint,
+        OpKind::Restore,
+        OpKind::Export,
+        OpKind::Import,
+        OpKind::HealthCheck,
+    ];
+
+    /// The position of this kind in [`ALL`](Self::ALL), for tables indexed by operation.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The trait method's name, for logs and metric labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -156,6 +202,24 @@ pub enum Input<'a> {
 }
 
 impl Input<'_> {
+    /// How many keys or entries the call names (1 for a point call, 0 for none).
+    pub fn entries(&self) -> usize {
+        match *self {
+            Input::None | Input::Prefix(_) => 0,
+            Input::Key(_) | Input::Entry(..) | Input::Swap(..) => 1,
+            Input::Keys(keys) => keys.len(),
+            Input::Entries(entries) => entries.len(),
+        }
+    }
+
+    /// The length of the key, for a point call.
+    pub fn key_len(&self) -> Option<usize> {
+        match *self {
+            Input::Key(key) | Input::Entry(key, _) | Input::Swap(key, ..) => Some(key.len()),
+            _ => None,
+        }
+    }
+
     /// Key and value bytes the caller hands over to be stored (keys without prefix).
     pub fn bytes_written(&self) -> u64 {
         let n = match *self {

@@ -157,7 +157,12 @@ impl<H: Hook> StateBackend for Layered<H> {
 
     async fn restore(&self, checkpoint: Checkpoint) -> Result<()> {
         let op = op(OpKind::Restore, Input::None);
-        self.hook.around(op, self.inner.restore(checkpoint)).await
+        let checked = self.hook.check_entries(checkpoint.entries());
+        let call = async move {
+            checked?;
+            self.inner.restore(checkpoint).await
+        };
+        self.hook.around(op, call).await
     }
 
     fn export(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {
@@ -167,6 +172,7 @@ impl<H: Hook> StateBackend for Layered<H> {
 
     async fn import(&self, entries: BoxStream<'_, Result<Entry>>, mode: ImportMode) -> Result<u64> {
         let op = op(OpKind::Import, Input::None);
+        let entries = self.hook.around_entries(entries);
         self.hook.around(op, self.inner.import(entries, mode)).await
     }
 

@@ -3,9 +3,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::backend::StateBackend;
+use crate::backend::{BoxStream, StateBackend};
 use crate::error::Result;
-use crate::types::{Capabilities, Limits};
+use crate::types::{Capabilities, Entry, Limits};
 
 use super::Layer;
 use super::hook::{Hook, Op, Outcome};
@@ -51,6 +51,25 @@ impl Hook for LimitsLayer {
             checked?;
             call.await
         }
+    }
+
+    fn around_entries<'a>(
+        &'a self,
+        entries: BoxStream<'a, Result<Entry>>,
+    ) -> BoxStream<'a, Result<Entry>> {
+        // An entry over the limits becomes an error in the stream: the import stops there,
+        // and backends with atomic restore keep the old state.
+        crate::stream::map(entries, move |entry| {
+            let entry = entry?;
+            self.limits.check_entry(&entry.key, &entry.value)?;
+            Ok(entry)
+        })
+    }
+
+    fn check_entries(&self, entries: &[Entry]) -> Result<()> {
+        entries
+            .iter()
+            .try_for_each(|e| self.limits.check_entry(&e.key, &e.value))
     }
 
     fn capabilities(&self, mut inner: Capabilities) -> Capabilities {

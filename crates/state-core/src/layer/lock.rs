@@ -41,10 +41,28 @@ impl LockOp {
     }
 }
 
+/// A lock call's result, as a layer may look at it.
+pub trait LockOutcome: Send {
+    /// Whether the call found the lock held by someone else (`try_acquire` got `None`).
+    fn busy(&self) -> bool {
+        false
+    }
+}
+
+impl LockOutcome for () {}
+impl LockOutcome for bool {}
+impl LockOutcome for LockGuard {}
+
+impl LockOutcome for Option<LockGuard> {
+    fn busy(&self) -> bool {
+        self.is_none()
+    }
+}
+
 /// What a layer does around each call of the lock service it wraps.
 pub trait LockHook: Send + Sync + fmt::Debug + 'static {
     /// Runs `call`, the inner lock service's answer to `op`.
-    fn around<T: Send>(
+    fn around<T: LockOutcome>(
         &self,
         op: LockOp,
         call: impl Future<Output = Result<T>> + Send,

@@ -65,7 +65,7 @@ use crate::lock::DistributedLock;
 pub use hook::{Hook, Input, Observed, Op, OpKind, Outcome};
 pub use layered::Layered;
 pub use limits::LimitsLayer;
-pub use lock::{LockHook, LockLayered, LockOp};
+pub use lock::{LockHook, LockLayered, LockOp, LockOutcome};
 pub use stats::{Stats, StatsLayer};
 pub use timeout::TimeoutLayer;
 
@@ -117,6 +117,12 @@ impl Stack {
     /// Adds a shared lock layer (as [`lock_layer`](Self::lock_layer)).
     pub fn push_lock(&mut self, layer: Arc<dyn LockLayer>) {
         self.lock_layers.push(layer);
+    }
+
+    /// Adds every layer of `other` below the layers already added.
+    pub fn extend(&mut self, other: &Stack) {
+        self.layers.extend(other.layers.iter().cloned());
+        self.lock_layers.extend(other.lock_layers.iter().cloned());
     }
 
     /// Whether the stack holds no layer of either kind.

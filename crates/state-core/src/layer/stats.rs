@@ -1,13 +1,9 @@
 //! [`StatsLayer`]: the guide's `stats()` counters, kept the same way for every backend.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-use futures_core::Stream;
 
 use crate::backend::{BoxStream, StateBackend};
 use crate::error::Result;
@@ -104,13 +100,12 @@ impl Hook for Counters {
         stream: BoxStream<'a, Result<Entry>>,
     ) -> BoxStream<'a, Result<Entry>> {
         let _ = kind;
-        Box::pin(CountedStream {
-            counters: self,
+        let started = Instant::now();
+        crate::stream::observed(
             stream,
-            started: Instant::now(),
-            ok: true,
-            done: false,
-        })
+            |entry: &Entry| add(&self.bytes_read, entry.value.len() as u64),
+            move |ok| self.finished(started.elapsed(), ok),
+        )
     }
 
     fn stats(&self, inner: Stats) -> Stats {
@@ -127,46 +122,5 @@ impl Hook for Counters {
             bytes_written: load(&self.bytes_written),
             ..inner
         }
-    }
-}
-
-/// A scan or export, counted as one operation when it ends or is dropped.
-struct CountedStream<'a> {
-    counters: &'a Counters,
-    stream: BoxStream<'a, Result<Entry>>,
-    started: Instant,
-    ok: bool,
-    done: bool,
-}
-
-impl CountedStream<'_> {
-    fn finish(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.counters.finished(self.started.elapsed(), self.ok);
-        }
-    }
-}
-
-impl Stream for CountedStream<'_> {
-    type Item = Result<Entry>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = self.stream.as_mut().poll_next(cx);
-        match &item {
-            Poll::Ready(Some(Ok(entry))) => {
-                add(&self.counters.bytes_read, entry.value.len() as u64)
-            }
-            Poll::Ready(Some(Err(_))) => self.ok = false,
-            Poll::Ready(None) => self.finish(),
-            Poll::Pending => {}
-        }
-        item
-    }
-}
-
-impl Drop for CountedStream<'_> {
-    fn drop(&mut self) {
-        self.finish();
     }
 }

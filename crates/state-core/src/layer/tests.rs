@@ -212,3 +212,13 @@ async fn a_write_cut_short_by_the_deadline_may_have_been_applied() -> Result<()>
     assert_eq!(quick.get(b"k").await?.as_deref(), Some(&b"v"[..]));
     Ok(())
 }
+
+#[test]
+fn every_kind_is_listed_at_its_index() {
+    for (i, kind) in OpKind::ALL.iter().enumerate() {
+        assert_eq!(kind.index(), i, "{kind}");
+    }
+    for (i, kind) in crate::ErrorKind::ALL.iter().enumerate() {
+        assert_eq!(*kind as usize, i, "{kind}");
+    }
+}

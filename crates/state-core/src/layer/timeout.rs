@@ -10,7 +10,7 @@ use crate::lock::DistributedLock;
 
 use super::hook::{Hook, Op, Outcome};
 use super::layered::Layered;
-use super::lock::{LockHook, LockLayered, LockOp};
+use super::lock::{LockHook, LockLayered, LockOp, LockOutcome};
 use super::{Layer, LockLayer};
 
 /// Ends any call that takes longer than the deadline with a
@@ -94,7 +94,7 @@ impl Hook for TimeoutLayer {
 }
 
 impl LockHook for TimeoutLayer {
-    fn around<T: Send>(
+    fn around<T: LockOutcome>(
         &self,
         op: LockOp,
         call: impl Future<Output = Result<T>> + Send,
