@@ -156,6 +156,10 @@ fn status() -> Result<()> {
         Some(path) => println!("pgbouncer  installed ({})", path.display()),
         None => println!("pgbouncer  NOT installed (apt-get install pgbouncer)"),
     }
+    match which("promtool") {
+        Some(path) => println!("promtool   installed ({})", path.display()),
+        None => println!("promtool   NOT installed (apt-get install prometheus)"),
+    }
     let record = Record::load();
     let mut started = Vec::new();
     if let Some(pid) = record.redis_pid {
@@ -221,9 +225,10 @@ fn down() -> Result<()> {
     Ok(())
 }
 
-/// Installs redis-server, postgresql and pgbouncer when their binaries are missing: with
-/// apt-get when root, else says exactly what to install. Each is needed: the state-lock
-/// tests start a PgBouncer in front of PostgreSQL.
+/// Installs redis-server, postgresql, pgbouncer and prometheus when their binaries are
+/// missing: with apt-get when root, else says exactly what to install. Each is needed: the
+/// state-lock tests start a PgBouncer in front of PostgreSQL, and the state-metrics tests
+/// check what they emit with `promtool` (shipped in Debian's `prometheus` package).
 fn install_missing() -> Result<()> {
     let mut missing = Vec::new();
     if which("redis-server").is_none() || which("redis-cli").is_none() {
@@ -234,6 +239,9 @@ fn install_missing() -> Result<()> {
     }
     if find_pgbouncer().is_none() {
         missing.push("pgbouncer");
+    }
+    if which("promtool").is_none() {
+        missing.push("prometheus");
     }
     if missing.is_empty() {
         return Ok(());

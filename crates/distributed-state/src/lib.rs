@@ -12,6 +12,9 @@ pub use state_embedded as embedded;
 /// Distributed locks, the watchdog and leader election (feature `lock`).
 #[cfg(feature = "lock")]
 pub use state_lock as lock;
+/// Metrics, tracing and the Prometheus exporter (feature `metrics`).
+#[cfg(feature = "metrics")]
+pub use state_metrics as metrics;
 /// The PostgreSQL backend (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub use state_postgres as postgres;
@@ -30,6 +33,8 @@ pub fn registry() -> Registry {
     state_postgres::register(&mut registry);
     #[cfg(feature = "lock")]
     state_lock::register(&mut registry);
+    #[cfg(feature = "metrics")]
+    state_metrics::register(&mut registry);
     registry
 }
 

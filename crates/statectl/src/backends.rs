@@ -1,5 +1,9 @@
 //! Which backends this binary can open, and which URL a command uses.
 
+use std::net::ToSocketAddrs;
+use std::sync::OnceLock;
+
+use distributed_state::metrics::{LockMetricsLayer, MetricsLayer, prometheus};
 use state_core::{Registry, StateUrl};
 
 use crate::error::CliError;
@@ -7,10 +11,34 @@ use crate::error::CliError;
 /// The store used when neither `--url` nor `$STATE_URL` is given.
 pub const DEFAULT_URL: &str = "redb:.statectl/state.redb";
 
+/// Whether `--metrics-addr` installed the Prometheus recorder: then every backend and lock
+/// service opened records into it. Process-wide, like the recorder itself.
+static SERVING_METRICS: OnceLock<()> = OnceLock::new();
+
 /// The composition root: every backend and lock service linked into statectl (the
 /// facade's, with all its features), through which statectl opens everything.
 pub fn registry() -> Registry {
-    distributed_state::registry()
+    let registry = distributed_state::registry();
+    match SERVING_METRICS.get() {
+        Some(()) => registry
+            .layer(MetricsLayer::new())
+            .lock_layer(LockMetricsLayer::new()),
+        None => registry,
+    }
+}
+
+/// `--metrics-addr HOST:PORT`: serves `/metrics` there for the life of the process, and
+/// makes [`registry`] record every operation.
+pub fn serve_metrics(addr: &str) -> Result<(), CliError> {
+    let bad = |why: String| CliError::Usage(format!("--metrics-addr {addr}: {why}"));
+    let resolved = addr
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("not a HOST:PORT address ({e})")))?
+        .next()
+        .ok_or_else(|| bad("the host name resolves to no address".into()))?;
+    prometheus::install(resolved).map_err(|e| bad(e.message().to_string()))?;
+    let _ = SERVING_METRICS.set(());
+    Ok(())
 }
 
 /// The URL to open: `--url` (or `$STATE_URL`, which clap already folded in), else the

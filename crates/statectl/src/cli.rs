@@ -18,6 +18,10 @@ pub struct Cli {
     // The env value is hidden from --help: it may hold a password.
     #[arg(long, global = true, env = "STATE_URL", hide_env_values = true)]
     pub url: Option<String>,
+    /// Serve Prometheus metrics of every operation at http://HOST:PORT/metrics while the
+    /// command runs
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

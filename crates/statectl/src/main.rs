@@ -75,6 +75,9 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Some(addr) = &cli.metrics_addr {
+        backends::serve_metrics(addr)?;
+    }
     if let Command::Checkpoint(command) = &cli.command {
         // The default store is embedded and refused anyway: no directory is created for it.
         let url = StateUrl::parse(cli.url.as_deref().unwrap_or(backends::DEFAULT_URL))?;

@@ -1,0 +1,153 @@
+//! Every metric this crate emits, in one place: name, kind, labels and help. The docs, the
+//! descriptions given to the recorder, and the test that compares them with what is really
+//! emitted all read this table.
+
+/// What a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// A monotonic count (`_total`).
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution (rendered as a Prometheus histogram with [`DURATION_BUCKETS`] or
+    /// [`ENTRY_BUCKETS`]).
+    Histogram,
+}
+
+/// One metric: its name, kind, label names (closed sets only: never a key, a path or an
+/// id) and help text.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The name, as Prometheus shows it.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// The label names it carries.
+    pub labels: &'static [&'static str],
+    /// The help text.
+    pub help: &'static str,
+}
+
+/// Calls finished, by backend, operation and `status` (`ok` or `error`).
+pub const OPERATIONS_TOTAL: &str = "state_operations_total";
+/// Seconds per call, by backend and operation.
+pub const OPERATION_DURATION: &str = "state_operation_duration_seconds";
+/// Failed calls, by backend, operation and error `kind` (`ErrorKind::name`).
+pub const ERRORS_TOTAL: &str = "state_errors_total";
+/// Keys found by reads.
+pub const HITS_TOTAL: &str = "state_get_hits_total";
+/// Keys reads did not find.
+pub const MISSES_TOTAL: &str = "state_get_misses_total";
+/// Value bytes handed back to callers.
+pub const BYTES_READ_TOTAL: &str = "state_bytes_read_total";
+/// Key and value bytes callers handed over to be stored.
+pub const BYTES_WRITTEN_TOTAL: &str = "state_bytes_written_total";
+/// Keys or entries per batch call.
+pub const BATCH_ENTRIES: &str = "state_batch_entries";
+/// Calls under way.
+pub const IN_FLIGHT: &str = "state_operations_in_flight";
+/// Lock calls finished, by operation and `outcome`.
+pub const LOCK_OPERATIONS_TOTAL: &str = "state_lock_operations_total";
+/// Seconds to take a lock (`try_acquire` or `acquire`), by operation and outcome.
+pub const LOCK_ACQUIRE_DURATION: &str = "state_lock_acquire_duration_seconds";
+/// Leases found lost: an extend or release refused because the lock was no longer held.
+pub const LOCK_LOST_TOTAL: &str = "state_lock_leases_lost_total";
+
+/// Every metric, for docs, descriptions and tests.
+pub const METRICS: [Metric; 12] = [
+    Metric {
+        name: OPERATIONS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["backend", "operation", "status"],
+        help: "State operations finished, by backend, operation and status (ok or error).",
+    },
+    Metric {
+        name: OPERATION_DURATION,
+        kind: MetricKind::Histogram,
+        labels: &["backend", "operation"],
+        help: "Seconds per state operation, retries included.",
+    },
+    Metric {
+        name: ERRORS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["backend", "operation", "kind"],
+        help: "State operations that failed, by error kind (fenced: a stale writer refused).",
+    },
+    Metric {
+        name: HITS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["backend"],
+        help: "Keys found by get, batch_get and get_and_delete.",
+    },
+    Metric {
+        name: MISSES_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["backend"],
+        help: "Keys get, batch_get and get_and_delete did not find.",
+    },
+    Metric {
+        name: BYTES_READ_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["backend"],
+        help: "Value bytes handed back to callers.",
+    },
+    Metric {
+        name: BYTES_WRITTEN_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["backend"],
+        help: "Key and value bytes callers handed over to be stored.",
+    },
+    Metric {
+        name: BATCH_ENTRIES,
+        kind: MetricKind::Histogram,
+        labels: &["backend", "operation"],
+        help: "Keys or entries per batch call.",
+    },
+    Metric {
+        name: IN_FLIGHT,
+        kind: MetricKind::Gauge,
+        labels: &["backend"],
+        help: "State operations under way.",
+    },
+    Metric {
+        name: LOCK_OPERATIONS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["operation", "outcome"],
+        help: "Lock calls finished, by operation and outcome (ok, busy, lost, error).",
+    },
+    Metric {
+        name: LOCK_ACQUIRE_DURATION,
+        kind: MetricKind::Histogram,
+        labels: &["operation", "outcome"],
+        help: "Seconds to take a lock, waits included, by outcome (ok, busy, error).",
+    },
+    Metric {
+        name: LOCK_LOST_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        help: "Leases found lost: an extend or release refused because the lock had expired or been taken over.",
+    },
+];
+
+/// Buckets of the duration histograms: 50 µs to 10 s.
+pub const DURATION_BUCKETS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Buckets of [`BATCH_ENTRIES`]: 1 to 100 000 keys per call.
+pub const ENTRY_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 100_000.0,
+];
+
+/// Gives every metric's help text to the installed recorder (Prometheus prints it as
+/// `# HELP`). Idempotent; call it after installing the recorder.
+pub fn describe() {
+    for metric in METRICS {
+        match metric.kind {
+            MetricKind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            MetricKind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! What the layers really emit, rendered by the Prometheus recorder, against the one table
+//! of names (`state_metrics::names`), and checked by `promtool check metrics`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use state_core::{
+    DistributedLock, ErrorKind, MemoryBackend, Stack, StateBackend, StateError, stream,
+};
+use state_lock::MemoryLock;
+use state_metrics::names::{self, MetricKind};
+use state_metrics::{LockMetricsLayer, MetricsLayer, TracingLayer};
+
+type TestResult = Result<(), StateError>;
+
+/// A workload that makes every metric move: hits, misses, batches, a scan, an invalid
+/// input, a busy lock and a lost lease.
+async fn workload(backend: Arc<dyn StateBackend>, lock: Arc<dyn DistributedLock>) -> TestResult {
+    backend.put(b"a", b"12345").await?;
+    backend.get(b"a").await?;
+    backend.get(b"missing").await?;
+    backend.batch_put(&[(b"b", b"1"), (b"c", b"2")]).await?;
+    backend.batch_get(&[b"a", b"b", b"nope"]).await?;
+    let _ = stream::try_collect(backend.scan(b"")).await?;
+    let refused = backend.put(b"", b"v").await.err().map(|e| e.kind());
+    assert_eq!(refused, Some(ErrorKind::InvalidInput));
+
+    let short = Duration::from_millis(50);
+    let first = lock.try_acquire("job", short).await?;
+    assert!(first.is_some());
+    assert!(lock.try_acquire("job", short).await?.is_none(), "busy");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let second = lock.try_acquire("job", Duration::from_secs(5)).await?;
+    if let Some(stale) = first {
+        let lost = lock.release(stale).await.err().map(|e| e.kind());
+        assert_eq!(
+            lost,
+            Some(ErrorKind::NotOwner),
+            "the stale holder lost its lease"
+        );
+    }
+    if let Some(guard) = second {
+        lock.release(guard).await?;
+    }
+    Ok(())
+}
+
+/// `name{labels} value` lines of the Prometheus text, by metric family.
+fn families(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|base| names::METRICS.iter().any(|m| m.name == *base))
+            .unwrap_or(name);
+        out.entry(family.to_string())
+            .or_default()
+            .push(line.to_string());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else() -> TestResult {
+    let recorder = state_metrics::prometheus::recorder()?;
+    let handle = recorder.handle();
+    // The handles are taken when the layers are applied: under this test's recorder.
+    let (backend, lock) = metrics::with_local_recorder(&recorder, || {
+        names::describe();
+        let backend = Stack::new()
+            .layer(TracingLayer::new())
+            .layer(MetricsLayer::new())
+            .apply(Arc::new(MemoryBackend::new()));
+        let lock = Stack::new()
+            .lock_layer(LockMetricsLayer::new())
+            .apply_lock(Arc::new(MemoryLock::new()));
+        (backend, lock)
+    });
+    // The one lookup made per call (an error's kind) goes to the same recorder.
+    let outcome = metrics::with_local_recorder(&recorder, || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(workload(backend, lock))
+        })
+    });
+    outcome?;
+    let text = handle.render();
+    let found = families(&text);
+
+    for metric in names::METRICS {
+        let lines = found
+            .get(metric.name)
+            .unwrap_or_else(|| panic!("{} was not emitted:\n{text}", metric.name));
+        let kind = match metric.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        };
+        assert!(
+            text.contains(&format!("# TYPE {} {kind}", metric.name)),
+            "{} is not a {kind}:\n{text}",
+            metric.name
+        );
+        assert!(text.contains(&format!("# HELP {} ", metric.name)));
+        for line in lines {
+            let labels = line
+                .split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'))
+                .map_or("", |(labels, _)| labels);
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let label = pair.split('=').next().unwrap_or_default();
+                assert!(
+                    metric.labels.contains(&label) || label == "le",
+                    "{line}: label `{label}` is not in the table for {}",
+                    metric.name
+                );
+            }
+        }
+    }
+    for family in found.keys() {
+        assert!(
+            names::METRICS.iter().any(|m| m.name == family),
+            "{family} is emitted but not in the table"
+        );
+    }
+    // Durations use this crate's buckets (50 µs to 10 s), not summaries.
+    assert!(
+        text.contains("state_operation_duration_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(text.contains("le=\"0.00005\""), "{text}");
+    // The workload's outcomes, as counted.
+    for expected in [
+        "state_operations_total{backend=\"memory\",operation=\"put\",status=\"error\"} 1",
+        "state_errors_total{backend=\"memory\",operation=\"put\",kind=\"invalid_input\"} 1",
+        "state_get_hits_total{backend=\"memory\"} 3",
+        "state_get_misses_total{backend=\"memory\"} 2",
+        "state_operations_total{backend=\"memory\",operation=\"scan\",status=\"ok\"} 1",
+        "state_lock_operations_total{operation=\"try_acquire\",outcome=\"busy\"} 1",
+        "state_lock_operations_total{operation=\"release\",outcome=\"lost\"} 1",
+        "state_lock_leases_lost_total 1",
+        "state_operations_in_flight{backend=\"memory\"} 0",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+
+    // And Prometheus's own linter finds nothing wrong with the exposition.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is not installed ({e}): run `cargo xtask services up`")
+        });
+    if let Some(mut stdin) = promtool.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot feed promtool: {e}"));
+    }
+    let checked = promtool
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool did not finish: {e}"));
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    Ok(())
+}
