@@ -43,6 +43,7 @@ mod containers;
 mod pgbouncer;
 mod postgres;
 pub mod process;
+mod prometheus;
 mod redis;
 mod sentinel;
 
@@ -50,6 +51,7 @@ pub use certs::TestCerts;
 pub use cluster::RedisCluster;
 pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolMode};
 pub use postgres::{LocalPostgres, LocalPostgresOptions};
+pub use prometheus::LocalPrometheus;
 pub use redis::{LocalRedis, LocalRedisOptions, RedisTls};
 pub use sentinel::RedisSentinel;
 
