@@ -30,6 +30,7 @@ mod redis;
 mod wait;
 mod watchdog;
 
+#[cfg(feature = "postgres")]
 pub(crate) use connect::wait_timeout_param;
 pub use connect::{connect, register};
 pub use leader::{LeaderElector, Leadership, Term};

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+#[cfg(feature = "leader")]
+mod leader;
 mod lock;
 pub mod names;
 #[cfg(feature = "prometheus")]
@@ -10,6 +12,8 @@ pub mod prometheus;
 mod spans;
 
 pub use backend::MetricsLayer;
+#[cfg(feature = "leader")]
+pub use leader::watch_leadership;
 pub use lock::LockMetricsLayer;
 pub use spans::TracingLayer;
 

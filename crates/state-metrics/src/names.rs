@@ -53,8 +53,13 @@ pub const LOCK_ACQUIRE_DURATION: &str = "state_lock_acquire_duration_seconds";
 /// Leases found lost: an extend or release refused because the lock was no longer held.
 pub const LOCK_LOST_TOTAL: &str = "state_lock_leases_lost_total";
 
+/// 1 while this process leads the election, else 0.
+pub const LEADER_IS_LEADER: &str = "state_leader_is_leader";
+/// Leadership changes seen by this process: elected, stepped down, lease lost.
+pub const LEADER_CHANGES_TOTAL: &str = "state_leader_changes_total";
+
 /// Every metric, for docs, descriptions and tests.
-pub const METRICS: [Metric; 12] = [
+pub const METRICS: [Metric; 14] = [
     Metric {
         name: OPERATIONS_TOTAL,
         kind: MetricKind::Counter,
@@ -126,6 +131,18 @@ pub const METRICS: [Metric; 12] = [
         kind: MetricKind::Counter,
         labels: &[],
         help: "Leases found lost: an extend or release refused because the lock had expired or been taken over.",
+    },
+    Metric {
+        name: LEADER_IS_LEADER,
+        kind: MetricKind::Gauge,
+        labels: &["election"],
+        help: "1 while this process leads the election, else 0.",
+    },
+    Metric {
+        name: LEADER_CHANGES_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["election"],
+        help: "Leadership changes seen by this process: elected, stepped down, lease lost.",
     },
 ];
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use state_core::{
     DistributedLock, ErrorKind, MemoryBackend, Stack, StateBackend, StateError, stream,
 };
-use state_lock::MemoryLock;
+use state_lock::{LeaderElector, MemoryLock};
 use state_metrics::names::{self, MetricKind};
 use state_metrics::{LockMetricsLayer, MetricsLayer, TracingLayer};
 
@@ -73,8 +73,14 @@ async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else()
     let recorder = state_metrics::prometheus::recorder()?;
     let handle = recorder.handle();
     // The handles are taken when the layers are applied: under this test's recorder.
-    let (backend, lock) = metrics::with_local_recorder(&recorder, || {
+    let elector = LeaderElector::new(
+        Arc::new(MemoryLock::new()),
+        "nightly",
+        Duration::from_secs(30),
+    );
+    let (backend, lock, watching) = metrics::with_local_recorder(&recorder, || {
         names::describe();
+        let watching = state_metrics::watch_leadership("nightly", &elector);
         let backend = Stack::new()
             .layer(TracingLayer::new())
             .layer(MetricsLayer::new())
@@ -82,7 +88,7 @@ async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else()
         let lock = Stack::new()
             .lock_layer(LockMetricsLayer::new())
             .apply_lock(Arc::new(MemoryLock::new()));
-        (backend, lock)
+        (backend, lock, watching)
     });
     // The one lookup made per call (an error's kind) goes to the same recorder.
     let outcome = metrics::with_local_recorder(&recorder, || {
@@ -91,6 +97,27 @@ async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else()
         })
     });
     outcome?;
+    // Elected, then stepped down: two changes. Each is awaited before the next, since a
+    // watch shows only the latest of changes that come together.
+    let seen = |expected: &'static str| {
+        let handle = handle.clone();
+        async move {
+            for _ in 0..250 {
+                if handle.render().contains(expected) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    let term = elector.campaign().await?;
+    assert!(seen("state_leader_is_leader{election=\"nightly\"} 1").await);
+    term.step_down().await?;
+    let counted = "state_leader_changes_total{election=\"nightly\"} 2";
+    assert!(seen(counted).await, "{}", handle.render());
+    drop(elector);
+    let _ = watching.await;
     let text = handle.render();
     let found = families(&text);
 
@@ -147,6 +174,8 @@ async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else()
         "state_lock_operations_total{operation=\"release\",outcome=\"lost\"} 1",
         "state_lock_leases_lost_total 1",
         "state_operations_in_flight{backend=\"memory\"} 0",
+        counted,
+        "state_leader_is_leader{election=\"nightly\"} 0",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }

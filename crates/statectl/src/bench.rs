@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bench_plan::plan::{self, MIXED_PUT_PERCENT, Op, Shape, ShapeArgs, Worker};
 use bench_plan::report::{Latencies, OpResult, Report, process_cpu_time};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use state_core::{StateBackend, StateError, StateUrl};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
@@ -70,12 +70,28 @@ pub async fn run(
 }
 
 fn progress_bar() -> ProgressBar {
-    let style = ProgressStyle::with_template(
-        "{msg:>10} [{bar:40}] {pos}/{len} calls ({per_sec}, {eta} left)",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} calls ({rate}, {eta} left)")
+            .map(|s| {
+                s.progress_chars("=> ").with_key(
+                    "rate",
+                    |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{}/s", humanize(state.per_sec()));
+                    },
+                )
+            })
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     ProgressBar::new(0).with_style(style)
+}
+
+/// A rate for people: `950`, `12.3k`, `1.11M` (indicatif's own shows `1,109,466.7801`).
+fn humanize(rate: f64) -> String {
+    match rate {
+        r if !r.is_finite() || r < 0.0 => "–".to_string(),
+        r if r < 1_000.0 => format!("{r:.0}"),
+        r if r < 1_000_000.0 => format!("{:.1}k", r / 1_000.0),
+        r => format!("{:.2}M", r / 1_000_000.0),
+    }
 }
 
 struct Run {
@@ -301,5 +317,16 @@ fn error_label(e: &StateError) -> String {
         format!("{kind} (outcome unknown)")
     } else {
         kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_read_at_a_glance() {
+        assert_eq!(super::humanize(950.4), "950");
+        assert_eq!(super::humanize(12_345.0), "12.3k");
+        assert_eq!(super::humanize(1_109_466.780_1), "1.11M");
+        assert_eq!(super::humanize(f64::NAN), "–");
     }
 }
