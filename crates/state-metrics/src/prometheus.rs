@@ -15,6 +15,12 @@ use crate::names;
 /// Call it once, inside a tokio runtime, before applying the metrics layers. The handle
 /// renders the same text without HTTP.
 pub fn install(addr: SocketAddr) -> Result<PrometheusHandle> {
+    // The listener and the upkeep are tasks: outside a runtime, spawning them would panic.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(StateError::config(
+            "state_metrics::prometheus::install needs a tokio runtime: call it from async code",
+        ));
+    }
     let builder = builder()?.with_http_listener(addr);
     let (recorder, exporter) = builder.build().map_err(|e| {
         StateError::config(format!("cannot serve Prometheus metrics on {addr}: {e}"))

@@ -2,8 +2,7 @@
 //! of names (`state_metrics::names`), and checked by `promtool check metrics`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use state_core::{
 use state_lock::{LeaderElector, MemoryLock};
 use state_metrics::names::{self, MetricKind};
 use state_metrics::{LockMetricsLayer, MetricsLayer, TracingLayer};
+use testing::services::promtool;
 
 type TestResult = Result<(), StateError>;
 
@@ -80,7 +80,8 @@ async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else()
     );
     let (backend, lock, watching) = metrics::with_local_recorder(&recorder, || {
         names::describe();
-        let watching = state_metrics::watch_leadership("nightly", &elector);
+        let watching =
+            state_metrics::watch_leadership("nightly", &elector).unwrap_or_else(|e| panic!("{e}"));
         let backend = Stack::new()
             .layer(TracingLayer::new())
             .layer(MetricsLayer::new())
@@ -181,28 +182,6 @@ async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else()
     }
 
     // And Prometheus's own linter finds nothing wrong with the exposition.
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("promtool is not installed ({e}): run `cargo xtask services up`")
-        });
-    if let Some(mut stdin) = promtool.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("cannot feed promtool: {e}"));
-    }
-    let checked = promtool
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("promtool did not finish: {e}"));
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    promtool(Path::new("."), &["check", "metrics"], Some(&text)).unwrap_or_else(|e| panic!("{e}"));
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! with `promtool test rules`, and referring only to metrics this crate emits.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use state_metrics::names::{self, MetricKind};
 
@@ -11,17 +10,7 @@ fn crate_dir() -> PathBuf {
 }
 
 fn promtool(dir: &Path, args: &[&str]) {
-    let out = Command::new("promtool")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("promtool did not run ({e}): run `cargo xtask services up`"));
-    assert!(
-        out.status.success(),
-        "promtool {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testing::services::promtool(dir, args, None).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Every `state_…` metric name in `text`.

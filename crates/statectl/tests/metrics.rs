@@ -1,19 +1,12 @@
 //! `statectl --metrics-addr`: the lock and backend operations of any command served as
 //! Prometheus metrics while it runs, checked by `promtool check metrics`.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use tempfile::TempDir;
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
+use testing::services::process::free_port;
+use testing::services::promtool;
 
 fn statectl(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_statectl"))
@@ -27,12 +20,12 @@ fn statectl(dir: &Path, args: &[&str]) -> Output {
 #[test]
 fn a_command_run_under_a_lock_can_scrape_the_metrics_of_its_own_statectl() {
     let dir = TempDir::new().expect("temp dir");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let (host, port) = addr.split_once(':').unwrap_or_default();
+    let port = free_port().unwrap_or_else(|e| panic!("{e}"));
+    let addr = format!("127.0.0.1:{port}");
     // The command under the lock scrapes statectl's endpoint (bash's /dev/tcp: no HTTP
     // client needed), so the scrape happens while statectl runs, by construction.
     let scrape = format!(
-        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\
          Connection: close\\r\\n\\r\\n' >&3 && cat <&3 > scrape.txt"
     );
     let out = statectl(
@@ -69,26 +62,7 @@ fn a_command_run_under_a_lock_can_scrape_the_metrics_of_its_own_statectl() {
         "{body}"
     );
 
-    let checked = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            if let Some(mut stdin) = child.stdin.take() {
-                stdin.write_all(body.as_bytes())?;
-            }
-            child.wait_with_output()
-        })
-        .unwrap_or_else(|e| panic!("promtool did not run ({e}): run `cargo xtask services up`"));
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    promtool(dir.path(), &["check", "metrics"], Some(body)).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

@@ -109,16 +109,6 @@ impl Stack {
         self
     }
 
-    /// Adds a shared layer (as [`layer`](Self::layer)).
-    pub fn push(&mut self, layer: Arc<dyn Layer>) {
-        self.layers.push(layer);
-    }
-
-    /// Adds a shared lock layer (as [`lock_layer`](Self::lock_layer)).
-    pub fn push_lock(&mut self, layer: Arc<dyn LockLayer>) {
-        self.lock_layers.push(layer);
-    }
-
     /// Adds every layer of `other` below the layers already added.
     pub fn extend(&mut self, other: &Stack) {
         self.layers.extend(other.layers.iter().cloned());

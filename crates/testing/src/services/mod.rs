@@ -51,7 +51,7 @@ pub use certs::TestCerts;
 pub use cluster::RedisCluster;
 pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolMode};
 pub use postgres::{LocalPostgres, LocalPostgresOptions};
-pub use prometheus::LocalPrometheus;
+pub use prometheus::{LocalPrometheus, promtool};
 pub use redis::{LocalRedis, LocalRedisOptions, RedisTls};
 pub use sentinel::RedisSentinel;
 
@@ -174,6 +174,20 @@ impl fmt::Debug for PostgresService {
 }
 
 /// The URL with any password removed, for Debug output and messages.
+/// Percent-encodes everything but RFC 3986's unreserved characters: for a URL's user info
+/// or a query value.
+pub(crate) fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn redact(url: &str) -> String {
     StateUrl::parse(url)
         .map(|u| u.redacted())

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::ServiceError;
 use super::process::{self, ServerProcess};
+use super::{ServiceError, percent_encode};
 
 /// How long Prometheus may take to answer `/-/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -174,15 +174,42 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// `text` for a URL query value: everything but unreserved characters percent-encoded.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
+/// Runs Prometheus's `promtool ARGS` in `dir` with `stdin` on its standard input (for
+/// `check metrics`), and returns its output; a failure quotes what promtool said.
+pub fn promtool(dir: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, ServiceError> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+
+    let shown = format!("promtool {}", args.join(" "));
+    let mut child = Command::new("promtool")
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            ServiceError::new(format!(
+                "cannot run {shown} ({e}): run `cargo xtask services up` (it installs Debian's \
+                 prometheus package, which ships promtool)"
+            ))
+        })?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .map_err(|e| ServiceError::new(format!("cannot feed {shown}: {e}")))?;
     }
-    out
+    let out = child
+        .wait_with_output()
+        .map_err(|e| ServiceError::new(format!("{shown} did not finish: {e}")))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(said)
+    } else {
+        Err(ServiceError::new(format!("{shown} failed: {said}")))
+    }
 }

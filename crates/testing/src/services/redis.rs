@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::ServiceError;
 use super::process::{self, Reaper, ServerProcess};
+use super::{ServiceError, percent_encode};
 
 /// How long a redis-server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -312,9 +312,9 @@ impl LocalRedis {
             "redis"
         };
         let auth = match (&self.options.username, &self.options.password) {
-            (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
-            (Some(u), None) => format!("{}@", encode(u)),
-            (None, Some(p)) => format!(":{}@", encode(p)),
+            (Some(u), Some(p)) => format!("{}:{}@", percent_encode(u), percent_encode(p)),
+            (Some(u), None) => format!("{}@", percent_encode(u)),
+            (None, Some(p)) => format!(":{}@", percent_encode(p)),
             (None, None) => String::new(),
         };
         format!("{scheme}://{auth}127.0.0.1:{}", self.node.port())
@@ -403,19 +403,6 @@ fn quote(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Percent-encodes the characters that would break a URL's user info.
-pub(crate) fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,7 +421,7 @@ mod tests {
     #[test]
     fn config_strings_and_url_user_info_are_escaped() {
         assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
-        assert_eq!(encode("p@ss:w/rd"), "p%40ss%3Aw%2Frd");
+        assert_eq!(percent_encode("p@ss:w/rd"), "p%40ss%3Aw%2Frd");
     }
 
     #[test]
