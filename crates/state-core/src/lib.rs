@@ -24,7 +24,7 @@ pub use layer::{
 pub use lock::{
     DistributedLock, GuardState, LockGuard, MAX_LOCK_NAME_LEN, check_lock_name, new_owner_token,
 };
-pub use memory::{MemoryBackend, MemoryBackendBuilder, MemoryStore};
+pub use memory::{MEMORY, MemoryBackend, MemoryBackendBuilder, MemoryStore};
 pub use registry::{
     ConnectFuture, Connector, LAYER_PARAMS, LockConnectFuture, LockConnector, LockOptions, Registry,
 };
@@ -33,4 +33,4 @@ pub use types::{
     Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Limits, MAX_TTL, Ttl,
     expiry_after, remaining_ttl, ttl_millis,
 };
-pub use url::{HostPort, Scheme, Secret, StateUrl, parse_duration};
+pub use url::{HostPort, Scheme, Secret, StateUrl, UrlShape, parse_duration};

@@ -13,6 +13,7 @@ use crate::backend::StateBackend;
 use crate::error::{ErrorKind, Result, StateError};
 use crate::layer::{Stack, StatsLayer, TimeoutLayer};
 use crate::lock::DistributedLock;
+use crate::memory::MEMORY;
 use crate::url::{Scheme, StateUrl, parse_duration};
 
 /// A future that opens a backend.
@@ -87,6 +88,9 @@ struct Switch {
 pub struct Registry {
     connectors: BTreeMap<Scheme, Connector>,
     locks: BTreeMap<Scheme, LockConnector>,
+    /// Every scheme registered, backend or lock, in the order registered: what
+    /// [`parse`](Self::parse) accepts and its messages list.
+    known: Vec<Scheme>,
     stack: Stack,
     switches: Vec<Switch>,
 }
@@ -114,11 +118,12 @@ impl Registry {
         let mut registry = Registry {
             connectors: BTreeMap::new(),
             locks: BTreeMap::new(),
+            known: Vec::new(),
             stack: Stack::new(),
             switches: Vec::new(),
         };
         registry.register_switch("stats", Stack::new().layer(StatsLayer::new()));
-        registry.register(&[Scheme::Memory], |url| {
+        registry.register(&[MEMORY], |url| {
             Box::pin(async move {
                 let backend = crate::memory::MemoryBackend::from_url(&url)?;
                 Ok(Arc::new(backend) as Arc<dyn StateBackend>)
@@ -134,6 +139,7 @@ impl Registry {
     {
         let connector: Connector = Arc::new(connector);
         for scheme in schemes {
+            self.know(*scheme);
             self.connectors.insert(*scheme, connector.clone());
         }
     }
@@ -145,7 +151,17 @@ impl Registry {
     {
         let connector: LockConnector = Arc::new(connector);
         for scheme in schemes {
+            self.know(*scheme);
             self.locks.insert(*scheme, connector.clone());
+        }
+    }
+
+    /// Remembers `scheme` for [`parse`](Self::parse): a scheme registered again (with a
+    /// new shape, say) replaces the earlier one in place.
+    fn know(&mut self, scheme: Scheme) {
+        match self.known.iter_mut().find(|known| **known == scheme) {
+            Some(known) => *known = scheme,
+            None => self.known.push(scheme),
         }
     }
 
@@ -180,9 +196,15 @@ impl Registry {
         self.locks.keys().copied().collect()
     }
 
+    /// Parses `url` as a URL of a scheme registered here, for a backend or a lock service;
+    /// an unknown scheme is a [`Config`](ErrorKind::Config) error listing the known ones.
+    pub fn parse(&self, url: &str) -> Result<StateUrl> {
+        StateUrl::parse(url, &self.known)
+    }
+
     /// Parses `url` and opens the backend it names.
     pub async fn connect(&self, url: &str) -> Result<Arc<dyn StateBackend>> {
-        self.connect_url(StateUrl::parse(url)?).await
+        self.connect_url(self.parse(url)?).await
     }
 
     /// Opens the backend a parsed URL names, in its layers.
@@ -202,7 +224,7 @@ impl Registry {
 
     /// Parses `url` and opens the lock service it names.
     pub async fn connect_lock(&self, url: &str) -> Result<Arc<dyn DistributedLock>> {
-        self.connect_lock_url(StateUrl::parse(url)?, LockOptions::default())
+        self.connect_lock_url(self.parse(url)?, LockOptions::default())
             .await
     }
 
@@ -279,9 +301,13 @@ mod tests {
     #[tokio::test]
     async fn registry_names_backends_it_lacks() {
         let registry = Registry::new();
+        // Core knows no backend but memory: a scheme no crate registered is unknown here.
         let err = registry.connect("redis://127.0.0.1:1").await.err();
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains("without the redis backend"), "{msg}");
+        assert!(
+            msg.contains("unknown URL scheme `redis`; use memory://"),
+            "{msg}"
+        );
         assert!(registry.connect("memory://").await.is_ok());
     }
 

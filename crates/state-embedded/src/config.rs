@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use state_core::{Limits, Result, Scheme, StateError, StateUrl, ttl_millis};
+use state_core::{Limits, Result, Scheme, StateError, StateUrl, UrlShape, ttl_millis};
 
 use crate::RedbBackend;
 
@@ -82,6 +82,9 @@ pub struct RedbConfig {
     pub(crate) check_integrity: bool,
 }
 
+/// `redb:PATH` (also `redb://PATH`): the embedded store in the file at PATH.
+pub const REDB: Scheme = Scheme::new("redb", UrlShape::Path);
+
 /// The URL parameters the redb backend accepts besides `prefix` and `ttl`.
 pub const URL_PARAMS: [&str; 4] = [
     "durability",
@@ -112,7 +115,7 @@ impl RedbConfig {
     /// `&cache_size=BYTES&check_integrity=true|false`.
     /// An unknown parameter is a [`Config`](state_core::ErrorKind::Config) error.
     pub fn from_url(url: &StateUrl) -> Result<Self> {
-        if url.scheme() != Scheme::Redb {
+        if url.scheme() != REDB {
             return Err(StateError::config(format!(
                 "the redb backend cannot open a {} URL; write redb:PATH",
                 url.scheme()
@@ -247,7 +250,7 @@ mod tests {
     use state_core::ErrorKind;
 
     fn from(url: &str) -> Result<RedbConfig> {
-        RedbConfig::from_url(&StateUrl::parse(url)?)
+        RedbConfig::from_url(&StateUrl::parse(url, &[REDB])?)
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod write;
 use std::sync::Arc;
 
 pub use backend::RedbBackend;
-pub use config::{Durability, RedbConfig, URL_PARAMS};
+pub use config::{Durability, REDB, RedbConfig, URL_PARAMS};
 pub use group::WriteStats;
 pub use redb;
 pub use state_core::{
@@ -27,13 +27,11 @@ pub use state_core::{
 };
 pub use store::SWEEP_BATCH;
 
-use state_core::Scheme;
-
 /// Registers `redb:PATH` URLs with `registry`, so that `registry.connect("redb:…")` opens a
 /// [`RedbBackend`]. The file is opened on the blocking pool (a crashed file is repaired on
 /// open, which reads all of it).
 pub fn register(registry: &mut Registry) {
-    registry.register(&[Scheme::Redb], |url| {
+    registry.register(&[REDB], |url| {
         Box::pin(async move {
             let backend = task::spawn(move || RedbBackend::from_url(&url)).await?;
             Ok(Arc::new(backend) as Arc<dyn StateBackend>)

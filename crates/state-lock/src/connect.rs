@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use state_core::{
-    DistributedLock, LockConnectFuture, LockOptions, Registry, Result, Scheme, StateError,
+    DistributedLock, LockConnectFuture, LockOptions, MEMORY, Registry, Result, StateError,
     StateUrl, parse_duration,
 };
 
@@ -33,7 +33,7 @@ use crate::MemoryLock;
 /// # }
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register_locks(&[Scheme::Memory], |url, options| {
+    registry.register_locks(&[MEMORY], |url, options| {
         boxed(async move {
             url.check_params(&["wait_timeout"])?;
             let lock = match options.wait_timeout.or(wait_timeout_param(&url)?) {
@@ -44,26 +44,18 @@ pub fn register(registry: &mut Registry) {
         })
     });
     #[cfg(feature = "redis")]
-    registry.register_locks(
-        &[
-            Scheme::Redis,
-            Scheme::Rediss,
-            Scheme::RedisSentinel,
-            Scheme::RedisCluster,
-        ],
-        |url, options| {
-            boxed(async move {
-                let mut config = crate::RedisLockConfig::from_state_url(&url)?;
-                if let Some(wait) = options.wait_timeout {
-                    config = config.with_wait_timeout(wait);
-                }
-                let lock = crate::RedisDistributedLock::with_config(config).await?;
-                Ok(Arc::new(lock) as Arc<dyn DistributedLock>)
-            })
-        },
-    );
+    registry.register_locks(&state_redis::SCHEMES, |url, options| {
+        boxed(async move {
+            let mut config = crate::RedisLockConfig::from_state_url(&url)?;
+            if let Some(wait) = options.wait_timeout {
+                config = config.with_wait_timeout(wait);
+            }
+            let lock = crate::RedisDistributedLock::with_config(config).await?;
+            Ok(Arc::new(lock) as Arc<dyn DistributedLock>)
+        })
+    });
     #[cfg(feature = "postgres")]
-    registry.register_locks(&[Scheme::Postgres], |url, options| {
+    registry.register_locks(&[state_postgres::POSTGRES], |url, options| {
         boxed(async move {
             let mut config = crate::PostgresLockConfig::from_state_url(&url)?;
             if let Some(wait) = options.wait_timeout {
@@ -88,9 +80,8 @@ pub async fn connect(url: &str, wait: Duration) -> Result<Arc<dyn DistributedLoc
     let mut registry = Registry::new();
     register(&mut registry);
     let options = LockOptions::default().with_wait_timeout(wait);
-    registry
-        .connect_lock_url(StateUrl::parse(url)?, options)
-        .await
+    let url = registry.parse(url)?;
+    registry.connect_lock_url(url, options).await
 }
 
 /// The `wait_timeout=` parameter: how long `acquire` waits for a busy lock.

@@ -99,7 +99,7 @@ impl RedisLockConfig {
     /// [`new`](Self::new) with the Redis of a `redis://`, `rediss://`, `redis+sentinel://`
     /// or `redis+cluster://` URL (see [`RedisConfig::from_url`]).
     pub fn from_url(url: &str) -> Result<RedisLockConfig> {
-        RedisLockConfig::from_state_url(&StateUrl::parse(url)?)
+        RedisLockConfig::from_state_url(&StateUrl::parse(url, &state_redis::SCHEMES)?)
     }
 
     /// [`from_url`](Self::from_url) for a parsed URL. The URL's parameters are the Redis

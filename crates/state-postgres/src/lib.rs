@@ -29,7 +29,7 @@ pub mod errors {
     };
 }
 pub use config::PostgresConfig;
-pub use config::url::URL_PARAMS;
+pub use config::url::{POSTGRES, URL_PARAMS};
 pub use config::validate::{MAX_FULL_KEY_LEN, MAX_TABLE_NAME_LEN};
 pub use extras::CheckpointInfo;
 pub use migrate::{AppliedMigration, MIGRATION_LOCK_KEY};
@@ -46,10 +46,10 @@ pub use state_core::{
 /// ```
 /// let mut registry = state_core::Registry::new();
 /// state_postgres::register(&mut registry);
-/// assert!(registry.schemes().contains(&state_core::Scheme::Postgres));
+/// assert!(registry.schemes().contains(&state_postgres::POSTGRES));
 /// ```
 pub fn register(registry: &mut state_core::Registry) {
-    registry.register(&[state_core::Scheme::Postgres], |url| {
+    registry.register(&[POSTGRES], |url| {
         Box::pin(async move {
             let config = PostgresConfig::from_state_url(&url)?;
             let backend = PostgresStateBackend::new(config).await?;

@@ -124,3 +124,14 @@ async fn query_i64(sql: &str) -> i64 {
         Err(e) => panic!("{sql}: {e}"),
     }
 }
+
+#[test]
+fn the_test_fixtures_declare_this_crates_scheme() {
+    let fixtures = testing::services::SCHEMES;
+    let declared = fixtures.iter().find(|s| **s == state_postgres::POSTGRES);
+    assert_eq!(
+        declared.map(|s| s.shape()),
+        Some(state_postgres::POSTGRES.shape())
+    );
+    assert!(declared.is_some_and(|s| s.is_written("postgresql")));
+}

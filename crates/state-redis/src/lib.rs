@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use backend::NodeInfo;
 pub use config::builder::RedisConfigBuilder;
-pub use config::url::URL_PARAMS;
+pub use config::url::{REDIS, REDIS_CLUSTER, REDIS_SENTINEL, REDISS, SCHEMES, URL_PARAMS};
 pub use config::{RedisConfig, Topology, WaitReplicas};
 pub use driver::RedisStateBackend;
 pub use scripts::Script;
@@ -38,23 +38,14 @@ pub use state_core::{
 /// ```
 /// let mut registry = state_core::Registry::new();
 /// state_redis::register(&mut registry);
-/// assert!(registry.schemes().contains(&state_core::Scheme::RedisCluster));
+/// assert!(registry.schemes().contains(&state_redis::REDIS_CLUSTER));
 /// ```
 pub fn register(registry: &mut state_core::Registry) {
-    use state_core::Scheme;
-    registry.register(
-        &[
-            Scheme::Redis,
-            Scheme::Rediss,
-            Scheme::RedisSentinel,
-            Scheme::RedisCluster,
-        ],
-        |url| {
-            Box::pin(async move {
-                let config = RedisConfig::from_state_url(&url)?;
-                let backend = RedisStateBackend::new(config).await?;
-                Ok(Arc::new(backend) as Arc<dyn StateBackend>)
-            })
-        },
-    );
+    registry.register(&SCHEMES, |url| {
+        Box::pin(async move {
+            let config = RedisConfig::from_state_url(&url)?;
+            let backend = RedisStateBackend::new(config).await?;
+            Ok(Arc::new(backend) as Arc<dyn StateBackend>)
+        })
+    });
 }

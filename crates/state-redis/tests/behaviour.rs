@@ -302,3 +302,14 @@ async fn default_ttl_and_millisecond_ttls_reach_the_server() -> TestResult {
     assert!(pttl <= 2, "1.5ms rounds up to 2ms, got {pttl}");
     Ok(())
 }
+
+#[test]
+fn the_test_fixtures_declare_this_crates_schemes() {
+    let shapes = |schemes: &[state_core::Scheme]| -> Vec<(&str, state_core::UrlShape)> {
+        schemes.iter().map(|s| (s.as_str(), s.shape())).collect()
+    };
+    assert_eq!(
+        shapes(&testing::services::SCHEMES[..4]),
+        shapes(&state_redis::SCHEMES)
+    );
+}

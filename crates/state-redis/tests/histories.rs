@@ -133,7 +133,7 @@ async fn standalone_fault(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_histories_under_connection_faults_are_linearizable() -> TestResult {
     let server = testing::services::redis().await?.url();
-    let admin_port = state_core::StateUrl::parse(&server)?
+    let admin_port = testing::services::parse_url(&server)?
         .hosts()
         .first()
         .map(|h| h.port)

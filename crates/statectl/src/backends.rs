@@ -45,7 +45,7 @@ pub fn serve_metrics(addr: &str) -> Result<(), CliError> {
 /// default embedded store, whose directory is created on first use.
 pub fn resolve(url: Option<&str>) -> Result<StateUrl, CliError> {
     match url {
-        Some(url) => Ok(StateUrl::parse(url)?),
+        Some(url) => Ok(registry().parse(url)?),
         None => {
             std::fs::create_dir_all(".statectl").map_err(|e| {
                 CliError::Usage(format!(
@@ -53,7 +53,7 @@ pub fn resolve(url: Option<&str>) -> Result<StateUrl, CliError> {
                      pass --url or set STATE_URL"
                 ))
             })?;
-            Ok(StateUrl::parse(DEFAULT_URL)?)
+            Ok(registry().parse(DEFAULT_URL)?)
         }
     }
 }

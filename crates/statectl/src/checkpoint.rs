@@ -8,8 +8,8 @@
 use std::io::Write;
 use std::time::SystemTime;
 
-use state_core::{ErrorKind, Scheme, StateUrl};
-use state_postgres::PostgresStateBackend;
+use state_core::{ErrorKind, StateUrl};
+use state_postgres::{POSTGRES, PostgresStateBackend};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -22,7 +22,7 @@ pub async fn run(
     command: &CheckpointCommand,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    if url.scheme() != Scheme::Postgres {
+    if url.scheme() != POSTGRES {
         return Err(CliError::Usage(format!(
             "checkpoints stored by statectl need a postgres:// URL (they live in the server), \
              not a {} URL; the library's checkpoint() and export() work on every backend",

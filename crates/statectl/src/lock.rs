@@ -4,7 +4,7 @@
 use std::process::ExitStatus;
 use std::sync::Arc;
 
-use state_core::{ErrorKind, LockOptions, StateUrl, parse_duration};
+use state_core::{ErrorKind, LockOptions, parse_duration};
 use state_lock::WatchedGuard;
 use tokio::process::Command;
 
@@ -27,8 +27,9 @@ pub async fn run(url: &str, command: &LockCommand) -> Result<(), CliError> {
         ));
     };
     let options = LockOptions::default().with_wait_timeout(wait);
-    let lock = crate::backends::registry()
-        .connect_lock_url(StateUrl::parse(url)?, options)
+    let registry = crate::backends::registry();
+    let lock = registry
+        .connect_lock_url(registry.parse(url)?, options)
         .await?;
     let guard = lock.acquire(name, ttl).await.map_err(|e| match e.kind() {
         ErrorKind::Timeout => CliError::LockBusy(e.to_string()),

@@ -15,7 +15,6 @@ use std::io::{BufWriter, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use state_core::StateUrl;
 
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
@@ -80,7 +79,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
     if let Command::Checkpoint(command) = &cli.command {
         // The default store is embedded and refused anyway: no directory is created for it.
-        let url = StateUrl::parse(cli.url.as_deref().unwrap_or(backends::DEFAULT_URL))?;
+        let url =
+            backends::registry().parse(cli.url.as_deref().unwrap_or(backends::DEFAULT_URL))?;
         let mut out = BufWriter::new(std::io::stdout().lock());
         let result = checkpoint::run(&url, command, &mut out).await;
         out.flush()?;

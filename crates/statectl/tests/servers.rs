@@ -91,7 +91,7 @@ impl Cli {
 }
 
 fn redacted(url: &str) -> String {
-    StateUrl::parse(url)
+    testing::services::parse_url(url)
         .map(|u| u.redacted())
         .unwrap_or_else(|_| "(unparseable URL)".into())
 }
@@ -198,7 +198,7 @@ fn put_with_ttl_then_pttl(cli: &Cli, redis: &RedisCli, key: &str, full_key: &str
 #[test]
 fn redis_put_ttl_sets_the_server_pttl_and_a_plain_put_clears_it() -> TestResult {
     let url = service_url("STATE_TEST_REDIS_URL", REDIS_DEFAULT);
-    let parsed = StateUrl::parse(&url)?;
+    let parsed = testing::services::parse_url(&url)?;
     let redis = RedisCli::new(&parsed);
     let prefix = format!("{}:", unique("redis"));
     let cli = Cli::new(with_param(&url, "prefix", &prefix))?;
@@ -281,7 +281,7 @@ impl Drop for Schema {
 fn postgres_data_commands_and_checkpoints_round_trip() -> TestResult {
     let url = service_url("STATE_TEST_POSTGRES_URL", POSTGRES_DEFAULT);
     let schema = Schema {
-        url: StateUrl::parse(&url)?,
+        url: testing::services::parse_url(&url)?,
         name: unique("pg"),
     };
     let cli = Cli::new(with_param(&url, "schema", &schema.name))?;

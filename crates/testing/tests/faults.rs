@@ -23,7 +23,8 @@ struct Redis {
 }
 
 async fn resolve(url: &str) -> (SocketAddr, StateUrl) {
-    let parsed = StateUrl::parse(url).unwrap_or_else(|e| panic!("bad service URL: {e}"));
+    let parsed =
+        testing::services::parse_url(url).unwrap_or_else(|e| panic!("bad service URL: {e}"));
     let host = parsed.hosts().first().expect("a host").to_string();
     let addr = tokio::net::lookup_host(&host)
         .await

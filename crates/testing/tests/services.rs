@@ -4,7 +4,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use state_core::{Scheme, StateUrl};
 use testing::services::{
     self, LocalPostgres, LocalPostgresOptions, LocalRedis, LocalRedisOptions, RedisCluster,
     RedisSentinel, RedisTls, ServiceError, ServiceOrigin, TestCerts,
@@ -68,8 +67,8 @@ async fn shared_redis_answers() -> Result {
     let redis = services::redis().await?;
     let url = redis.url();
     assert_eq!(
-        StateUrl::parse(&url).map(|u| u.scheme()).ok(),
-        Some(Scheme::Redis)
+        services::parse_url(&url).map(|u| u.scheme().as_str()).ok(),
+        Some("redis")
     );
     assert_eq!(redis_cli_url(&url, &["PING"]).await?, "PONG");
     if let Ok(expected) = std::env::var(EXPECT_REDIS) {
@@ -87,8 +86,8 @@ async fn shared_postgres_answers() -> Result {
     let pg = services::postgres().await?;
     let url = pg.url();
     assert_eq!(
-        StateUrl::parse(&url).map(|u| u.scheme()).ok(),
-        Some(Scheme::Postgres)
+        services::parse_url(&url).map(|u| u.scheme().as_str()).ok(),
+        Some("postgres")
     );
     // Tests work in schemas of their own: create one, use it, drop it.
     let schema = unique("pg").replace([':', '-'], "_");
@@ -137,7 +136,7 @@ async fn env_url_is_preferred() -> Result {
 #[tokio::test]
 async fn local_redis_kill_pause_restart() -> Result {
     let mut redis = LocalRedis::start(LocalRedisOptions::default()).await?;
-    assert!(StateUrl::parse(&redis.url()).is_ok());
+    assert!(services::parse_url(&redis.url()).is_ok());
     assert_eq!(redis.cli(&["PING"]).await?.trim(), "PONG");
     assert!(redis.pid().is_some());
 
@@ -163,7 +162,7 @@ async fn local_redis_with_password_and_acl_user() -> Result {
     })
     .await?;
     assert_eq!(redis.cli(&["PING"]).await?.trim(), "PONG");
-    assert!(!format!("{:?}", StateUrl::parse(&redis.url())).contains("s3cret"));
+    assert!(!format!("{:?}", services::parse_url(&redis.url())).contains("s3cret"));
     let anonymous = output(tokio::process::Command::new("redis-cli").args([
         "-p",
         &redis.port().to_string(),
@@ -190,9 +189,9 @@ async fn local_redis_with_password_and_acl_user() -> Result {
 #[tokio::test]
 async fn redis_cluster_forms_and_fails_over() -> Result {
     let mut cluster = RedisCluster::start().await?;
-    let url =
-        StateUrl::parse(&cluster.url()).map_err(|e| ServiceError::from_message(e.to_string()))?;
-    assert_eq!(url.scheme(), Scheme::RedisCluster);
+    let url = services::parse_url(&cluster.url())
+        .map_err(|e| ServiceError::from_message(e.to_string()))?;
+    assert_eq!(url.scheme().as_str(), "redis+cluster");
     assert_eq!(url.hosts().len(), 6);
     for port in cluster.ports() {
         let info = cluster.cli(port, &["CLUSTER", "INFO"]).await?;
@@ -227,9 +226,9 @@ async fn redis_cluster_forms_and_fails_over() -> Result {
 #[tokio::test]
 async fn redis_sentinel_reports_primary_and_fails_over() -> Result {
     let mut sentinel = RedisSentinel::start().await?;
-    let url =
-        StateUrl::parse(&sentinel.url()).map_err(|e| ServiceError::from_message(e.to_string()))?;
-    assert_eq!(url.scheme(), Scheme::RedisSentinel);
+    let url = services::parse_url(&sentinel.url())
+        .map_err(|e| ServiceError::from_message(e.to_string()))?;
+    assert_eq!(url.scheme().as_str(), "redis+sentinel");
     assert_eq!(url.path(), Some(sentinel.master_name()));
     let primary = sentinel.primary_port().await?;
     let replica = sentinel.replica_port().await?;

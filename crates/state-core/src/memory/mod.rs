@@ -23,11 +23,15 @@ use crate::types::{
     Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Limits, Ttl, expiry_after,
     remaining_ttl,
 };
-use crate::url::StateUrl;
+use crate::url::{Scheme, StateUrl, UrlShape};
 
 mod store;
 
 pub use store::MemoryStore;
+
+/// `memory://`: the in-process reference backend's scheme, which every
+/// [`Registry`](crate::Registry) knows.
+pub const MEMORY: Scheme = Scheme::new("memory", UrlShape::Bare);
 use store::{Inner, Slot};
 
 /// How many expired entries one write reclaims at most.
@@ -134,7 +138,7 @@ impl MemoryBackend {
 
     /// Builds from a `memory://` URL (`prefix=`, `ttl=`).
     pub fn from_url(url: &StateUrl) -> Result<MemoryBackend> {
-        if url.scheme() != crate::Scheme::Memory {
+        if url.scheme() != MEMORY {
             return Err(StateError::config(format!(
                 "the memory backend cannot open a {} URL",
                 url.scheme()

@@ -62,12 +62,12 @@ async fn scan_pages_through_more_than_one_page_in_order() -> Result<()> {
 
 #[tokio::test]
 async fn from_url_reads_prefix_and_ttl_and_rejects_unknowns() -> Result<()> {
-    let url = StateUrl::parse("memory://?prefix=a:&ttl=1h")?;
+    let url = StateUrl::parse("memory://?prefix=a:&ttl=1h", &[MEMORY])?;
     let backend = MemoryBackend::from_url(&url)?;
     backend.put(b"k", b"v").await?;
     assert!(matches!(backend.ttl(b"k").await?, Ttl::Remaining(_)));
     assert_eq!(backend.store().raw_len(), 1);
-    let url = StateUrl::parse("memory://?pool_max=3")?;
+    let url = StateUrl::parse("memory://?pool_max=3", &[MEMORY])?;
     let err = MemoryBackend::from_url(&url).err().map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::Config));
     Ok(())

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use state_core::{Result, StateError, StateUrl};
-use state_postgres::PostgresConfig;
+use state_postgres::{POSTGRES, PostgresConfig};
 
 use super::pooler::POOLER_REFUSAL;
 
@@ -136,7 +136,7 @@ impl PostgresLockConfig {
     /// every parameter of [`PostgresConfig`] plus `lock_mode=session|lease`,
     /// `wait_timeout=DURATION`, `pgbouncer=true|false` and `durable_leases=true|false`.
     pub fn from_url(url: &str) -> Result<Self> {
-        PostgresLockConfig::from_state_url(&StateUrl::parse(url)?)
+        PostgresLockConfig::from_state_url(&StateUrl::parse(url, &[POSTGRES])?)
     }
 
     /// A config from a parsed URL (what the registry and tools that parse URLs first use),
@@ -453,7 +453,7 @@ mod tests {
     fn a_parsed_url_reads_back_with_its_password() -> Result<()> {
         let raw = "postgres://me%40corp:p%40ss%3Aw%2Frd@db:6543/my%20db?lock_mode=lease\
                    &schema=locks&sslmode=require";
-        let parsed = StateUrl::parse(raw)?;
+        let parsed = StateUrl::parse(raw, &[POSTGRES])?;
         let c = PostgresLockConfig::from_state_url(&parsed)?;
         assert_eq!((c.mode(), c.schema()), (LockMode::Lease, "locks"));
         let options = c.postgres_config().connect_options();
@@ -461,7 +461,7 @@ mod tests {
         assert_eq!(options.get_database(), Some("my db"));
         assert_eq!((options.get_host(), options.get_port()), ("db", 6543));
         assert_eq!(
-            StateUrl::parse(&parsed.expose(true))?.expose(true),
+            StateUrl::parse(&parsed.expose(true), &[POSTGRES])?.expose(true),
             parsed.expose(true)
         );
         assert!(parsed.expose(true).contains("p%40ss%3Aw%2Frd"));

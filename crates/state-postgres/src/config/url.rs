@@ -3,9 +3,19 @@
 use std::path::PathBuf;
 
 use sqlx::postgres::PgSslMode;
-use state_core::{Result, Scheme, StateError, StateUrl};
+use state_core::{Result, Scheme, StateError, StateUrl, UrlShape};
 
 use super::PostgresConfig;
+
+/// `postgres://user[:pass]@host:port/db`, also written `postgresql://`.
+pub const POSTGRES: Scheme = Scheme::new(
+    "postgres",
+    UrlShape::Hosts {
+        default_port: 5432,
+        several: false,
+    },
+)
+.with_aliases(&["postgresql"]);
 
 /// Query parameters a `postgres://` URL accepts besides the common `prefix=` and `ttl=`.
 pub const URL_PARAMS: [&str; 13] = [
@@ -40,12 +50,12 @@ impl PostgresConfig {
     /// A config from a URL, failing with a `Config` error on anything wrong in it,
     /// unknown query parameters included.
     pub fn from_url(url: &str) -> Result<Self> {
-        PostgresConfig::from_state_url(&StateUrl::parse(url)?)
+        PostgresConfig::from_state_url(&StateUrl::parse(url, &[POSTGRES])?)
     }
 
     /// A config from a parsed URL (what [`register`](crate::register) uses).
     pub fn from_state_url(url: &StateUrl) -> Result<Self> {
-        if url.scheme() != Scheme::Postgres {
+        if url.scheme() != POSTGRES {
             return Err(StateError::config(format!(
                 "the postgres backend cannot open a {} URL; use postgres://",
                 url.scheme()

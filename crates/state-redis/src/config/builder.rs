@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use state_core::{Limits, Result, RetryPolicy, Scheme, Secret, StateError, StateUrl};
+use state_core::{Limits, Result, RetryPolicy, Secret, StateError, StateUrl};
+
+use super::url::{REDIS, REDIS_CLUSTER, REDIS_SENTINEL, REDISS, SCHEMES};
 
 use super::{RedisConfig, Topology, WaitReplicas};
 
@@ -70,7 +72,7 @@ impl fmt::Debug for RedisConfigBuilder {
             .urls
             .iter()
             .map(|u| {
-                StateUrl::parse(u)
+                StateUrl::parse(u, &SCHEMES)
                     .map(|p| p.redacted())
                     .unwrap_or_else(|_| "<unparsable url>".to_string())
             })
@@ -255,25 +257,24 @@ impl RedisConfigBuilder {
         let mut url_master = None;
         let mut url_topology = None;
         for raw in &self.urls {
-            let url = StateUrl::parse(raw)?;
-            match url.scheme() {
-                Scheme::Redis | Scheme::Rediss => {}
-                Scheme::RedisSentinel | Scheme::RedisCluster if self.urls.len() == 1 => {
-                    url_topology = Some(url.scheme());
-                    if url.scheme() == Scheme::RedisSentinel {
-                        url_master = url.path().map(str::to_string);
-                    } else if let Some(path) = url.path() {
-                        return Err(StateError::config(format!(
-                            "urls: a redis+cluster URL has no path (got `/{path}`); Cluster \
-                             has only database 0"
-                        )));
-                    }
-                }
-                other => {
+            let url = StateUrl::parse(raw, &SCHEMES)
+                .map_err(|e| StateError::config(format!("urls: {}", e.message())))?;
+            let scheme = url.scheme();
+            if scheme == REDIS_SENTINEL || scheme == REDIS_CLUSTER {
+                if self.urls.len() > 1 {
                     return Err(StateError::config(format!(
-                        "urls: `{}` is a {other} URL; give redis:// or rediss:// URLs, or a \
+                        "urls: `{}` is a {scheme} URL; give redis:// or rediss:// URLs, or a \
                          single redis+sentinel:// or redis+cluster:// URL",
                         url.redacted()
+                    )));
+                }
+                url_topology = Some(scheme);
+                if scheme == REDIS_SENTINEL {
+                    url_master = url.path().map(str::to_string);
+                } else if let Some(path) = url.path() {
+                    return Err(StateError::config(format!(
+                        "urls: a redis+cluster URL has no path (got `/{path}`); Cluster \
+                         has only database 0"
                     )));
                 }
             }
@@ -289,7 +290,7 @@ impl RedisConfigBuilder {
                 }
                 password = Some(pass.clone());
             }
-            if matches!(url.scheme(), Scheme::Redis | Scheme::Rediss)
+            if (scheme == REDIS || scheme == REDISS)
                 && let Some(path) = url.path()
             {
                 let index = path.parse::<i64>().map_err(|_| {
@@ -307,8 +308,8 @@ impl RedisConfigBuilder {
             }
             hosts.extend(url.hosts().iter().cloned());
         }
-        let scheme_tls = schemes.contains(&Scheme::Rediss);
-        if scheme_tls && schemes.contains(&Scheme::Redis) {
+        let scheme_tls = schemes.contains(&REDISS);
+        if scheme_tls && schemes.contains(&REDIS) {
             return Err(StateError::config(
                 "tls: some URLs are rediss:// and some redis://; use one scheme",
             ));
@@ -337,13 +338,13 @@ impl RedisConfigBuilder {
             ));
         }
         let cluster = match (self.cluster_mode, url_topology) {
-            (Some(false), Some(Scheme::RedisCluster)) => {
+            (Some(false), Some(topology)) if topology == REDIS_CLUSTER => {
                 return Err(StateError::config(
                     "cluster_mode: cluster_mode(false) contradicts the redis+cluster:// URL",
                 ));
             }
             (Some(c), _) => c,
-            (None, t) => t == Some(Scheme::RedisCluster),
+            (None, t) => t == Some(REDIS_CLUSTER),
         };
         let master = match (&self.sentinel_master, url_master) {
             (Some(a), Some(b)) if *a != b => {
@@ -354,7 +355,7 @@ impl RedisConfigBuilder {
             (Some(a), _) => Some(a.clone()),
             (None, b) => b,
         };
-        let topology = if url_topology == Some(Scheme::RedisSentinel) || master.is_some() {
+        let topology = if url_topology == Some(REDIS_SENTINEL) || master.is_some() {
             if cluster {
                 return Err(StateError::config(
                     "cluster_mode: Cluster and Sentinel exclude each other; pick one",

@@ -2,8 +2,6 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use state_core::StateUrl;
-
 use super::FaultProxy;
 
 /// Starts a [`FaultProxy`] in front of the first server `url` names and returns it with the
@@ -13,7 +11,8 @@ use super::FaultProxy;
 /// `postgres://postgres@127.0.0.1:5432/test`), as every test URL does.
 pub async fn proxy_in_front_of(url: &str) -> std::io::Result<(FaultProxy, String)> {
     let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
-    let parsed = StateUrl::parse(url).map_err(|e| invalid(format!("cannot parse the URL: {e}")))?;
+    let parsed = crate::services::parse_url(url)
+        .map_err(|e| invalid(format!("cannot parse the URL: {e}")))?;
     let Some(server) = parsed.hosts().first() else {
         return Err(invalid("the URL names no server".into()));
     };

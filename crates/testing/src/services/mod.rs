@@ -24,8 +24,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), testing::services::ServiceError> {
 //! let redis = testing::services::redis().await?;
-//! let url = state_core::StateUrl::parse(&redis.url()).expect("a valid URL");
-//! assert_eq!(url.scheme(), state_core::Scheme::Redis);
+//! let url = testing::services::parse_url(&redis.url()).expect("a valid URL");
+//! assert_eq!(url.scheme().as_str(), "redis");
 //! # Ok(()) }
 //! ```
 
@@ -33,7 +33,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use state_core::{ErrorKind, StateError, StateUrl};
+use state_core::{ErrorKind, Scheme, StateError, StateUrl, UrlShape};
 use tokio::sync::OnceCell;
 
 mod certs;
@@ -54,6 +54,29 @@ pub use postgres::{LocalPostgres, LocalPostgresOptions};
 pub use prometheus::{LocalPrometheus, promtool};
 pub use redis::{LocalRedis, LocalRedisOptions, RedisTls};
 pub use sentinel::RedisSentinel;
+
+/// The schemes of the URLs these fixtures hand out, declared as `state_redis::SCHEMES` and
+/// `state_postgres::POSTGRES` declare them (this crate depends on neither; their tests
+/// check that the two agree).
+pub const SCHEMES: [Scheme; 5] = [
+    Scheme::new("redis", hosts(6379, false)),
+    Scheme::new("rediss", hosts(6379, false)),
+    Scheme::new("redis+sentinel", hosts(26379, true)),
+    Scheme::new("redis+cluster", hosts(6379, true)),
+    Scheme::new("postgres", hosts(5432, false)).with_aliases(&["postgresql"]),
+];
+
+const fn hosts(default_port: u16, several: bool) -> UrlShape {
+    UrlShape::Hosts {
+        default_port,
+        several,
+    }
+}
+
+/// Parses the URL of a service: one a fixture handed out, or one from the environment.
+pub fn parse_url(url: &str) -> Result<StateUrl, StateError> {
+    StateUrl::parse(url, &SCHEMES)
+}
 
 /// The environment variable that points the tests at an existing Redis.
 pub const REDIS_URL_ENV: &str = "STATE_TEST_REDIS_URL";
@@ -123,7 +146,7 @@ pub struct RedisService {
 
 impl RedisService {
     /// `redis://host:port` (with credentials if the environment's URL has them): usable by
-    /// `StateUrl::parse` and by the `redis` crate.
+    /// [`parse_url`] and by the `redis` crate.
     pub fn url(&self) -> String {
         self.url.clone()
     }
@@ -153,7 +176,7 @@ pub struct PostgresService {
 
 impl PostgresService {
     /// `postgres://user@host:port/db`: a database where tests may create their own schemas
-    /// (each test its own, dropped afterwards). Usable by `StateUrl::parse` and by `sqlx`.
+    /// (each test its own, dropped afterwards). Usable by [`parse_url`] and by `sqlx`.
     pub fn url(&self) -> String {
         self.url.clone()
     }
@@ -189,7 +212,7 @@ pub(crate) fn percent_encode(s: &str) -> String {
 }
 
 fn redact(url: &str) -> String {
-    StateUrl::parse(url)
+    parse_url(url)
         .map(|u| u.redacted())
         .unwrap_or_else(|_| "(unparseable URL)".to_owned())
 }
@@ -326,7 +349,7 @@ async fn env_url(var: &str) -> Result<Option<String>, ServiceError> {
         return Ok(None);
     };
     let raw = raw.trim().to_owned();
-    let parsed = StateUrl::parse(&raw)
+    let parsed = parse_url(&raw)
         .map_err(|e| ServiceError::new(format!("{var} does not hold a valid URL: {e}")))?;
     let Some(first) = parsed.hosts().first() else {
         return Err(ServiceError::new(format!(

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use state_core::StateUrl;
-
 use super::ServiceError;
 use super::process::{self, Reaper, ServerProcess};
 
@@ -104,7 +102,7 @@ impl PgBouncer {
                  root) or `apt-get install pgbouncer`",
             )
         })?;
-        let upstream = StateUrl::parse(&options.upstream).map_err(|e| {
+        let upstream = super::parse_url(&options.upstream).map_err(|e| {
             ServiceError::new(format!("the upstream of pgbouncer is not a valid URL: {e}"))
         })?;
         let Some(server) = upstream.hosts().first() else {
