@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 pub use backend::NodeInfo;
 pub use config::builder::RedisConfigBuilder;
-pub use config::url::{REDIS, REDIS_CLUSTER, REDIS_SENTINEL, REDISS, SCHEMES, URL_PARAMS};
+pub use config::scheme::{REDIS, REDIS_CLUSTER, REDIS_SENTINEL, REDISS, SCHEMES};
+pub use config::url::URL_PARAMS;
 pub use config::{RedisConfig, Topology, WaitReplicas};
 pub use driver::RedisStateBackend;
 pub use scripts::Script;

@@ -22,6 +22,16 @@ pub enum UrlShape {
     },
 }
 
+impl UrlShape {
+    /// [`UrlShape::Hosts`], written shorter in `const` declarations.
+    pub const fn hosts(default_port: u16, several: bool) -> UrlShape {
+        UrlShape::Hosts {
+            default_port,
+            several,
+        }
+    }
+}
+
 /// A URL scheme: its name, the other spellings it accepts, and the [shape](UrlShape) of its
 /// URLs. Each backend crate declares its own (`state_redis::REDIS`,
 /// `state_postgres::POSTGRES`…) and registers them with a

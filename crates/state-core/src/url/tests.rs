@@ -7,42 +7,12 @@ use crate::ErrorKind;
 use crate::memory::MEMORY;
 
 const REDB: Scheme = Scheme::new("redb", UrlShape::Path);
-const REDIS: Scheme = Scheme::new(
-    "redis",
-    UrlShape::Hosts {
-        default_port: 6379,
-        several: false,
-    },
-);
-const REDISS: Scheme = Scheme::new(
-    "rediss",
-    UrlShape::Hosts {
-        default_port: 6379,
-        several: false,
-    },
-);
-const SENTINEL: Scheme = Scheme::new(
-    "redis+sentinel",
-    UrlShape::Hosts {
-        default_port: 26379,
-        several: true,
-    },
-);
-const CLUSTER: Scheme = Scheme::new(
-    "redis+cluster",
-    UrlShape::Hosts {
-        default_port: 6379,
-        several: true,
-    },
-);
-const POSTGRES: Scheme = Scheme::new(
-    "postgres",
-    UrlShape::Hosts {
-        default_port: 5432,
-        several: false,
-    },
-)
-.with_aliases(&["postgresql"]);
+const REDIS: Scheme = Scheme::new("redis", UrlShape::hosts(6379, false));
+const REDISS: Scheme = Scheme::new("rediss", UrlShape::hosts(6379, false));
+const SENTINEL: Scheme = Scheme::new("redis+sentinel", UrlShape::hosts(26379, true));
+const CLUSTER: Scheme = Scheme::new("redis+cluster", UrlShape::hosts(6379, true));
+const POSTGRES: Scheme =
+    Scheme::new("postgres", UrlShape::hosts(5432, false)).with_aliases(&["postgresql"]);
 const ALL: [Scheme; 7] = [MEMORY, REDB, REDIS, REDISS, SENTINEL, CLUSTER, POSTGRES];
 
 impl StateUrl {

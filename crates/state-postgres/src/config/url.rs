@@ -8,14 +8,8 @@ use state_core::{Result, Scheme, StateError, StateUrl, UrlShape};
 use super::PostgresConfig;
 
 /// `postgres://user[:pass]@host:port/db`, also written `postgresql://`.
-pub const POSTGRES: Scheme = Scheme::new(
-    "postgres",
-    UrlShape::Hosts {
-        default_port: 5432,
-        several: false,
-    },
-)
-.with_aliases(&["postgresql"]);
+pub const POSTGRES: Scheme =
+    Scheme::new("postgres", UrlShape::hosts(5432, false)).with_aliases(&["postgresql"]);
 
 /// Query parameters a `postgres://` URL accepts besides the common `prefix=` and `ttl=`.
 pub const URL_PARAMS: [&str; 13] = [

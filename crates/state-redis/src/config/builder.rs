@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use state_core::{Limits, Result, RetryPolicy, Secret, StateError, StateUrl};
 
-use super::url::{REDIS, REDIS_CLUSTER, REDIS_SENTINEL, REDISS, SCHEMES};
+use super::scheme::{REDIS, REDIS_CLUSTER, REDIS_SENTINEL, REDISS, SCHEMES};
 
 use super::{RedisConfig, Topology, WaitReplicas};
 

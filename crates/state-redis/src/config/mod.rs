@@ -9,6 +9,7 @@ use std::time::Duration;
 use state_core::{HostPort, Limits, RetryPolicy, Secret};
 
 pub(crate) mod builder;
+pub(crate) mod scheme;
 pub(crate) mod url;
 
 #[cfg(test)]

@@ -2,28 +2,11 @@
 
 use std::time::Duration;
 
-use state_core::{Result, Scheme, StateError, StateUrl, UrlShape};
+use state_core::{Result, StateError, StateUrl};
 
 use super::builder::RedisConfigBuilder;
+use super::scheme::SCHEMES;
 use super::{RedisConfig, WaitReplicas};
-
-const fn hosts(default_port: u16, several: bool) -> UrlShape {
-    UrlShape::Hosts {
-        default_port,
-        several,
-    }
-}
-
-/// `redis://[user:pass@]host:port[/db]`: one Redis server.
-pub const REDIS: Scheme = Scheme::new("redis", hosts(6379, false));
-/// `rediss://…`: one Redis server over TLS.
-pub const REDISS: Scheme = Scheme::new("rediss", hosts(6379, false));
-/// `redis+sentinel://host:port[,host:port…]/MASTER_NAME`: a primary found through Sentinels.
-pub const REDIS_SENTINEL: Scheme = Scheme::new("redis+sentinel", hosts(26379, true));
-/// `redis+cluster://host:port[,host:port…]`: a Redis Cluster, from its seed nodes.
-pub const REDIS_CLUSTER: Scheme = Scheme::new("redis+cluster", hosts(6379, true));
-/// Every scheme this crate opens, for [`StateUrl::parse`] and the registry.
-pub const SCHEMES: [Scheme; 4] = [REDIS, REDISS, REDIS_SENTINEL, REDIS_CLUSTER];
 
 /// The parameters a Redis URL may carry besides `prefix` and `ttl`.
 pub const URL_PARAMS: [&str; 12] = [

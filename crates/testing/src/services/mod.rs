@@ -59,19 +59,12 @@ pub use sentinel::RedisSentinel;
 /// `state_postgres::POSTGRES` declare them (this crate depends on neither; their tests
 /// check that the two agree).
 pub const SCHEMES: [Scheme; 5] = [
-    Scheme::new("redis", hosts(6379, false)),
-    Scheme::new("rediss", hosts(6379, false)),
-    Scheme::new("redis+sentinel", hosts(26379, true)),
-    Scheme::new("redis+cluster", hosts(6379, true)),
-    Scheme::new("postgres", hosts(5432, false)).with_aliases(&["postgresql"]),
+    Scheme::new("redis", UrlShape::hosts(6379, false)),
+    Scheme::new("rediss", UrlShape::hosts(6379, false)),
+    Scheme::new("redis+sentinel", UrlShape::hosts(26379, true)),
+    Scheme::new("redis+cluster", UrlShape::hosts(6379, true)),
+    Scheme::new("postgres", UrlShape::hosts(5432, false)).with_aliases(&["postgresql"]),
 ];
-
-const fn hosts(default_port: u16, several: bool) -> UrlShape {
-    UrlShape::Hosts {
-        default_port,
-        several,
-    }
-}
 
 /// Parses the URL of a service: one a fixture handed out, or one from the environment.
 pub fn parse_url(url: &str) -> Result<StateUrl, StateError> {
