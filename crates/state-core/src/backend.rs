@@ -7,7 +7,7 @@ use bytes::Bytes;
 pub use futures_core::stream::BoxStream;
 
 use crate::error::{Result, StateError};
-use crate::stats::Stats;
+use crate::stats::{Gauge, Stats};
 use crate::types::{Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Ttl};
 
 /// An async key-value store with TTLs, atomic operations, fenced writes, streaming scans and
@@ -204,6 +204,17 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug + 'static {
     /// the outermost backend.
     async fn stats(&self) -> Stats {
         Stats::default()
+    }
+
+    /// Figures read from the server now, which only the driver can ask for: Redis's
+    /// `used_memory` and connected clients, a PostgreSQL table's size and dead tuples.
+    /// Each call asks the server (one or a few round trips), so poll it on an interval
+    /// (`state_metrics::GaugeCollector` does), not per operation.
+    ///
+    /// Empty by default: backends without server-side figures report none. Layers pass
+    /// the call down, so ask the outermost backend.
+    async fn gauges(&self) -> Result<Vec<Gauge>> {
+        Ok(Vec::new())
     }
 
     /// The concrete backend under any layers, for the extras of its own type (such as

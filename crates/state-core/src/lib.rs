@@ -29,6 +29,7 @@ pub use registry::{
     ConnectFuture, Connector, LAYER_PARAMS, LockConnectFuture, LockConnector, LockOptions, Registry,
 };
 pub use retry::{Idempotency, RetryPolicy};
+pub use stats::Gauge;
 pub use types::{
     Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Limits, MAX_TTL, Ttl,
     expiry_after, remaining_ttl, ttl_millis,

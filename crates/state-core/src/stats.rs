@@ -1,4 +1,5 @@
-//! [`Stats`]: the guide's `backend.stats()` figures, one type for every backend.
+//! [`Stats`]: the guide's `backend.stats()` figures, one type for every backend; [`Gauge`]:
+//! one figure read from the server now.
 
 use std::collections::BTreeMap;
 
@@ -63,5 +64,30 @@ fn ratio(part: u64, whole: u64) -> f64 {
         0.0
     } else {
         part as f64 / whole as f64
+    }
+}
+
+/// One figure a backend reads from its server now ([`StateBackend::gauges`]), such as the
+/// memory Redis uses or the dead tuples of a PostgreSQL table.
+///
+/// The name is fixed by the backend, `snake_case` and prefixed with the backend's name
+/// (`redis_memory_used_bytes`), with a unit suffix where there is one. Being `'static`, it
+/// cannot be made from data: never a key, a path or an id, so a metrics system that turns
+/// it into a series name keeps a closed set of series.
+///
+/// [`StateBackend::gauges`]: crate::StateBackend::gauges
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Gauge {
+    /// The figure's name, such as `redis_connected_clients`.
+    pub name: &'static str,
+    /// Its value now.
+    pub value: f64,
+}
+
+impl Gauge {
+    /// The figure `name` with `value`.
+    pub const fn new(name: &'static str, value: f64) -> Gauge {
+        Gauge { name, value }
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod gauges;
 #[cfg(feature = "leader")]
 mod leader;
 mod lock;
@@ -12,6 +13,7 @@ pub mod prometheus;
 mod spans;
 
 pub use backend::MetricsLayer;
+pub use gauges::GaugeCollector;
 #[cfg(feature = "leader")]
 pub use leader::watch_leadership;
 pub use lock::LockMetricsLayer;

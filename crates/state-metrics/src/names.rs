@@ -58,8 +58,24 @@ pub const LEADER_IS_LEADER: &str = "state_leader_is_leader";
 /// Leadership changes seen by this process: elected, stepped down, lease lost.
 pub const LEADER_CHANGES_TOTAL: &str = "state_leader_changes_total";
 
+/// What [`GaugeCollector`](crate::GaugeCollector) puts before a backend's gauge name
+/// (`redis_connected_clients` becomes `state_redis_connected_clients`).
+pub const GAUGE_PREFIX: &str = "state_";
+/// Bytes of memory Redis uses (`INFO memory` `used_memory`), summed over Cluster masters.
+pub const REDIS_MEMORY_USED_BYTES: &str = "state_redis_memory_used_bytes";
+/// Clients connected to Redis (`INFO clients`), summed over Cluster masters.
+pub const REDIS_CONNECTED_CLIENTS: &str = "state_redis_connected_clients";
+/// Bytes of the PostgreSQL state table, indexes and TOAST included.
+pub const POSTGRES_TABLE_BYTES: &str = "state_postgres_table_bytes";
+/// Dead tuples of the PostgreSQL state table, as the server last counted them.
+pub const POSTGRES_DEAD_TUPLES: &str = "state_postgres_dead_tuples";
+/// PostgreSQL connections held by operations of this process.
+pub const POSTGRES_CONNECTIONS_IN_USE: &str = "state_postgres_connections_in_use";
+/// Polls of a backend's gauges that failed or timed out.
+pub const SERVER_POLL_ERRORS_TOTAL: &str = "state_server_poll_errors_total";
+
 /// Every metric, for docs, descriptions and tests.
-pub const METRICS: [Metric; 14] = [
+pub const METRICS: [Metric; 20] = [
     Metric {
         name: OPERATIONS_TOTAL,
         kind: MetricKind::Counter,
@@ -143,6 +159,42 @@ pub const METRICS: [Metric; 14] = [
         kind: MetricKind::Counter,
         labels: &["election"],
         help: "Leadership changes seen by this process: elected, stepped down, lease lost.",
+    },
+    Metric {
+        name: REDIS_MEMORY_USED_BYTES,
+        kind: MetricKind::Gauge,
+        labels: &["backend"],
+        help: "Bytes of memory Redis uses (INFO used_memory), summed over Cluster masters.",
+    },
+    Metric {
+        name: REDIS_CONNECTED_CLIENTS,
+        kind: MetricKind::Gauge,
+        labels: &["backend"],
+        help: "Clients connected to Redis (INFO connected_clients), summed over Cluster masters.",
+    },
+    Metric {
+        name: POSTGRES_TABLE_BYTES,
+        kind: MetricKind::Gauge,
+        labels: &["backend"],
+        help: "Bytes of the PostgreSQL state table, indexes and TOAST included.",
+    },
+    Metric {
+        name: POSTGRES_DEAD_TUPLES,
+        kind: MetricKind::Gauge,
+        labels: &["backend"],
+        help: "Dead tuples of the PostgreSQL state table, as the server last counted them.",
+    },
+    Metric {
+        name: POSTGRES_CONNECTIONS_IN_USE,
+        kind: MetricKind::Gauge,
+        labels: &["backend"],
+        help: "PostgreSQL connections held by operations of this process.",
+    },
+    Metric {
+        name: SERVER_POLL_ERRORS_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &["backend"],
+        help: "Polls of a backend's gauges that failed or took longer than the poll timeout.",
     },
 ];
 

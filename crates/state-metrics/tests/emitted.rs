@@ -1,5 +1,7 @@
-//! What the layers really emit, rendered by the Prometheus recorder, against the one table
-//! of names (`state_metrics::names`), and checked by `promtool check metrics`.
+//! What the layers and the gauge collector really emit, rendered by the Prometheus
+//! recorder, against the one table of names (`state_metrics::names`), and checked by
+//! `promtool check metrics`. The gauges come from a real Redis and a real PostgreSQL
+//! (`STATE_TEST_REDIS_URL`, `STATE_TEST_POSTGRES_URL`, else the fixtures' servers).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,10 +13,46 @@ use state_core::{
 };
 use state_lock::{LeaderElector, MemoryLock};
 use state_metrics::names::{self, MetricKind};
-use state_metrics::{LockMetricsLayer, MetricsLayer, TracingLayer};
+use state_metrics::{GaugeCollector, LockMetricsLayer, MetricsLayer, TracingLayer};
+use state_postgres::{PostgresConfig, PostgresStateBackend};
+use state_redis::{RedisConfig, RedisStateBackend};
 use testing::services::promtool;
 
 type TestResult = Result<(), StateError>;
+
+/// The schema of this crate's tests on the test database; each test works under its own
+/// key prefix there and clears it afterwards.
+const SCHEMA: &str = "state_metrics_tests";
+
+/// A Redis and a PostgreSQL backend under a fresh key prefix each, with a few keys
+/// written, so that there is something to measure.
+async fn servers() -> Result<[Arc<dyn StateBackend>; 2], StateError> {
+    let prefix = testing::conformance::unique_namespace();
+    let redis_url = testing::services::redis().await?.url();
+    let config = RedisConfig::builder()
+        .url(redis_url)
+        .key_prefix(&prefix)
+        .build()?;
+    let redis: Arc<dyn StateBackend> = Arc::new(RedisStateBackend::new(config).await?);
+    let config = PostgresConfig::new(&testing::services::postgres_url().await?)
+        .with_schema(SCHEMA)
+        .with_key_prefix(&prefix)
+        .with_ssl_mode("disable");
+    let postgres: Arc<dyn StateBackend> = Arc::new(PostgresStateBackend::new(config).await?);
+    for backend in [&redis, &postgres] {
+        backend
+            .batch_put(&[(b"g1", &[1; 512]), (b"g2", &[2; 512])])
+            .await?;
+    }
+    Ok([redis, postgres])
+}
+
+/// The value of the series `series` (`name{labels}`) in the Prometheus text.
+fn value_of(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series `{series}` in:\n{text}"))
+}
 
 /// A workload that makes every metric move: hits, misses, batches, a scan, an invalid
 /// input, a busy lock and a lost lease.
@@ -98,6 +136,23 @@ async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else()
         })
     });
     outcome?;
+    // The gauges: one poll of each server, in `start`, under this test's recorder (an
+    // hour's interval: no other poll comes during the test).
+    let servers = servers().await?;
+    let collectors = metrics::with_local_recorder(&recorder, || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let mut started = Vec::new();
+                for backend in &servers {
+                    let layered = Stack::new()
+                        .layer(MetricsLayer::new())
+                        .apply(backend.clone());
+                    started.push(GaugeCollector::start(layered, Duration::from_secs(3600)).await?);
+                }
+                Ok::<_, StateError>(started)
+            })
+        })
+    })?;
     // Elected, then stepped down: two changes. Each is awaited before the next, since a
     // watch shows only the latest of changes that come together.
     let seen = |expected: &'static str| {
@@ -179,6 +234,29 @@ async fn every_metric_in_the_table_is_emitted_with_its_labels_and_nothing_else()
         "state_leader_is_leader{election=\"nightly\"} 0",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+
+    // The servers' figures, plausible, from polls that did not fail.
+    let redis = |name: &str| value_of(&text, &format!("{name}{{backend=\"redis\"}}"));
+    let postgres = |name: &str| value_of(&text, &format!("{name}{{backend=\"postgres\"}}"));
+    assert!(redis(names::REDIS_MEMORY_USED_BYTES) > 0.0);
+    assert!(
+        redis(names::REDIS_CONNECTED_CLIENTS) >= 1.0,
+        "this test is a client"
+    );
+    assert!(
+        postgres(names::POSTGRES_TABLE_BYTES) > 0.0,
+        "two rows were written"
+    );
+    assert!(postgres(names::POSTGRES_DEAD_TUPLES) >= 0.0);
+    assert!(postgres(names::POSTGRES_CONNECTIONS_IN_USE) >= 0.0);
+    assert_eq!(redis(names::SERVER_POLL_ERRORS_TOTAL), 0.0);
+    assert_eq!(postgres(names::SERVER_POLL_ERRORS_TOTAL), 0.0);
+    for collector in collectors {
+        collector.stop().await;
+    }
+    for backend in &servers {
+        backend.clear(b"").await?;
     }
 
     // And Prometheus's own linter finds nothing wrong with the exposition.

@@ -202,6 +202,13 @@ impl ConnSet {
         }
     }
 
+    /// How many connections operations hold now.
+    pub fn in_use(&self) -> usize {
+        self.slots
+            .len()
+            .saturating_sub(self.permits.available_permits())
+    }
+
     pub fn max_connections(&self) -> usize {
         self.slots.len()
     }

@@ -1,10 +1,10 @@
 //! The guide's PostgreSQL extras: server-side checkpoints, metadata queries and
-//! maintenance.
+//! maintenance; and the figures of `gauges`.
 
 use std::time::SystemTime;
 
 use sqlx::Row;
-use state_core::{BoxStream, Entry, ErrorKind, Idempotency, Result, StateError};
+use state_core::{BoxStream, Entry, ErrorKind, Gauge, Idempotency, Result, StateError};
 
 use crate::driver::{PostgresStateBackend, micros_to_time};
 use crate::error::convert;
@@ -270,6 +270,31 @@ impl PostgresStateBackend {
             ))
         })
         .await
+    }
+
+    /// The figures of [`gauges`](state_core::StateBackend::gauges): the state table's
+    /// bytes (`pg_total_relation_size`: heap, indexes and TOAST, every key prefix in it),
+    /// its dead tuples (`n_dead_tup`: 0 until the server has counted the table), and the
+    /// connections operations hold now (taken before this query takes one).
+    pub(crate) async fn server_gauges(&self) -> Result<Vec<Gauge>> {
+        let in_use = self.inner.conns.in_use();
+        let name = &self.inner.names.entries;
+        let (bytes, dead) = self
+            .run("gauges", Idempotency::Idempotent, move || async move {
+                let mut c = self.checkout().await?;
+                let query = sqlx::query(self.inner.sql.gauges.clone()).bind(name);
+                let row = c.fetch_one("gauges", query).await?;
+                Ok((
+                    get::<i64>(&row, 0, "gauges")?,
+                    get::<i64>(&row, 1, "gauges")?,
+                ))
+            })
+            .await?;
+        Ok(vec![
+            Gauge::new("postgres_table_bytes", bytes.max(0) as f64),
+            Gauge::new("postgres_dead_tuples", dead.max(0) as f64),
+            Gauge::new("postgres_connections_in_use", in_use as f64),
+        ])
     }
 }
 

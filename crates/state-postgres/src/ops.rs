@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use state_core::{
-    BoxStream, Capabilities, Entry, FencingToken, Health, Idempotency, ImportMode, Result,
+    BoxStream, Capabilities, Entry, FencingToken, Gauge, Health, Idempotency, ImportMode, Result,
     StateBackend, StateError, Stats, Ttl, stream, ttl_millis,
 };
 
@@ -444,5 +444,11 @@ impl StateBackend for PostgresStateBackend {
         conns
             .counters
             .snapshot(conns.open_connections(), conns.max_connections())
+    }
+
+    /// `postgres_table_bytes` (`pg_total_relation_size` of the state table),
+    /// `postgres_dead_tuples` (its `n_dead_tup`) and `postgres_connections_in_use`.
+    async fn gauges(&self) -> Result<Vec<Gauge>> {
+        self.server_gauges().await
     }
 }

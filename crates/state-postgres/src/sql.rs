@@ -138,6 +138,7 @@ pub(crate) struct Statements {
     pub cleanup: SqlStr,
     pub vacuum: SqlStr,
     pub table_stats: SqlStr,
+    pub gauges: SqlStr,
 }
 
 impl Statements {
@@ -291,6 +292,13 @@ impl Statements {
             vacuum: sql(format!("VACUUM (ANALYZE) {e}")),
             table_stats: sql(
                 "SELECT pg_total_relation_size($1::regclass), pg_relation_size($1::regclass)"
+                    .to_string(),
+            ),
+            // The statistics view has no row until the server has counted the table.
+            gauges: sql(
+                "SELECT pg_total_relation_size(t.oid), coalesce(s.n_dead_tup, 0) \
+                 FROM (SELECT $1::regclass AS oid) AS t \
+                 LEFT JOIN pg_stat_all_tables AS s ON s.relid = t.oid"
                     .to_string(),
             ),
         }

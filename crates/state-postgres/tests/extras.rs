@@ -76,6 +76,36 @@ async fn metadata_queries_cleanup_and_statistics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_read_the_table_size_dead_tuples_and_connections_in_use() {
+    common::in_schema("gauges", |schema| async move {
+        let backend = Arc::new(open(&schema, None).await);
+        let layered = Stack::new().layer(StatsLayer::new()).apply(backend);
+        for i in 0..200u32 {
+            layered.put(format!("g{i}").as_bytes(), &[7; 100]).await?;
+        }
+        layered.clear(b"g1").await?;
+        let gauges = layered.gauges().await?;
+        let names: Vec<&str> = gauges.iter().map(|g| g.name).collect();
+        assert_eq!(
+            names,
+            [
+                "postgres_table_bytes",
+                "postgres_dead_tuples",
+                "postgres_connections_in_use"
+            ],
+            "{gauges:?}"
+        );
+        assert!(gauges[0].value > 0.0, "{gauges:?}");
+        // The server counts dead tuples in the background: only never negative here.
+        assert!(gauges[1].value >= 0.0, "{gauges:?}");
+        // No operation was under way; the query's own connection is not counted.
+        assert_eq!(gauges[2].value, 0.0, "{gauges:?}");
+        Ok::<(), state_core::StateError>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_deletes_expired_rows_in_the_background() {
     common::in_schema("reaper", |schema| async move {
         let backend = open(&schema, Some(Duration::from_millis(100))).await;

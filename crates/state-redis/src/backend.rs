@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use redis::Value;
-use state_core::{Idempotency, Result, StateError};
+use state_core::{ErrorKind, Gauge, Idempotency, Result, StateError};
 
 use crate::config::RedisConfig;
 use crate::conn::Pool;
 use crate::driver::{Inner, RedisStateBackend};
 use crate::keys;
-use crate::reply::text_of;
+use crate::reply::{first_error, info_text, info_u64, text_of};
 use crate::scripts::Script;
 
 /// What one server reports about itself ([`RedisStateBackend::server_info`]).
@@ -144,6 +144,39 @@ impl RedisStateBackend {
             out.push(parse_info(node.describe(&self.inner.pool), &text_of(&info)));
         }
         Ok(out)
+    }
+
+    /// The figures of [`gauges`](state_core::StateBackend::gauges): `used_memory` (of
+    /// `INFO memory`) and `connected_clients` (of `INFO clients`), one pipeline per node
+    /// that holds data, summed over the Cluster masters (replicas are not counted).
+    pub(crate) async fn info_gauges(&self) -> Result<Vec<Gauge>> {
+        let masters = self.masters().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("memory").cmd("INFO").arg("clients");
+        let (mut memory, mut clients) = (0u64, 0u64);
+        for node in &masters {
+            let replies = self
+                .retry(Idempotency::Idempotent, "INFO", || {
+                    self.inner.pool.pipeline_node(node, &pipe)
+                })
+                .await?;
+            first_error("INFO", self.target(), &replies)?;
+            let what = format!("INFO of {}", node.describe(&self.inner.pool));
+            let [memory_reply, clients_reply] = replies.as_slice() else {
+                return Err(StateError::new(
+                    ErrorKind::Backend,
+                    format!("{what}: {} replies to 2 commands", replies.len()),
+                ));
+            };
+            let used = info_u64(&what, info_text(&what, memory_reply)?, "used_memory")?;
+            let connected = info_u64(&what, info_text(&what, clients_reply)?, "connected_clients")?;
+            memory = memory.saturating_add(used);
+            clients = clients.saturating_add(connected);
+        }
+        Ok(vec![
+            Gauge::new("redis_memory_used_bytes", memory as f64),
+            Gauge::new("redis_connected_clients", clients as f64),
+        ])
     }
 
     async fn check_version(&self) -> Result<()> {

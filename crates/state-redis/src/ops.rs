@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::Value;
 use state_core::{
-    BoxStream, Capabilities, Entry, FencingToken, Health, Idempotency, ImportMode, Result,
+    BoxStream, Capabilities, Entry, FencingToken, Gauge, Health, Idempotency, ImportMode, Result,
     StateBackend, StateError, Stats, Ttl, stream,
 };
 
@@ -360,6 +360,12 @@ impl StateBackend for RedisStateBackend {
         let mut stats = Stats::default();
         stats.retries = self.inner.retries.load(Ordering::Relaxed);
         stats
+    }
+
+    /// `redis_memory_used_bytes` (`INFO memory` `used_memory`) and
+    /// `redis_connected_clients` (`INFO clients`), summed over every Cluster master.
+    async fn gauges(&self) -> Result<Vec<Gauge>> {
+        self.info_gauges().await
     }
 }
 

@@ -73,11 +73,125 @@ pub(crate) fn text_of(value: &Value) -> String {
     }
 }
 
+/// The text of an `INFO` reply; anything but a string is an unexpected reply.
+pub(crate) fn info_text<'a>(what: &str, value: &'a Value) -> Result<&'a str> {
+    match value {
+        Value::BulkString(b) => std::str::from_utf8(b).map_err(|_| {
+            StateError::new(
+                ErrorKind::Backend,
+                format!("{what}: the INFO reply from Redis is not UTF-8 text"),
+            )
+        }),
+        Value::VerbatimString { text, .. } => Ok(text),
+        Value::SimpleString(s) => Ok(s),
+        other => Err(unexpected(what, other)),
+    }
+}
+
+/// The unsigned integer field `name` of an `INFO` reply's text (`name:value` lines, with
+/// `#` lines heading the sections). A missing field, or one that is not an unsigned
+/// integer, is a `Backend` error that names it.
+pub(crate) fn info_u64(what: &str, text: &str, name: &str) -> Result<u64> {
+    let field = text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim())
+    });
+    let Some(value) = field else {
+        return Err(StateError::new(
+            ErrorKind::Backend,
+            format!("{what}: the INFO reply from Redis has no `{name}` field"),
+        ));
+    };
+    value.parse::<u64>().map_err(|_| {
+        let shown: String = value.chars().take(40).collect();
+        StateError::new(
+            ErrorKind::Backend,
+            format!("{what}: the INFO field `{name}` is `{shown}`, not an unsigned integer"),
+        )
+    })
+}
+
 /// The absolute expiry of a key with `pttl` milliseconds left, seen at `now`.
 pub(crate) fn expiry_of(pttl: i64, now: SystemTime) -> Option<Option<SystemTime>> {
     match pttl {
         -1 => Some(None),
         n if n >= 0 => Some(Some(now + Duration::from_millis(n.max(1) as u64))),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEMORY: &str = "# Memory\r\nused_memory:1034560\r\nused_memory_human:1010.31K\r\n\
+                          used_memory_rss:7340032\r\n";
+
+    #[test]
+    fn an_info_field_is_found_by_its_exact_name() {
+        assert_eq!(
+            info_u64("INFO", MEMORY, "used_memory").ok(),
+            Some(1_034_560)
+        );
+        assert_eq!(
+            info_u64("INFO", MEMORY, "used_memory_rss").ok(),
+            Some(7_340_032)
+        );
+        let clients = "# Clients\nconnected_clients:3\nblocked_clients:0\n";
+        assert_eq!(info_u64("INFO", clients, "connected_clients").ok(), Some(3));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_info_field_is_an_error_naming_it() {
+        for (text, why) in [
+            ("", "no `used_memory` field"),
+            (
+                "# Memory\r\nused_memory_human:1K\r\n",
+                "no `used_memory` field",
+            ),
+            ("used_memory\r\n", "no `used_memory` field"),
+            ("used_memory:\r\n", "is ``, not an unsigned integer"),
+            ("used_memory:-5\r\n", "is `-5`, not an unsigned integer"),
+            ("used_memory:1.5\r\n", "is `1.5`, not an unsigned integer"),
+            (
+                "used_memory:99999999999999999999999\r\n",
+                "not an unsigned integer",
+            ),
+            ("used_memory:\u{fffd}\u{0}:x\n", "not an unsigned integer"),
+        ] {
+            let err = info_u64("INFO memory", text, "used_memory").err();
+            let err = err.unwrap_or_else(|| panic!("{text:?} was accepted"));
+            assert_eq!(err.kind(), ErrorKind::Backend, "{text:?}");
+            assert!(err.message().contains(why), "{text:?}: {err}");
+            assert!(err.message().starts_with("INFO memory: "), "{err}");
+        }
+        let long = format!("used_memory:{}\n", "x".repeat(10_000));
+        let err = info_u64("INFO", &long, "used_memory").err();
+        assert!(
+            err.is_some_and(|e| e.message().len() < 200),
+            "the value is cut short"
+        );
+    }
+
+    #[test]
+    fn an_info_reply_that_is_not_text_is_unexpected() {
+        let text = Value::BulkString(MEMORY.as_bytes().to_vec());
+        assert_eq!(info_text("INFO", &text).ok(), Some(MEMORY));
+        assert_eq!(
+            info_text("INFO", &Value::SimpleString("a:1".into())).ok(),
+            Some("a:1")
+        );
+        for reply in [
+            Value::Nil,
+            Value::Int(3),
+            Value::Array(vec![]),
+            Value::BulkString(vec![0xff, 0xfe]),
+        ] {
+            let err = info_text("INFO", &reply).err();
+            assert!(
+                err.is_some_and(|e| e.kind() == ErrorKind::Backend),
+                "{reply:?}"
+            );
+        }
     }
 }

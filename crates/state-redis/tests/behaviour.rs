@@ -110,6 +110,25 @@ async fn health_memory_and_server_info_come_from_the_server() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_read_memory_and_clients_from_info_through_any_layer() -> TestResult {
+    let redis = Arc::new(connect(&shared_url().await, &ns()).await?);
+    let backend = Stack::new().layer(StatsLayer::new()).apply(redis);
+    let gauges = backend.gauges().await?;
+    let names: Vec<&str> = gauges.iter().map(|g| g.name).collect();
+    assert_eq!(
+        names,
+        ["redis_memory_used_bytes", "redis_connected_clients"],
+        "{gauges:?}"
+    );
+    assert!(gauges[0].value > 0.0, "{gauges:?}");
+    assert!(
+        gauges[1].value >= 1.0,
+        "this backend is a client: {gauges:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_fails_fast_with_a_connection_error() -> TestResult {
     // Port 1 refuses connections on loopback; connecting fails at once.
     let config = RedisConfig::builder()

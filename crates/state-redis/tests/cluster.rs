@@ -88,6 +88,11 @@ fn cluster_batches_span_every_master_and_keep_request_order() {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(scanned.len(), 1 + 10 + 100, "k1, k10..k19, k100..k199");
         assert_eq!(backend.server_info().await.map(|i| i.len()).ok(), Some(3));
+        // Summed over the 3 masters, each of which this backend has written to.
+        let gauges = backend.gauges().await.unwrap_or_else(|e| panic!("{e}"));
+        let value = |name: &str| gauges.iter().find(|g| g.name == name).map(|g| g.value);
+        assert!(value("redis_memory_used_bytes") > Some(0.0), "{gauges:?}");
+        assert!(value("redis_connected_clients") >= Some(3.0), "{gauges:?}");
         assert!(
             backend
                 .health_check()

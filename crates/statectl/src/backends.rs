@@ -1,10 +1,11 @@
 //! Which backends this binary can open, and which URL a command uses.
 
 use std::net::ToSocketAddrs;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use distributed_state::metrics::{LockMetricsLayer, MetricsLayer, prometheus};
-use state_core::{Registry, StateUrl};
+use distributed_state::metrics::{GaugeCollector, LockMetricsLayer, MetricsLayer, prometheus};
+use state_core::{Registry, StateBackend, StateUrl};
 
 use crate::error::CliError;
 
@@ -39,6 +40,18 @@ pub fn serve_metrics(addr: &str) -> Result<(), CliError> {
     prometheus::install(resolved).map_err(|e| bad(e.message().to_string()))?;
     let _ = SERVING_METRICS.set(());
     Ok(())
+}
+
+/// With `--metrics-addr`, the backend's server gauges (`state_metrics::GaugeCollector`),
+/// read now and every 15 s until the collector is stopped; without it, nothing.
+pub async fn collect_gauges(
+    backend: &Arc<dyn StateBackend>,
+) -> Result<Option<GaugeCollector>, CliError> {
+    if SERVING_METRICS.get().is_none() {
+        return Ok(None);
+    }
+    let every = Duration::from_secs(15);
+    Ok(Some(GaugeCollector::start(backend.clone(), every).await?))
 }
 
 /// The URL to open: `--url` (or `$STATE_URL`, which clap already folded in), else the

@@ -92,6 +92,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
     let url = backends::resolve(cli.url.as_deref())?;
     let backend = backends::registry().connect_url(url.clone()).await?;
+    let gauges = backends::collect_gauges(&backend).await?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let b = &*backend;
     let result = match &cli.command {
@@ -114,6 +115,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Err(e) => Err(e),
         },
     };
+    if let Some(gauges) = gauges {
+        gauges.stop().await;
+    }
     out.flush()?;
     // Close the store before the process exits, so an embedded file is released cleanly.
     drop(backend);

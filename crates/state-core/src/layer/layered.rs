@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::backend::{BoxStream, StateBackend};
 use crate::error::Result;
-use crate::stats::Stats;
+use crate::stats::{Gauge, Stats};
 use crate::types::{Capabilities, Checkpoint, Entry, FencingToken, Health, ImportMode, Ttl};
 
 use super::hook::{Hook, Input, Op, OpKind};
@@ -183,6 +183,10 @@ impl<H: Hook> StateBackend for Layered<H> {
 
     async fn stats(&self) -> Stats {
         self.hook.stats(self.inner.stats().await)
+    }
+
+    async fn gauges(&self) -> Result<Vec<Gauge>> {
+        self.inner.gauges().await
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
