@@ -1,13 +1,10 @@
 //! [`MetricsLayer`]: every call of a backend recorded through the `metrics` facade.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use state_core::{
-    BoxStream, Entry, Hook, Layer, Layered, Op, OpKind, Outcome, Result, StateBackend,
-};
+use state_core::layer::{Finished, Observer, watch};
+use state_core::{Layer, Op, OpKind, StateBackend};
 
 use crate::names;
 
@@ -18,7 +15,11 @@ use crate::names;
 /// the recorder first ([`crate::prometheus::install`] does). Each call then costs a few
 /// relaxed atomic adds and a histogram record: no lookup, no allocation. Labels are closed
 /// sets: the backend's name, the operation, the status or error kind. A scan or an export
-/// counts as one call when its stream ends or is dropped (its errors by status only).
+/// counts as one call when its stream ends or is dropped.
+///
+/// It is an [`Observer`]: stacked next to [`TracingLayer`](crate::TracingLayer) and
+/// [`StatsLayer`](state_core::StatsLayer), the three share one layer and one pair of
+/// clock reads per call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MetricsLayer {
     _private: (),
@@ -34,7 +35,11 @@ impl MetricsLayer {
 impl Layer for MetricsLayer {
     fn layer(&self, inner: Arc<dyn StateBackend>) -> Arc<dyn StateBackend> {
         let recorded = Recorded::new(inner.capabilities().backend);
-        Arc::new(Layered::new(recorded, inner))
+        watch(Arc::new(recorded), inner)
+    }
+
+    fn observer(&self, inner: &Arc<dyn StateBackend>) -> Option<Arc<dyn Observer>> {
+        Some(Arc::new(Recorded::new(inner.capabilities().backend)))
     }
 }
 
@@ -91,95 +96,47 @@ impl Recorded {
     }
 }
 
-/// Takes one call off the in-flight gauge when dropped: finished or cancelled.
-struct InFlight<'a>(&'a Gauge);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
-impl Hook for Recorded {
-    fn around<T: Outcome>(
-        &self,
-        op: Op<'_>,
-        call: impl Future<Output = Result<T>> + Send,
-    ) -> impl Future<Output = Result<T>> + Send {
-        let kind = op.kind;
-        let written = op.input.bytes_written();
-        let entries = op.input.entries();
-        async move {
-            self.in_flight.increment(1.0);
-            let _guard = InFlight(&self.in_flight);
-            let started = Instant::now();
-            let out = call.await;
-            let Some(per) = self.ops.get(kind.index()) else {
-                return out;
-            };
-            per.duration.record(started.elapsed().as_secs_f64());
-            if let Some(histogram) = &per.entries {
-                histogram.record(entries as f64);
-            }
-            match &out {
-                Ok(value) => {
-                    per.ok.increment(1);
-                    let seen = value.observed();
-                    add(&self.hits, seen.hits);
-                    add(&self.misses, seen.misses);
-                    add(&self.bytes_read, seen.bytes_read);
-                    add(&self.bytes_written, written);
-                }
-                Err(err) => {
-                    per.failed.increment(1);
-                    // Errors are rare: this one lookup is not on the hot path.
-                    counter!(
-                        names::ERRORS_TOTAL,
-                        "backend" => self.backend,
-                        "operation" => kind.name(),
-                        "kind" => err.kind().name()
-                    )
-                    .increment(1);
-                }
-            }
-            out
-        }
-    }
-
-    fn around_stream<'a>(
-        &'a self,
-        kind: OpKind,
-        stream: BoxStream<'a, Result<Entry>>,
-    ) -> BoxStream<'a, Result<Entry>> {
-        match self.ops.get(kind.index()) {
-            Some(per) => self.observe_stream(per, stream),
-            None => stream,
-        }
-    }
-}
-
-impl Recorded {
-    /// A scan or export: one call, timed from its start to its end or drop.
-    fn observe_stream<'a>(
-        &'a self,
-        per: &'a PerOp,
-        stream: BoxStream<'a, Result<Entry>>,
-    ) -> BoxStream<'a, Result<Entry>> {
+impl Observer for Recorded {
+    fn started(&self, _op: &Op<'_>) -> Option<Box<dyn state_core::layer::Scope>> {
         self.in_flight.increment(1.0);
-        let started = Instant::now();
-        state_core::stream::observed(
-            stream,
-            |entry: &Entry| add(&self.bytes_read, entry.value.len() as u64),
-            move |ok| {
-                self.in_flight.decrement(1.0);
-                per.duration.record(started.elapsed().as_secs_f64());
-                if ok {
-                    per.ok.increment(1);
-                } else {
-                    per.failed.increment(1);
-                }
-            },
-        )
+        None
+    }
+
+    fn stream_started(&self, _kind: OpKind) {
+        self.in_flight.increment(1.0);
+    }
+
+    fn abandoned(&self, _kind: OpKind) {
+        self.in_flight.decrement(1.0);
+    }
+
+    fn finished(&self, call: &Finished) {
+        self.in_flight.decrement(1.0);
+        let Some(per) = self.ops.get(call.kind.index()) else {
+            return;
+        };
+        per.duration.record(call.elapsed.as_secs_f64());
+        if let Some(histogram) = &per.entries {
+            histogram.record(call.entries as f64);
+        }
+        match call.error {
+            None => per.ok.increment(1),
+            Some(kind) => {
+                per.failed.increment(1);
+                // Errors are rare: this one lookup is not on the hot path.
+                counter!(
+                    names::ERRORS_TOTAL,
+                    "backend" => self.backend,
+                    "operation" => call.kind.name(),
+                    "kind" => kind.name()
+                )
+                .increment(1);
+            }
+        }
+        add(&self.hits, call.observed.hits);
+        add(&self.misses, call.observed.misses);
+        add(&self.bytes_read, call.observed.bytes_read);
+        add(&self.bytes_written, call.bytes_written);
     }
 }
 

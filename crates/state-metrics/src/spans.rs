@@ -1,11 +1,12 @@
 //! [`TracingLayer`]: a `tracing` span around every call of a backend.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use state_core::{Hook, Layer, Layered, Op, Outcome, Result, StateBackend};
-use tracing::Instrument;
+use state_core::layer::{Finished, Observer, Scope, watch};
+use state_core::{Layer, Op, StateBackend};
+use tracing::Span;
 use tracing::field::Empty;
+use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
 
 /// Opens a `debug`-level span named `state` around every call, with the fields `backend`,
 /// `operation`, `key_len` (point calls), `entries` (batch calls) and, when the call ends,
@@ -30,22 +31,28 @@ impl TracingLayer {
 impl Layer for TracingLayer {
     fn layer(&self, inner: Arc<dyn StateBackend>) -> Arc<dyn StateBackend> {
         let backend = inner.capabilities().backend;
-        Arc::new(Layered::new(Traced { backend }, inner))
+        watch(Arc::new(Traced { backend }), inner)
+    }
+
+    fn observer(&self, inner: &Arc<dyn StateBackend>) -> Option<Arc<dyn Observer>> {
+        let backend = inner.capabilities().backend;
+        Some(Arc::new(Traced { backend }))
     }
 }
 
-/// The hook of [`TracingLayer`].
+/// The observer of [`TracingLayer`].
 #[derive(Debug)]
 struct Traced {
     backend: &'static str,
 }
 
-impl Hook for Traced {
-    fn around<T: Outcome>(
-        &self,
-        op: Op<'_>,
-        call: impl Future<Output = Result<T>> + Send,
-    ) -> impl Future<Output = Result<T>> + Send {
+impl Observer for Traced {
+    fn started(&self, op: &Op<'_>) -> Option<Box<dyn Scope>> {
+        // No subscriber wants debug spans (one atomic load): no span at all. The macro alone
+        // would also look for a `log` logger, which this layer does not feed.
+        if LevelFilter::current() < LevelFilter::DEBUG || STATIC_MAX_LEVEL < LevelFilter::DEBUG {
+            return None;
+        }
         let span = tracing::debug_span!(
             "state",
             backend = self.backend,
@@ -54,19 +61,31 @@ impl Hook for Traced {
             entries = Empty,
             outcome = Empty,
         );
-        if !span.is_disabled() && op.input.key_len().is_none() && op.input.entries() > 0 {
+        // Without a subscriber interested, no span: nothing to enter, nothing allocated.
+        if span.is_disabled() {
+            return None;
+        }
+        if op.input.key_len().is_none() && op.input.entries() > 0 {
             span.record("entries", op.input.entries());
         }
-        let recorded = span.clone();
-        async move {
-            let out = call.instrument(span).await;
-            if !recorded.is_disabled() {
-                match &out {
-                    Ok(_) => recorded.record("outcome", "ok"),
-                    Err(e) => recorded.record("outcome", e.kind().name()),
-                };
-            }
-            out
-        }
+        Some(Box::new(InSpan(span)))
+    }
+
+    fn finished(&self, _call: &Finished) {}
+}
+
+/// A call's span, entered around each poll of the call.
+struct InSpan(Span);
+
+impl Scope for InSpan {
+    fn enter(&self, poll: &mut dyn FnMut()) {
+        self.0.in_scope(poll);
+    }
+
+    fn end(&self, call: &Finished) {
+        match call.error {
+            None => self.0.record("outcome", "ok"),
+            Some(kind) => self.0.record("outcome", kind.name()),
+        };
     }
 }

@@ -1,19 +1,14 @@
 //! [`StatsLayer`]: the guide's `stats()` counters, kept the same way for every backend.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use crate::backend::{BoxStream, StateBackend};
-use crate::error::Result;
-use crate::types::Entry;
+use crate::backend::StateBackend;
 
 pub use crate::stats::Stats;
 
 use super::Layer;
-use super::hook::{Hook, Op, OpKind, Outcome};
-use super::layered::Layered;
+use super::observe::{Finished, Observer, watch};
 
 /// Counts every call: operations, errors, hits and misses, latency, bytes. Read them with
 /// [`StateBackend::stats`] on the outermost backend (layers above pass the call down).
@@ -34,11 +29,15 @@ impl StatsLayer {
 
 impl Layer for StatsLayer {
     fn layer(&self, inner: Arc<dyn StateBackend>) -> Arc<dyn StateBackend> {
-        Arc::new(Layered::new(Counters::default(), inner))
+        watch(Arc::new(Counters::default()), inner)
+    }
+
+    fn observer(&self, _inner: &Arc<dyn StateBackend>) -> Option<Arc<dyn Observer>> {
+        Some(Arc::new(Counters::default()))
     }
 }
 
-/// The counters of one wrapped backend: the [`Hook`] of [`StatsLayer`].
+/// The counters of one wrapped backend: the [`Observer`] of [`StatsLayer`].
 #[derive(Debug, Default)]
 pub(super) struct Counters {
     operations: AtomicU64,
@@ -58,54 +57,21 @@ fn add(counter: &AtomicU64, n: u64) {
     }
 }
 
-impl Counters {
-    fn finished(&self, elapsed: Duration, ok: bool) {
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+impl Observer for Counters {
+    fn finished(&self, call: &Finished) {
+        let us = u64::try_from(call.elapsed.as_micros()).unwrap_or(u64::MAX);
         self.operations.fetch_add(1, Ordering::Relaxed);
         add(&self.latency_us, us);
         if us > self.max_latency_us.load(Ordering::Relaxed) {
             self.max_latency_us.fetch_max(us, Ordering::Relaxed);
         }
-        if !ok {
+        if !call.ok() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-impl Hook for Counters {
-    fn around<T: Outcome>(
-        &self,
-        op: Op<'_>,
-        call: impl Future<Output = Result<T>> + Send,
-    ) -> impl Future<Output = Result<T>> + Send {
-        let written = op.input.bytes_written();
-        let started = Instant::now();
-        async move {
-            let out = call.await;
-            self.finished(started.elapsed(), out.is_ok());
-            if let Ok(value) = &out {
-                let seen = value.observed();
-                add(&self.hits, seen.hits);
-                add(&self.misses, seen.misses);
-                add(&self.bytes_read, seen.bytes_read);
-                add(&self.bytes_written, written);
-            }
-            out
-        }
-    }
-
-    fn around_stream<'a>(
-        &'a self,
-        kind: OpKind,
-        stream: BoxStream<'a, Result<Entry>>,
-    ) -> BoxStream<'a, Result<Entry>> {
-        let _ = kind;
-        let started = Instant::now();
-        crate::stream::observed(
-            stream,
-            |entry: &Entry| add(&self.bytes_read, entry.value.len() as u64),
-            move |ok| self.finished(started.elapsed(), ok),
-        )
+        add(&self.hits, call.observed.hits);
+        add(&self.misses, call.observed.misses);
+        add(&self.bytes_read, call.observed.bytes_read);
+        add(&self.bytes_written, call.bytes_written);
     }
 
     fn stats(&self, inner: Stats) -> Stats {

@@ -222,3 +222,144 @@ fn every_kind_is_listed_at_its_index() {
         assert_eq!(*kind as usize, i, "{kind}");
     }
 }
+
+/// An observer that writes what it is told into a shared log.
+#[derive(Debug, Clone)]
+struct Watcher {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watcher {
+    fn note(&self, line: String) {
+        if let Ok(mut log) = self.log.lock() {
+            log.push(line);
+        }
+    }
+}
+
+impl Observer for Watcher {
+    fn started(&self, op: &Op<'_>) -> Option<Box<dyn Scope>> {
+        self.note(format!("{} starts {}", self.name, op.kind));
+        None
+    }
+
+    fn finished(&self, call: &Finished) {
+        let status = call.error.map_or("ok", |kind| kind.name());
+        let seen = call.observed;
+        self.note(format!(
+            "{} saw {} {status} entries={} hits={} misses={} read={} written={}",
+            self.name,
+            call.kind,
+            call.entries,
+            seen.hits,
+            seen.misses,
+            seen.bytes_read,
+            call.bytes_written
+        ));
+    }
+
+    fn abandoned(&self, kind: OpKind) {
+        self.note(format!("{} abandoned {kind}", self.name));
+    }
+}
+
+impl Layer for Watcher {
+    fn layer(&self, inner: Arc<dyn StateBackend>) -> Arc<dyn StateBackend> {
+        watch(Arc::new(self.clone()), inner)
+    }
+
+    fn observer(&self, _inner: &Arc<dyn StateBackend>) -> Option<Arc<dyn Observer>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+fn watcher(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> Watcher {
+    Watcher {
+        name,
+        log: Arc::clone(log),
+    }
+}
+
+fn taken(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    log.lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn neighbouring_observers_share_a_layer_and_are_told_as_separate_layers_would() -> Result<()>
+{
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let backend = Stack::new()
+        .layer(tracer("outer", &log))
+        .layer(watcher("a", &log))
+        .layer(watcher("b", &log))
+        .layer(tracer("middle", &log))
+        .layer(watcher("c", &log))
+        .apply(memory());
+    let shown = format!("{backend:?}");
+    assert_eq!(shown.matches("Watched").count(), 2, "{shown}");
+    backend.get(b"k").await?;
+    let ok = "ok entries=1 hits=0 misses=1 read=0 written=0";
+    assert_eq!(
+        taken(&log),
+        [
+            "outer enters get".to_string(),
+            "a starts get".into(),
+            "b starts get".into(),
+            "middle enters get".into(),
+            "c starts get".into(),
+            format!("c saw get {ok}"),
+            "middle leaves get".into(),
+            format!("b saw get {ok}"),
+            format!("a saw get {ok}"),
+            "outer leaves get".into(),
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn observers_see_what_each_call_did() -> Result<()> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let backend = Stack::new().layer(watcher("w", &log)).apply(memory());
+    backend.batch_put(&[(b"a", b"123"), (b"bb", b"4")]).await?;
+    backend.batch_get(&[b"a", b"zz"]).await?;
+    let _ = backend.get(b"").await;
+    let _ = crate::stream::try_collect(backend.scan(b"")).await?;
+    let seen: Vec<String> = taken(&log)
+        .into_iter()
+        .filter(|line| line.contains(" saw "))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "w saw batch_put ok entries=2 hits=0 misses=0 read=0 written=7",
+            "w saw batch_get ok entries=2 hits=1 misses=1 read=3 written=0",
+            "w saw get invalid_input entries=1 hits=0 misses=0 read=0 written=0",
+            "w saw scan ok entries=0 hits=0 misses=0 read=4 written=0",
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_call_dropped_before_it_ends_is_abandoned_not_finished() -> Result<()> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let slow = Tracer {
+        delay: Duration::from_secs(30),
+        ..tracer("slow", &log)
+    };
+    let backend = Stack::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(20)))
+        .layer(watcher("w", &log))
+        .layer(slow)
+        .apply(memory());
+    let err = backend.get(b"k").await.err().map(|e| e.kind());
+    assert_eq!(err, Some(ErrorKind::Timeout));
+    let log = taken(&log);
+    assert!(log.contains(&"w abandoned get".to_string()), "{log:?}");
+    assert!(!log.iter().any(|line| line.starts_with("w saw")), "{log:?}");
+    Ok(())
+}
