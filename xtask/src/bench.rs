@@ -1,4 +1,5 @@
-//! `cargo xtask bench [embedded|redis|postgres|locks|all] [--runs N] [--quick] [--no-write]`
+//! `cargo xtask bench [embedded|redis|postgres|locks|overhead|all] [--runs N] [--calls N]
+//! [--seconds S] [--quick] [--no-write]`
 //!
 //! For each workload, runs `statectl bench` (ours) and the raw-engine reference `bench-ref`
 //! with the same shape, `--runs` times each (default 3), alternating which goes first, takes
@@ -21,6 +22,7 @@ mod embedded;
 mod locks;
 mod measure;
 mod options;
+mod overhead;
 mod postgres;
 mod redis;
 mod report;
@@ -35,6 +37,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "embedded" => embedded::run(&root, &opts)?,
             "redis" => redis::run(&root, &opts)?,
             "locks" => locks::run(&root, &opts)?,
+            "overhead" => overhead::run(&root, &opts)?,
             _ => postgres::run(&root, &opts)?,
         }
     }
@@ -67,8 +70,17 @@ mod tests {
         assert_eq!(median(&[s(3.0), s(1.0), s(2.0)]).ops_per_sec, 2.0);
         assert_eq!(median(&[s(4.0), s(1.0)]).p50_us, 2.5);
         let o = parse(&["all".into(), "--runs".into(), "5".into()])?;
-        assert_eq!((o.backends.len(), o.runs), (4, 5));
+        assert_eq!((o.backends.len(), o.runs, o.pairs), (5, 5, 5));
+        let o = parse(&["overhead".into(), "--calls".into(), "1000".into()])?;
+        assert_eq!(
+            (o.backends, o.runs, o.pairs, o.calls),
+            (vec!["overhead"], 3, 5, 1000)
+        );
+        let o = parse(&["overhead".into(), "--quick".into()])?;
+        assert_eq!((o.pairs, o.calls, o.seconds), (1, 200_000, 1.0));
         assert!(parse(&["--runs".into(), "0".into()]).is_err());
+        assert!(parse(&["--seconds".into(), "-1".into()]).is_err());
+        assert!(parse(&["--calls".into(), "x".into()]).is_err());
         assert!(parse(&["mysql".into()]).is_err());
         Ok(())
     }

@@ -191,6 +191,18 @@ pub(super) fn json_number(text: &str, key: &str) -> Option<f64> {
     after[..end].parse().ok()
 }
 
+/// The array of numbers stored under `"key"` in a JSON text: `"key": [1.5, 2, 3e2]`.
+pub(super) fn json_numbers(text: &str, key: &str) -> Option<Vec<f64>> {
+    let quoted = format!("\"{key}\"");
+    let after = &text[text.find(&quoted)? + quoted.len()..];
+    let after = after.trim_start().strip_prefix(':')?.trim_start();
+    let inside = &after.strip_prefix('[')?[..after.find(']')? - 1];
+    if inside.trim().is_empty() {
+        return Some(Vec::new());
+    }
+    inside.split(',').map(|n| n.trim().parse().ok()).collect()
+}
+
 pub(super) fn median_of(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {

@@ -7,20 +7,30 @@ use anyhow::{Context, Result, bail};
 pub(super) struct Options {
     pub(super) backends: Vec<&'static str>,
     pub(super) runs: usize,
+    /// `overhead`'s bare/layered pairs: `--runs` if given, else 5 (1 with `--quick`).
+    pub(super) pairs: usize,
+    /// `overhead`: memory:// gets per run.
+    pub(super) calls: u64,
+    /// `overhead`: seconds per Redis run.
+    pub(super) seconds: f64,
     pub(super) quick: bool,
     pub(super) write: bool,
 }
 
-const USAGE: &str = "usage: cargo xtask bench [embedded|redis|postgres|locks|all] [--runs N] \
-                     [--quick] [--no-write]";
+const USAGE: &str = "usage: cargo xtask bench [embedded|redis|postgres|locks|overhead|all] \
+                     [--runs N] [--calls N] [--seconds S] [--quick] [--no-write]";
 
 pub(super) fn parse(args: &[String]) -> Result<Options> {
     let mut opts = Options {
         backends: Vec::new(),
         runs: 3,
+        pairs: 5,
+        calls: 2_000_000,
+        seconds: 3.0,
         quick: false,
         write: true,
     };
+    let mut runs = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -28,14 +38,32 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
             "redis" => opts.backends.push("redis"),
             "postgres" => opts.backends.push("postgres"),
             "locks" | "lock" => opts.backends.push("locks"),
+            "overhead" => opts.backends.push("overhead"),
             "all" => opts
                 .backends
-                .extend(["embedded", "redis", "postgres", "locks"]),
+                .extend(["embedded", "redis", "postgres", "locks", "overhead"]),
             "--runs" => {
                 let n = it.next().context(USAGE)?;
-                opts.runs =
-                    n.parse().ok().filter(|n| *n >= 1).with_context(|| {
+                runs =
+                    Some(n.parse().ok().filter(|n| *n >= 1).with_context(|| {
                         format!("--runs `{n}` is not a positive number; {USAGE}")
+                    })?);
+            }
+            "--calls" => {
+                let n = it.next().context(USAGE)?;
+                opts.calls =
+                    n.parse().ok().filter(|n| *n >= 1).with_context(|| {
+                        format!("--calls `{n}` is not a positive number; {USAGE}")
+                    })?;
+            }
+            "--seconds" => {
+                let s = it.next().context(USAGE)?;
+                opts.seconds = s
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .with_context(|| {
+                        format!("--seconds `{s}` is not a positive number; {USAGE}")
                     })?;
             }
             "--quick" => opts.quick = true,
@@ -45,6 +73,9 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                 println!(
                     "  --runs N    runs per side and workload; medians are reported (default 3)"
                 );
+                println!("              (overhead: bare/layered pairs, default 5)");
+                println!("  --calls N   overhead: memory:// gets per run (default 2000000)");
+                println!("  --seconds S overhead: seconds per Redis run (default 3)");
                 println!(
                     "  --quick     one tenth of the ops and one run: a smoke test, not numbers"
                 );
@@ -57,8 +88,13 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
     if opts.backends.is_empty() {
         opts.backends.push("embedded");
     }
+    opts.runs = runs.unwrap_or(3);
+    opts.pairs = runs.unwrap_or(5);
     if opts.quick {
         opts.runs = 1;
+        opts.pairs = 1;
+        opts.calls = (opts.calls / 10).max(1);
+        opts.seconds = opts.seconds.min(1.0);
     }
     opts.backends.dedup();
     Ok(opts)

@@ -7,9 +7,14 @@ use anyhow::{Context, Result};
 
 use crate::util;
 
+/// Whether a measured figure meets its goal (`at_most`: the figure is a ceiling).
+pub(super) fn met(x: f64, goal: f64, at_most: bool) -> bool {
+    (at_most && x <= goal) || (!at_most && x >= goal)
+}
+
 /// The verdict of a measured ratio against its goal.
 pub(super) fn verdict(x: f64, goal: f64, at_most: bool) -> &'static str {
-    if (at_most && x <= goal) || (!at_most && x >= goal) {
+    if met(x, goal, at_most) {
         "met"
     } else {
         "NOT met"
@@ -50,11 +55,11 @@ pub(super) fn command_line(program: &str, args: &[&str]) -> String {
 }
 
 pub(super) const HEADER: &str = "# Benchmarks\n\n\
-Written by `cargo xtask bench [embedded|redis|postgres|locks|all]`; each section is \
-replaced when that part is measured. Every number is compared with the raw engine \
-measured in the same run on the same machine, with the same value size, keyspace, \
-concurrency and batch size (DESIGN.md, \"Performance method\"). Machines are shared and \
-noisy: the ratios matter more than the absolute numbers.\n";
+Written by `cargo xtask bench [embedded|redis|postgres|locks|overhead|all]`; each section \
+is replaced when that part is measured. Every number is compared with the raw engine \
+(`overhead`: with the bare backend) measured in the same run on the same machine, with the \
+same value size, keyspace, concurrency and batch size (DESIGN.md, \"Performance method\"). \
+Machines are shared and noisy: the ratios matter more than the absolute numbers.\n";
 
 /// Replaces the `backend` section of BENCHMARKS.md (between its markers), keeping the others.
 pub(super) fn write_section(root: &Path, backend: &str, body: &str) -> Result<()> {
