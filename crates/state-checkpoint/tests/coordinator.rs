@@ -264,14 +264,7 @@ async fn retention_keeps_the_newest_and_the_sweep_waits_out_its_grace() {
             .expect("put");
         ids.push(c.checkpoint_now().await.expect("checkpoint").id);
     }
-    let kept: Vec<CheckpointId> = c
-        .list()
-        .await
-        .expect("list")
-        .valid
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let kept = listed(&c).await;
     assert_eq!(kept, ids[3..].to_vec());
     assert_eq!(c.stats().deleted, 3);
 
@@ -279,14 +272,7 @@ async fn retention_keeps_the_newest_and_the_sweep_waits_out_its_grace() {
     let one = coordinator(backend.clone(), store.clone(), options.clone().with_keep(1));
     let cleanup = one.cleanup().await.expect("cleanup");
     assert_eq!(cleanup.deleted, vec![ids[3]]);
-    let kept: Vec<CheckpointId> = c
-        .list()
-        .await
-        .expect("list")
-        .valid
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let kept = listed(&c).await;
     assert_eq!(kept, vec![ids[4]]);
 
     // An orphan younger than the grace period stays; with no grace it goes.
@@ -340,4 +326,15 @@ async fn concurrent_cleanups_tolerate_files_already_deleted() {
     let restored = many.restore_latest().await.expect("restore latest");
     assert!(restored.id < newest);
     assert_eq!(restored.skipped.len(), 1);
+}
+
+/// The ids of the valid checkpoints `c` lists, oldest first.
+async fn listed(c: &CheckpointCoordinator) -> Vec<CheckpointId> {
+    c.list()
+        .await
+        .expect("list")
+        .valid
+        .iter()
+        .map(|m| m.id)
+        .collect()
 }

@@ -50,6 +50,14 @@ impl Layer for Tracer {
     }
 }
 
+/// A tracer that holds every call back for 30 s: longer than any deadline in these tests.
+fn slow_tracer(log: &Arc<Mutex<Vec<String>>>) -> Tracer {
+    Tracer {
+        delay: Duration::from_secs(30),
+        ..tracer("slow", log)
+    }
+}
+
 fn tracer(name: &'static str, log: &Arc<Mutex<Vec<String>>>) -> Tracer {
     Tracer {
         name,
@@ -188,10 +196,7 @@ async fn limits_refuse_before_the_backend_sees_the_call() -> Result<()> {
 #[tokio::test]
 async fn a_write_cut_short_by_the_deadline_may_have_been_applied() -> Result<()> {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let slow = Tracer {
-        delay: Duration::from_secs(30),
-        ..tracer("slow", &log)
-    };
+    let slow = slow_tracer(&log);
     let backend = Stack::new()
         .layer(TimeoutLayer::new(Duration::from_millis(20)))
         .layer(slow)
@@ -347,10 +352,7 @@ async fn observers_see_what_each_call_did() -> Result<()> {
 #[tokio::test]
 async fn a_call_dropped_before_it_ends_is_abandoned_not_finished() -> Result<()> {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let slow = Tracer {
-        delay: Duration::from_secs(30),
-        ..tracer("slow", &log)
-    };
+    let slow = slow_tracer(&log);
     let backend = Stack::new()
         .layer(TimeoutLayer::new(Duration::from_millis(20)))
         .layer(watcher("w", &log))
