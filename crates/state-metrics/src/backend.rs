@@ -1,12 +1,14 @@
 //! [`MetricsLayer`]: every call of a backend recorded through the `metrics` facade.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use state_core::layer::{Finished, Observer, watch};
 use state_core::{Layer, Op, OpKind, StateBackend};
 
 use crate::names;
+use crate::striped::{Flush, Stripe, Striped, spawn_flusher, take};
 
 /// Records every call of the backend it wraps: counts by status and error kind, duration,
 /// hits and misses, bytes, batch sizes and calls in flight (see [`names`]).
@@ -16,6 +18,11 @@ use crate::names;
 /// relaxed atomic adds and a histogram record: no lookup, no allocation. Labels are closed
 /// sets: the backend's name, the operation, the status or error kind. A scan or an export
 /// counts as one call when its stream ends or is dropped.
+///
+/// Applied inside a tokio runtime, the counts (and the calls in flight) are kept per
+/// thread and reach the recorder within a second (a task flushes them, and a last
+/// one when the layer is dropped); durations and batch sizes are recorded at once.
+/// Outside a runtime every call is recorded at once.
 ///
 /// It is an [`Observer`]: stacked next to [`TracingLayer`](crate::TracingLayer) and
 /// [`StatsLayer`](state_core::StatsLayer), the three share one layer and one pair of
@@ -34,12 +41,12 @@ impl MetricsLayer {
 
 impl Layer for MetricsLayer {
     fn layer(&self, inner: Arc<dyn StateBackend>) -> Arc<dyn StateBackend> {
-        let recorded = Recorded::new(inner.capabilities().backend);
-        watch(Arc::new(recorded), inner)
+        let recorded = Recorded::start(inner.capabilities().backend);
+        watch(recorded, inner)
     }
 
     fn observer(&self, inner: &Arc<dyn StateBackend>) -> Option<Arc<dyn Observer>> {
-        Some(Arc::new(Recorded::new(inner.capabilities().backend)))
+        Some(Recorded::start(inner.capabilities().backend))
     }
 }
 
@@ -62,9 +69,23 @@ struct Recorded {
     bytes_read: Counter,
     bytes_written: Counter,
     in_flight: Gauge,
+    /// Counts kept per thread until the next flush; `None`: recorded at once.
+    striped: Option<Striped>,
 }
 
 impl Recorded {
+    /// The observer, its stripes flushed by a task on the current runtime if there is one.
+    fn start(backend: &'static str) -> Arc<Recorded> {
+        let mut recorded = Recorded::new(backend);
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        recorded.striped = in_runtime.then(Striped::default);
+        let recorded = Arc::new(recorded);
+        if recorded.striped.is_some() {
+            spawn_flusher(&recorded);
+        }
+        recorded
+    }
+
     fn new(backend: &'static str) -> Recorded {
         let ops = OpKind::ALL
             .iter()
@@ -92,26 +113,65 @@ impl Recorded {
             bytes_read: counter!(names::BYTES_READ_TOTAL, "backend" => backend),
             bytes_written: counter!(names::BYTES_WRITTEN_TOTAL, "backend" => backend),
             in_flight: gauge!(names::IN_FLIGHT, "backend" => backend),
+            striped: None,
         }
+    }
+
+    /// One more call in flight (`by` = 1) or one fewer (`by` = -1).
+    fn in_flight(&self, by: i64) {
+        match &self.striped {
+            Some(striped) => {
+                striped.mine().in_flight.fetch_add(by, Ordering::Relaxed);
+            }
+            None => self.in_flight.increment(by as f64),
+        }
+    }
+}
+
+impl Flush for Recorded {
+    fn flush(&self) {
+        let Some(striped) = &self.striped else {
+            return;
+        };
+        let mut in_flight = 0i64;
+        for stripe in striped.all() {
+            for (per, (ok, failed)) in self.ops.iter().zip(stripe.ok.iter().zip(&stripe.failed)) {
+                add(&per.ok, take(ok));
+                add(&per.failed, take(failed));
+            }
+            add(&self.hits, take(&stripe.hits));
+            add(&self.misses, take(&stripe.misses));
+            add(&self.bytes_read, take(&stripe.bytes_read));
+            add(&self.bytes_written, take(&stripe.bytes_written));
+            in_flight = in_flight.saturating_add(stripe.in_flight.load(Ordering::Relaxed));
+        }
+        self.in_flight.set(in_flight.max(0) as f64);
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        // The counts since the last flush: the flusher holds no reference to stop this.
+        self.flush();
     }
 }
 
 impl Observer for Recorded {
     fn started(&self, _op: &Op<'_>) -> Option<Box<dyn state_core::layer::Scope>> {
-        self.in_flight.increment(1.0);
+        self.in_flight(1);
         None
     }
 
     fn stream_started(&self, _kind: OpKind) {
-        self.in_flight.increment(1.0);
+        self.in_flight(1);
     }
 
     fn abandoned(&self, _kind: OpKind) {
-        self.in_flight.decrement(1.0);
+        self.in_flight(-1);
     }
 
     fn finished(&self, call: &Finished) {
-        self.in_flight.decrement(1.0);
+        self.in_flight(-1);
         let Some(per) = self.ops.get(call.kind.index()) else {
             return;
         };
@@ -119,19 +179,29 @@ impl Observer for Recorded {
         if let Some(histogram) = &per.entries {
             histogram.record(call.entries as f64);
         }
+        match &self.striped {
+            Some(striped) => count_in(striped.mine(), call),
+            None => self.count_now(per, call),
+        }
+        if let Some(kind) = call.error {
+            // Errors are rare: this one lookup is not on the hot path.
+            counter!(
+                names::ERRORS_TOTAL,
+                "backend" => self.backend,
+                "operation" => call.kind.name(),
+                "kind" => kind.name()
+            )
+            .increment(1);
+        }
+    }
+}
+
+impl Recorded {
+    /// Counts `call` straight into the recorder's handles.
+    fn count_now(&self, per: &PerOp, call: &Finished) {
         match call.error {
             None => per.ok.increment(1),
-            Some(kind) => {
-                per.failed.increment(1);
-                // Errors are rare: this one lookup is not on the hot path.
-                counter!(
-                    names::ERRORS_TOTAL,
-                    "backend" => self.backend,
-                    "operation" => call.kind.name(),
-                    "kind" => kind.name()
-                )
-                .increment(1);
-            }
+            Some(_) => per.failed.increment(1),
         }
         add(&self.hits, call.observed.hits);
         add(&self.misses, call.observed.misses);
@@ -140,8 +210,29 @@ impl Observer for Recorded {
     }
 }
 
+/// Counts `call` into the calling thread's stripe, for the next flush.
+fn count_in(stripe: &Stripe, call: &Finished) {
+    let status = match call.error {
+        None => &stripe.ok,
+        Some(_) => &stripe.failed,
+    };
+    if let Some(count) = status.get(call.kind.index()) {
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+    bump(&stripe.hits, call.observed.hits);
+    bump(&stripe.misses, call.observed.misses);
+    bump(&stripe.bytes_read, call.observed.bytes_read);
+    bump(&stripe.bytes_written, call.bytes_written);
+}
+
 fn add(counter: &Counter, n: u64) {
     if n > 0 {
         counter.increment(n);
+    }
+}
+
+fn bump(count: &AtomicU64, n: u64) {
+    if n > 0 {
+        count.fetch_add(n, Ordering::Relaxed);
     }
 }

@@ -11,6 +11,7 @@ pub mod names;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 mod spans;
+mod striped;
 
 pub use backend::MetricsLayer;
 pub use gauges::GaugeCollector;
