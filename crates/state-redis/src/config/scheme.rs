@@ -12,5 +12,5 @@ pub const REDISS: Scheme = Scheme::new("rediss", UrlShape::hosts(6379, false));
 pub const REDIS_SENTINEL: Scheme = Scheme::new("redis+sentinel", UrlShape::hosts(26379, true));
 /// `redis+cluster://host:port[,host:port…]`: a Redis Cluster, from its seed nodes.
 pub const REDIS_CLUSTER: Scheme = Scheme::new("redis+cluster", UrlShape::hosts(6379, true));
-/// Every scheme this crate opens, for [`StateUrl::parse`] and the registry.
+/// Every scheme this crate opens, for [`StateUrl::parse`](state_core::StateUrl::parse) and the registry.
 pub const SCHEMES: [Scheme; 4] = [REDIS, REDISS, REDIS_SENTINEL, REDIS_CLUSTER];
