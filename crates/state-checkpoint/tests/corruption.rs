@@ -86,6 +86,10 @@ async fn damaged_data_is_refused_and_the_older_checkpoint_restored() {
         let err = c.restore(second).await.expect_err(damage);
         assert_corrupt_naming(&err, &format!("memory://{data}"), says);
         assert_same(&state(backend.as_ref()).await, &now, SLACK);
+        // `verify` is the same first pass, and writes nothing either.
+        let err = c.verify(second).await.expect_err(damage);
+        assert_corrupt_naming(&err, &format!("memory://{data}"), says);
+        assert_eq!(c.verify(first).await.expect(damage).id, first);
 
         let restored = c.restore_latest().await.expect(damage);
         assert_eq!(restored.id, first, "{damage}");
@@ -161,6 +165,8 @@ async fn nothing_to_restore_says_why_and_changes_nothing() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
     let missing = CheckpointId { token: 0, seq: 9 };
     let err = c.restore(missing).await.expect_err("no such checkpoint");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let err = c.verify(missing).await.expect_err("no such checkpoint");
     assert_eq!(err.kind(), ErrorKind::NotFound);
 
     backend.put(b"k", b"v").await.expect("put");

@@ -6,10 +6,11 @@ use clap::{Parser, Subcommand};
 /// Reads and writes distributed state from a shell, on any backend picked by URL.
 ///
 /// Exit codes: 0 success; 1 the key or checkpoint does not exist (get, ttl, checkpoint
-/// restore/delete); 2 a bad URL, option or input; 3 the backend failed (unreachable server,
-/// I/O error, locked or corrupt file, a lock lost while its command ran); 75 `lock run`
-/// could not get the lock within --wait. `lock run` otherwise exits with its command's
-/// status (128 + N if a signal N ended it).
+/// restore/delete/verify); 2 a bad URL, option or input; 3 the backend failed (unreachable
+/// server, I/O error, locked or corrupt file or checkpoint, a lock lost while its command
+/// ran); 75 `lock run` could not get the lock within --wait, or `checkpoint create
+/// --lock-url` found another leader. `lock run` otherwise exits with its command's status
+/// (128 + N if a signal N ended it).
 #[derive(Debug, Parser)]
 #[command(name = "statectl", version, max_term_width = 100)]
 pub struct Cli {
@@ -81,11 +82,14 @@ pub enum Command {
     /// A failed call is counted by kind of error and the run goes on (a failover is ridden
     /// out); the counts are printed after the table.
     Bench(BenchArgs),
-    /// Creates, lists, restores and deletes server-side checkpoints (postgres:// only).
+    /// Takes, lists, verifies, restores and deletes checkpoints, or runs the checkpoint
+    /// coordinator.
     ///
-    /// A checkpoint copies every live entry under the URL's key prefix inside the server;
-    /// restoring replaces that prefix's entries with it in one transaction, each keeping its
-    /// absolute expiry.
+    /// With --store URL (file:///absolute/dir) checkpoints are portable files, on every
+    /// backend: a checkpoint covers every live entry under the --url (its prefix=, schema=…)
+    /// and a restore replaces them all with the checkpoint's, each keeping its absolute
+    /// expiry (nothing expired is revived). Without --store only postgres:// works: its
+    /// checkpoints live inside the server, under the URL's key prefix.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
     /// Runs a command while holding a distributed lock (redis://…, postgres://…).
@@ -134,17 +138,113 @@ pub enum LockCommand {
 #[derive(Debug, Subcommand)]
 pub enum CheckpointCommand {
     /// Takes a checkpoint and prints its id.
-    Create,
+    ///
+    /// With --store nothing else is deleted: retention is `checkpoint run`'s (--keep).
+    Create {
+        /// Where checkpoints are kept.
+        #[command(flatten)]
+        store: StoreArg,
+        /// With --store: take it only while holding the lock a `checkpoint run` on the same
+        /// store leads with (exit 75 if another holds it).
+        #[command(flatten)]
+        leader: LeaderArgs,
+    },
     /// Prints `id<TAB>created_at (RFC 3339, UTC)<TAB>rows<TAB>bytes`, oldest first.
-    List,
+    ///
+    /// With --store, `bytes` is the uncompressed size of the entries as encoded in the file,
+    /// and a damaged manifest is a warning on stderr (its checkpoint is not listed: it does
+    /// not exist).
+    List {
+        /// Where checkpoints are kept.
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Replaces the entries with checkpoint ID's; exit 1 if there is no such checkpoint.
+    ///
+    /// `latest` restores the newest checkpoint that can be restored and prints its id: a
+    /// damaged one is skipped for the next older, with a warning on stderr naming it. With
+    /// --store the whole file is checked before anything is written, so a damaged one
+    /// changes nothing.
     Restore {
-        /// The checkpoint id (from `create` or `list`).
-        id: i64,
+        /// The checkpoint id (from `create` or `list`), or `latest`.
+        id: String,
+        /// Where checkpoints are kept.
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Deletes checkpoint ID; exit 1 if there is no such checkpoint.
     Delete {
         /// The checkpoint id.
-        id: i64,
+        id: String,
+        /// Where checkpoints are kept.
+        #[command(flatten)]
+        store: StoreArg,
     },
+    /// Checks checkpoint ID without restoring it (--store only) and prints `ID<TAB>ok`.
+    ///
+    /// Reads the whole file: every frame's checksum, the footer's hash and counts, the file
+    /// against its manifest, and every entry against the --url backend (its size limits,
+    /// metadata). A damaged checkpoint exits 3 naming the file; exit 1 if there is no such
+    /// checkpoint.
+    Verify {
+        /// The checkpoint id.
+        id: String,
+        /// Where checkpoints are kept.
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Runs the checkpoint coordinator until SIGTERM or Ctrl-C (--store only).
+    ///
+    /// Takes a checkpoint of --url into --store every --interval (the first one interval
+    /// after the start) and keeps the newest --keep. Prints each checkpoint's id on stdout
+    /// as it is committed; failures go to stderr and the schedule goes on. With --lock-url,
+    /// of the processes given the same store and lock only the lock's holder writes, each
+    /// checkpoint named after its fencing token; a follower tries for the lock every
+    /// --interval (or --lock-ttl if shorter), so it takes over one try after a dead leader's
+    /// lease runs out, and checkpoints at once. A leader killed mid-checkpoint leaves no
+    /// listed checkpoint, only a file the sweep removes after an hour. On SIGTERM or Ctrl-C
+    /// a checkpoint in flight is finished (up to 60 s), the lock released, and it exits 0.
+    Run {
+        /// Where checkpoints are kept: file:///absolute/dir.
+        #[arg(long, value_name = "URL")]
+        store: String,
+        /// Time between checkpoints, start to start.
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        interval: String,
+        /// How many checkpoints to keep (the newest; older ones are deleted after each
+        /// checkpoint).
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        keep: usize,
+        /// The least time between the end of one checkpoint and the start of the next.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        min_pause: String,
+        /// Leader election.
+        #[command(flatten)]
+        leader: LeaderArgs,
+    },
+}
+
+/// `--store URL` of the checkpoint subcommands.
+#[derive(Debug, clap::Args)]
+pub struct StoreArg {
+    /// Keep checkpoints as files in this store: file:///absolute/dir (object stores such as
+    /// s3:// are not built in yet). Without it: PostgreSQL's server-side checkpoints.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+/// Who may write to a checkpoint store: `--lock-url` and the lock's name and lease.
+#[derive(Debug, clap::Args)]
+pub struct LeaderArgs {
+    /// Write checkpoints only while holding a lock of this lock service (redis://…,
+    /// postgres://…); without it, run one writer per store.
+    #[arg(long, value_name = "URL")]
+    pub lock_url: Option<String>,
+    /// The leader's lock (use one name per store).
+    #[arg(long, value_name = "NAME", default_value = "state-checkpoint")]
+    pub lock_name: String,
+    /// The leader's lease, renewed every third of it: how long a dead leader blocks the
+    /// others.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub lock_ttl: String,
 }

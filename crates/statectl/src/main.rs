@@ -78,11 +78,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         backends::serve_metrics(addr)?;
     }
     if let Command::Checkpoint(command) = &cli.command {
-        // The default store is embedded and refused anyway: no directory is created for it.
-        let url =
-            backends::registry().parse(cli.url.as_deref().unwrap_or(backends::DEFAULT_URL))?;
+        // The default store is created only for a --store command: without one, the
+        // embedded store is refused.
         let mut out = BufWriter::new(std::io::stdout().lock());
-        let result = checkpoint::run(&url, command, &mut out).await;
+        let result = checkpoint::run(cli.url.as_deref(), command, &mut out).await;
         out.flush()?;
         return result;
     }

@@ -203,6 +203,28 @@ impl CheckpointCoordinator {
         Ok(self.inner.restored(manifest, entries, Vec::new()))
     }
 
+    /// Checks checkpoint `id` as [`restore`](Self::restore) does before it writes
+    /// anything, and writes nothing: the whole data file is read (frame checksums, the
+    /// footer's hash and counts, the file against its manifest) and every entry is checked
+    /// against the backend (key prefix, size limits, metadata). Returns the manifest.
+    /// `NotFound` if there is no such checkpoint; `Corrupt`, naming the file, if its
+    /// manifest or data is damaged, foreign, truncated or of a newer format version.
+    ///
+    /// Needs no leadership and does not wait for a checkpoint in flight: it only reads.
+    pub async fn verify(&self, id: CheckpointId) -> Result<Manifest> {
+        self.inner.ensure_open()?;
+        let store = self.inner.store.as_ref();
+        let manifest = restore::find(store.manifests().await?, id, &store.describe())?;
+        restore::verify_one(
+            self.inner.backend.as_ref(),
+            store,
+            &manifest,
+            &self.inner.options.key_prefix,
+        )
+        .await?;
+        Ok(manifest)
+    }
+
     /// The store's checkpoints: the valid ones ascending by id, and the invalid manifests
     /// with why.
     pub async fn list(&self) -> Result<Listing> {

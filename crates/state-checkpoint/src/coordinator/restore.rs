@@ -58,14 +58,15 @@ pub(crate) fn file_name(store: &dyn CheckpointStore, id: CheckpointId) -> String
     }
 }
 
-/// Verifies then imports the checkpoint of `manifest` into `backend`, restricted to
-/// `prefix`; returns the live entries written.
-pub(crate) async fn restore_one(
+/// Pass 1 alone: reads the whole data file of `manifest` and checks it (frames, footer,
+/// the file against its manifest, every entry against `backend` and `prefix`) without
+/// writing anything.
+pub(crate) async fn verify_one(
     backend: &dyn StateBackend,
     store: &dyn CheckpointStore,
     manifest: &Manifest,
     prefix: &[u8],
-) -> Result<u64> {
+) -> Result<()> {
     let name = file_name(store, manifest.id);
     let caps = backend.capabilities();
     let rules = Rules {
@@ -74,13 +75,32 @@ pub(crate) async fn restore_one(
         caps: &caps,
         manifest,
     };
-
-    // Pass 1: the whole file, checked; nothing is written.
     let mut entries = checked(store, &rules).await?;
     while let Some(entry) = state_core::stream::next(&mut entries).await {
         entry?;
     }
-    drop(entries);
+    Ok(())
+}
+
+/// Verifies then imports the checkpoint of `manifest` into `backend`, restricted to
+/// `prefix`; returns the live entries written.
+pub(crate) async fn restore_one(
+    backend: &dyn StateBackend,
+    store: &dyn CheckpointStore,
+    manifest: &Manifest,
+    prefix: &[u8],
+) -> Result<u64> {
+    // Pass 1: the whole file, checked; nothing is written.
+    verify_one(backend, store, manifest, prefix).await?;
+
+    let name = file_name(store, manifest.id);
+    let caps = backend.capabilities();
+    let rules = Rules {
+        name: &name,
+        prefix,
+        caps: &caps,
+        manifest,
+    };
 
     // Pass 2: the same checks, into one import.
     let now = SystemTime::now();
