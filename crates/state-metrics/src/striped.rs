@@ -6,11 +6,12 @@
 //! thread and flushing the sums every [`FLUSH_EVERY`] keeps the hot path on lines a core
 //! already owns. The recorder sees the counts up to that long after the calls.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use state_core::OpKind;
+use state_core::layer::thread_stripe;
 
 /// How often a layer's stripes are flushed into the recorder's handles.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -65,12 +66,7 @@ impl Default for Striped {
 impl Striped {
     /// The calling thread's stripe.
     pub(crate) fn mine(&self) -> &Stripe {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-        }
-        let index = INDEX.with(|index| *index);
-        &self.stripes[index % STRIPES]
+        &self.stripes[thread_stripe() % STRIPES]
     }
 
     /// Every stripe, for a flush.

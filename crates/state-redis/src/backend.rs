@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use redis::Value;
-use state_core::{ErrorKind, Gauge, Idempotency, Result, StateError};
+use state_core::{Gauge, Idempotency, Result, StateError};
 
 use crate::config::RedisConfig;
 use crate::conn::Pool;
 use crate::driver::{Inner, RedisStateBackend};
 use crate::keys;
-use crate::reply::{first_error, info_text, info_u64, text_of};
+use crate::reply::{info_field, info_text, info_u64, text_of};
 use crate::scripts::Script;
 
 /// What one server reports about itself ([`RedisStateBackend::server_info`]).
@@ -132,6 +132,15 @@ impl RedisStateBackend {
     }
 
     async fn node_infos(&self) -> Result<Vec<NodeInfo>> {
+        let replies = self.info_replies().await?;
+        Ok(replies
+            .into_iter()
+            .map(|(node, info)| parse_info(node, &text_of(&info)))
+            .collect())
+    }
+
+    /// `INFO` of every node that holds data (the Cluster masters), with each node's name.
+    async fn info_replies(&self) -> Result<Vec<(String, redis::Value)>> {
         let masters = self.masters().await?;
         let info_cmd = redis::cmd("INFO");
         let mut out = Vec::with_capacity(masters.len());
@@ -141,37 +150,22 @@ impl RedisStateBackend {
                     self.inner.pool.query_node(node, &info_cmd)
                 })
                 .await?;
-            out.push(parse_info(node.describe(&self.inner.pool), &text_of(&info)));
+            out.push((node.describe(&self.inner.pool), info));
         }
         Ok(out)
     }
 
-    /// The figures of [`gauges`](state_core::StateBackend::gauges): `used_memory` (of
-    /// `INFO memory`) and `connected_clients` (of `INFO clients`), one pipeline per node
-    /// that holds data, summed over the Cluster masters (replicas are not counted).
+    /// The figures of [`gauges`](state_core::StateBackend::gauges): `used_memory` and
+    /// `connected_clients` of `INFO`, summed over the nodes that hold data (replicas are
+    /// not counted). Unlike [`server_info`](Self::server_info), a reply without them is an
+    /// error: a gauge must not read 0 for "unknown".
     pub(crate) async fn info_gauges(&self) -> Result<Vec<Gauge>> {
-        let masters = self.masters().await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("INFO").arg("memory").cmd("INFO").arg("clients");
         let (mut memory, mut clients) = (0u64, 0u64);
-        for node in &masters {
-            let replies = self
-                .retry(Idempotency::Idempotent, "INFO", || {
-                    self.inner.pool.pipeline_node(node, &pipe)
-                })
-                .await?;
-            first_error("INFO", self.target(), &replies)?;
-            let what = format!("INFO of {}", node.describe(&self.inner.pool));
-            let [memory_reply, clients_reply] = replies.as_slice() else {
-                return Err(StateError::new(
-                    ErrorKind::Backend,
-                    format!("{what}: {} replies to 2 commands", replies.len()),
-                ));
-            };
-            let used = info_u64(&what, info_text(&what, memory_reply)?, "used_memory")?;
-            let connected = info_u64(&what, info_text(&what, clients_reply)?, "connected_clients")?;
-            memory = memory.saturating_add(used);
-            clients = clients.saturating_add(connected);
+        for (node, info) in self.info_replies().await? {
+            let what = format!("INFO of {node}");
+            let text = info_text(&what, &info)?;
+            memory = memory.saturating_add(info_u64(&what, text, "used_memory")?);
+            clients = clients.saturating_add(info_u64(&what, text, "connected_clients")?);
         }
         Ok(vec![
             Gauge::new("redis_memory_used_bytes", memory as f64),
@@ -236,12 +230,7 @@ impl RedisStateBackend {
 }
 
 fn parse_info(address: String, text: &str) -> NodeInfo {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
+    let field = |name: &str| info_field(text, name).unwrap_or_default().to_string();
     let num = |name: &str| field(name).parse::<u64>().unwrap_or(0);
     NodeInfo {
         address,

@@ -88,15 +88,19 @@ pub(crate) fn info_text<'a>(what: &str, value: &'a Value) -> Result<&'a str> {
     }
 }
 
+/// The field `name` of an `INFO` reply's text (`name:value` lines), trimmed.
+pub(crate) fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim())
+    })
+}
+
 /// The unsigned integer field `name` of an `INFO` reply's text (`name:value` lines, with
 /// `#` lines heading the sections). A missing field, or one that is not an unsigned
 /// integer, is a `Backend` error that names it.
 pub(crate) fn info_u64(what: &str, text: &str, name: &str) -> Result<u64> {
-    let field = text.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        (key.trim() == name).then(|| value.trim())
-    });
-    let Some(value) = field else {
+    let Some(value) = info_field(text, name) else {
         return Err(StateError::new(
             ErrorKind::Backend,
             format!("{what}: the INFO reply from Redis has no `{name}` field"),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use distributed_state::metrics::{GaugeCollector, LockMetricsLayer, MetricsLayer, prometheus};
 use state_core::{Registry, StateBackend, StateUrl};
+use state_postgres::PostgresStateBackend;
 
 use crate::error::CliError;
 
@@ -68,5 +69,22 @@ pub fn resolve(url: Option<&str>) -> Result<StateUrl, CliError> {
             })?;
             Ok(registry().parse(DEFAULT_URL)?)
         }
+    }
+}
+
+/// The backend `--url` names (else the default embedded store, created if missing).
+pub async fn open(url: Option<&str>) -> Result<Arc<dyn StateBackend>, CliError> {
+    let url = resolve(url)?;
+    Ok(registry().connect_url(url).await?)
+}
+
+/// Ends a PostgreSQL backend's sessions politely, so the server logs no dropped
+/// connections; other backends close when dropped.
+pub async fn close(backend: &Arc<dyn StateBackend>) {
+    if let Some(postgres) = backend
+        .as_any()
+        .and_then(|b| b.downcast_ref::<PostgresStateBackend>())
+    {
+        postgres.close().await;
     }
 }

@@ -15,16 +15,12 @@ use tempfile::TempDir;
 
 mod common;
 
-use common::{service_url, unique, with_param};
+use common::{output, service_url, statectl, text, unique, with_param};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
 const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// statectl run from a directory of the test's own, with `--url` if one is given.
 struct Statectl {
@@ -41,20 +37,11 @@ impl Statectl {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_statectl"));
-        cmd.current_dir(&self.dir).env_remove("STATE_URL");
-        if let Some(url) = &self.url {
-            cmd.arg("--url").arg(url);
-        }
-        cmd.args(args);
-        cmd
+        statectl(&self.dir, self.url.as_deref(), args)
     }
 
     fn out(&self, args: &[&str]) -> Output {
-        match self.command(args).output() {
-            Ok(out) => out,
-            Err(e) => panic!("cannot run statectl {args:?}: {e}"),
-        }
+        output(self.command(args), args)
     }
 
     /// A command that must succeed with nothing on stderr; its stdout.

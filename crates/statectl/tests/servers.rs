@@ -10,7 +10,7 @@ use tempfile::TempDir;
 
 mod common;
 
-use common::{service_url, unique, with_param};
+use common::{output, service_url, statectl, text, unique, with_param};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -29,10 +29,6 @@ fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// statectl with `--url url`, run from a fresh directory so no default store is touched.
 struct Cli {
     url: String,
@@ -48,16 +44,7 @@ impl Cli {
     }
 
     fn out(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_statectl"));
-        cmd.current_dir(self.dir.path())
-            .env_remove("STATE_URL")
-            .arg("--url")
-            .arg(&self.url)
-            .args(args);
-        match cmd.output() {
-            Ok(out) => out,
-            Err(e) => panic!("cannot run statectl {args:?}: {e}"),
-        }
+        output(statectl(self.dir.path(), Some(&self.url), args), args)
     }
 
     /// A command that must succeed; its stdout.

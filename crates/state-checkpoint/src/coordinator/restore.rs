@@ -67,14 +67,7 @@ pub(crate) async fn verify_one(
     manifest: &Manifest,
     prefix: &[u8],
 ) -> Result<()> {
-    let name = file_name(store, manifest.id);
-    let caps = backend.capabilities();
-    let rules = Rules {
-        name: &name,
-        prefix,
-        caps: &caps,
-        manifest,
-    };
+    let rules = Rules::new(backend, store, manifest, prefix);
     let mut entries = checked(store, &rules).await?;
     while let Some(entry) = state_core::stream::next(&mut entries).await {
         entry?;
@@ -92,15 +85,7 @@ pub(crate) async fn restore_one(
 ) -> Result<u64> {
     // Pass 1: the whole file, checked; nothing is written.
     verify_one(backend, store, manifest, prefix).await?;
-
-    let name = file_name(store, manifest.id);
-    let caps = backend.capabilities();
-    let rules = Rules {
-        name: &name,
-        prefix,
-        caps: &caps,
-        manifest,
-    };
+    let rules = Rules::new(backend, store, manifest, prefix);
 
     // Pass 2: the same checks, into one import.
     let now = SystemTime::now();
@@ -134,13 +119,28 @@ fn tombstone(key: Bytes) -> Entry {
 
 /// What every entry of a file to restore must satisfy.
 struct Rules<'a> {
-    name: &'a str,
+    name: String,
     prefix: &'a [u8],
-    caps: &'a Capabilities,
+    caps: Capabilities,
     manifest: &'a Manifest,
 }
 
-impl Rules<'_> {
+impl<'a> Rules<'a> {
+    /// The rules for restoring `manifest`'s checkpoint from `store` into `backend`.
+    fn new(
+        backend: &dyn StateBackend,
+        store: &dyn CheckpointStore,
+        manifest: &'a Manifest,
+        prefix: &'a [u8],
+    ) -> Rules<'a> {
+        Rules {
+            name: file_name(store, manifest.id),
+            prefix,
+            caps: backend.capabilities(),
+            manifest,
+        }
+    }
+
     fn check(&self, entry: &Entry) -> Result<()> {
         if !entry.key.starts_with(self.prefix) {
             return Err(StateError::invalid_input(format!(
@@ -211,7 +211,7 @@ async fn checked<'a>(
     rules: &'a Rules<'a>,
 ) -> Result<BoxStream<'a, Result<Entry>>> {
     let chunks = store.read_data(rules.manifest.id).await?;
-    let (entries, summary) = decode_with_summary(rules.name, chunks);
+    let (entries, summary) = decode_with_summary(&rules.name, chunks);
     let state = Some((entries, summary));
     Ok(Box::pin(stream::unfold(state, move |state| async move {
         let (mut entries, summary) = state?;

@@ -72,7 +72,7 @@ pub use hook::{Hook, Input, Observed, Op, OpKind, Outcome};
 pub use layered::Layered;
 pub use limits::LimitsLayer;
 pub use lock::{LockHook, LockLayered, LockOp, LockOutcome};
-pub use observe::{Finished, Observer, Scope, Watched, watch};
+pub use observe::{Finished, Observer, Scope, Watched, thread_stripe, watch};
 pub use stats::{Stats, StatsLayer};
 pub use timeout::TimeoutLayer;
 

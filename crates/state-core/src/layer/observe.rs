@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -120,6 +121,17 @@ impl Watched {
             scope.end(call);
         }
     }
+}
+
+/// The stripe this thread counts into, the same for the life of the thread: threads take
+/// numbers in turn as they first ask (take it modulo the number of stripes). Observers
+/// keep their counts per thread so that threads do not take turns owning one cache line.
+pub fn thread_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    STRIPE.with(|stripe| *stripe)
 }
 
 /// A clock read for timing calls: the CPU's counter where it is reliable (a few

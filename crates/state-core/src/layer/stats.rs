@@ -1,14 +1,14 @@
 //! [`StatsLayer`]: the guide's `stats()` counters, kept the same way for every backend.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::StateBackend;
 
 pub use crate::stats::Stats;
 
 use super::Layer;
-use super::observe::{Finished, Observer, watch};
+use super::observe::{Finished, Observer, thread_stripe, watch};
 
 /// Counts every call: operations, errors, hits and misses, latency, bytes. Read them with
 /// [`StateBackend::stats`] on the outermost backend (layers above pass the call down).
@@ -63,15 +63,6 @@ struct Shard {
     bytes_written: AtomicU64,
 }
 
-/// Which shard this thread writes to: threads take them in turn as they first count.
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    INDEX.with(|index| *index)
-}
-
 /// Adds `n` unless it is zero.
 fn add(counter: &AtomicU64, n: u64) {
     if n > 0 {
@@ -81,7 +72,7 @@ fn add(counter: &AtomicU64, n: u64) {
 
 impl Observer for Counters {
     fn finished(&self, call: &Finished) {
-        let shard = &self.shards[shard_index()];
+        let shard = &self.shards[thread_stripe() % SHARDS];
         let us = u64::try_from(call.elapsed.as_micros()).unwrap_or(u64::MAX);
         shard.operations.fetch_add(1, Ordering::Relaxed);
         add(&shard.latency_us, us);

@@ -11,8 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use state_checkpoint::{
     CheckpointCoordinator, CheckpointId, CheckpointOptions, CheckpointStore, DirStore, Manifest,
 };
-use state_core::{DistributedLock, ErrorKind, LockOptions, StateBackend, parse_duration};
-use state_postgres::PostgresStateBackend;
+use state_core::{DistributedLock, ErrorKind, LockOptions, parse_duration};
 
 use super::{rfc3339, runner, warn};
 use crate::backends;
@@ -158,7 +157,7 @@ async fn with_coordinator<F>(
 where
     F: AsyncFnOnce(&CheckpointCoordinator) -> Result<(), CliError>,
 {
-    let backend = connect(url).await?;
+    let backend = backends::open(url).await?;
     let result = match CheckpointCoordinator::new(Arc::clone(&backend), store, options) {
         Ok(coordinator) => {
             let result = work(&coordinator).await;
@@ -167,25 +166,8 @@ where
         }
         Err(e) => Err(e.into()),
     };
-    close(&backend).await;
+    backends::close(&backend).await;
     result
-}
-
-/// The backend `--url` names (else the default embedded store, created if missing).
-pub async fn connect(url: Option<&str>) -> Result<Arc<dyn StateBackend>, CliError> {
-    let url = backends::resolve(url)?;
-    Ok(backends::registry().connect_url(url).await?)
-}
-
-/// Ends a PostgreSQL backend's sessions politely, so the server logs no dropped
-/// connections; other backends close when dropped.
-pub async fn close(backend: &Arc<dyn StateBackend>) {
-    if let Some(postgres) = backend
-        .as_any()
-        .and_then(|b| b.downcast_ref::<PostgresStateBackend>())
-    {
-        postgres.close().await;
-    }
 }
 
 /// One line per checkpoint, oldest first: `id<TAB>created_at<TAB>rows<TAB>bytes`; a

@@ -14,7 +14,6 @@ use state_checkpoint::{
 };
 use tokio::time::MissedTickBehavior;
 
-use super::files::{close, connect};
 use super::warn;
 use crate::backends;
 use crate::error::CliError;
@@ -32,18 +31,18 @@ pub async fn run(
     // Before anything else: from here on a SIGTERM means "shut down cleanly".
     let mut stop = Stop::listen()?;
     let place = store.describe();
-    let backend = connect(url).await?;
+    let backend = backends::open(url).await?;
     let coordinator = match CheckpointCoordinator::new(Arc::clone(&backend), store, options) {
         Ok(coordinator) => coordinator,
         Err(e) => {
-            close(&backend).await;
+            backends::close(&backend).await;
             return Err(e.into());
         }
     };
     let gauges = match backends::collect_gauges(&backend).await {
         Ok(gauges) => gauges,
         Err(e) => {
-            close(&backend).await;
+            backends::close(&backend).await;
             return Err(e);
         }
     };
@@ -77,7 +76,7 @@ pub async fn run(
         gauges.stop().await;
     }
     drop(coordinator);
-    close(&backend).await;
+    backends::close(&backend).await;
     watched?;
     shutdown?;
     last

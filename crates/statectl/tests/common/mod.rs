@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn service_url(env: &str, default: &str) -> String {
@@ -31,4 +33,28 @@ pub fn with_param(url: &str, name: &str, value: &str) -> String {
         (false, false) => "/?",
     };
     format!("{url}{separator}{name}={value}")
+}
+
+/// `statectl [--url URL] ARGS…` run in `dir`, with no `STATE_URL` from the environment.
+pub fn statectl(dir: &Path, url: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_statectl"));
+    cmd.current_dir(dir).env_remove("STATE_URL");
+    if let Some(url) = url {
+        cmd.arg("--url").arg(url);
+    }
+    cmd.args(args);
+    cmd
+}
+
+/// What `cmd` printed and how it ended; a test failure if it could not be started.
+pub fn output(mut cmd: Command, args: &[&str]) -> Output {
+    match cmd.output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run statectl {args:?}: {e}"),
+    }
+}
+
+/// Bytes a process printed, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
