@@ -10,7 +10,7 @@ use tempfile::TempDir;
 
 mod common;
 
-use common::{output, service_url, statectl, text, unique, with_param};
+use common::{one_sentence_failure, output, service_url, statectl, text, unique, with_param};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -60,20 +60,10 @@ impl Cli {
         text(&out.stdout)
     }
 
-    /// A command that must fail with `code` and one sentence on stderr; that sentence.
+    /// A command that must fail with `code`, one sentence on stderr and nothing on stdout;
+    /// that sentence.
     fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.out(args);
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: stderr: {err}");
-        assert!(err.starts_with("statectl: "), "{err}");
-        assert_eq!(
-            err.trim_end().lines().count(),
-            1,
-            "one line expected: {err}"
-        );
-        assert!(!err.contains("panicked"), "{err}");
-        assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
-        err
+        one_sentence_failure(&self.out(args), args, code)
     }
 }
 

@@ -58,3 +58,15 @@ pub fn output(mut cmd: Command, args: &[&str]) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// Checks that `out` failed with `code`, one sentence on stderr and nothing on stdout;
+/// that sentence.
+pub fn one_sentence_failure(out: &Output, args: &[&str], code: i32) -> String {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: stderr: {err}");
+    assert!(err.starts_with("statectl: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+    err
+}
