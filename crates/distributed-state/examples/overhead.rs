@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p distributed-state --example overhead -- \
 //!     [--calls N] [--runs R] [--seconds S] [--slice S] [--concurrency C] \
-//!     [--redis URL | --no-redis] [--each-layer]
+//!     [--redis URL | --no-redis] [--each-layer] [--layers QUERY]
 //! ```
 //!
 //! - `memory://`: one task, `--calls` gets of one existing key (default 2,000,000), bare
@@ -18,7 +18,8 @@
 //!   that a burst of other work lands on both (whole runs back to back moved by up to 40%
 //!   on a shared 2-core machine). Gets per second and the process's CPU time per get of
 //!   each run. The keys live under a prefix of this run's own (`prefix=bench:overhead:…:`),
-//!   removed at the end.
+//!   removed at the end. `--layers stats=true` (say) puts other layers on the layered Redis
+//!   side (and on the memory one), to see what each one costs.
 //!
 //! The real Prometheus recorder is installed (on 127.0.0.1, a free port) before any layered
 //! backend is opened; no tracing subscriber is. `--each-layer` then measures each layer
@@ -61,6 +62,8 @@ struct Options {
     concurrency: usize,
     redis: Option<String>,
     each_layer: bool,
+    /// The layered side's URL parameters: [`LAYERS`] unless `--layers` names others.
+    layers: String,
 }
 
 fn options() -> Result<Options> {
@@ -75,6 +78,7 @@ fn options() -> Result<Options> {
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         ),
         each_layer: false,
+        layers: LAYERS.to_string(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -88,6 +92,7 @@ fn options() -> Result<Options> {
             "--redis" => opts.redis = Some(value()?),
             "--no-redis" => opts.redis = None,
             "--each-layer" => opts.each_layer = true,
+            "--layers" => opts.layers = value()?,
             other => return Err(format!("unknown argument `{other}`").into()),
         }
     }
@@ -209,7 +214,7 @@ async fn open_memory(registry: &Registry, url: &str) -> Result<Arc<dyn StateBack
 
 async fn memory(registry: &Registry, opts: &Options) -> Result<Pairs> {
     let bare = open_memory(registry, "memory://").await?;
-    let layered = open_memory(registry, &format!("memory://?{LAYERS}")).await?;
+    let layered = open_memory(registry, &format!("memory://?{}", opts.layers)).await?;
     // One warm-up run per side (caches, allocator, the recorder's first handles).
     ns_per_get(&bare, opts.calls / 10 + 1).await?;
     ns_per_get(&layered, opts.calls / 10 + 1).await?;
@@ -320,7 +325,9 @@ async fn redis_pairs(
     let value = [b'v'; VALUE_SIZE];
     let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (&k[..], &value[..])).collect();
     bare.batch_put(&entries).await?;
-    let layered = registry.connect(&format!("{bare_url}&{LAYERS}")).await?;
+    let layered = registry
+        .connect(&format!("{bare_url}&{}", opts.layers))
+        .await?;
     let slices = (opts.seconds / opts.slice).ceil().max(1.0);
     let slice = opts.seconds / slices;
     let warm_up = slice.min(1.0);

@@ -7,6 +7,7 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use state_core::layer::{Finished, Observer, watch};
 use state_core::{Layer, Op, OpKind, StateBackend};
 
+use crate::durations::{record_totals, totals};
 use crate::names;
 use crate::striped::{Flush, Stripe, Striped, spawn_flusher, take};
 
@@ -15,14 +16,18 @@ use crate::striped::{Flush, Stripe, Striped, spawn_flusher, take};
 ///
 /// The handles are taken from the recorder installed when the layer is applied, so install
 /// the recorder first ([`crate::prometheus::install`] does). Each call then costs a few
-/// relaxed atomic adds and a histogram record: no lookup, no allocation. Labels are closed
+/// relaxed atomic adds: no lookup, no allocation, no clock read of its own. Labels are closed
 /// sets: the backend's name, the operation, the status or error kind. A scan or an export
 /// counts as one call when its stream ends or is dropped.
 ///
 /// Applied inside a tokio runtime, the counts (and the calls in flight) are kept per
 /// thread and reach the recorder within a second (a task flushes them, and a last
-/// one when the layer is dropped); durations and batch sizes are recorded at once.
-/// Outside a runtime every call is recorded at once.
+/// one when the layer is dropped). So are the durations, counted per thread into
+/// [`names::DURATION_BUCKETS`] and handed over as each bucket's mean, `count` times: a
+/// Prometheus histogram with those buckets (what [`crate::prometheus`] installs) gets
+/// exact bucket counts and sum; a recorder with other buckets or quantiles sees each call
+/// as its bucket's mean over that second. Batch sizes are recorded at once. Outside a
+/// runtime every call is recorded at once, durations exactly.
 ///
 /// It is an [`Observer`]: stacked next to [`TracingLayer`](crate::TracingLayer) and
 /// [`StatsLayer`](state_core::StatsLayer), the three share one layer and one pair of
@@ -134,6 +139,15 @@ impl Flush for Recorded {
             return;
         };
         let mut in_flight = 0i64;
+        for (index, per) in self.ops.iter().enumerate() {
+            let mut sums = totals();
+            for stripe in striped.all() {
+                if let Some(durations) = stripe.durations.get(index) {
+                    durations.drain_into(&mut sums);
+                }
+            }
+            record_totals(&per.duration, &sums);
+        }
         for stripe in striped.all() {
             for (per, (ok, failed)) in self.ops.iter().zip(stripe.ok.iter().zip(&stripe.failed)) {
                 add(&per.ok, take(ok));
@@ -175,7 +189,6 @@ impl Observer for Recorded {
         let Some(per) = self.ops.get(call.kind.index()) else {
             return;
         };
-        per.duration.record(call.elapsed.as_secs_f64());
         if let Some(histogram) = &per.entries {
             histogram.record(call.entries as f64);
         }
@@ -199,6 +212,7 @@ impl Observer for Recorded {
 impl Recorded {
     /// Counts `call` straight into the recorder's handles.
     fn count_now(&self, per: &PerOp, call: &Finished) {
+        per.duration.record(call.elapsed.as_secs_f64());
         match call.error {
             None => per.ok.increment(1),
             Some(_) => per.failed.increment(1),
@@ -218,6 +232,9 @@ fn count_in(stripe: &Stripe, call: &Finished) {
     };
     if let Some(count) = status.get(call.kind.index()) {
         count.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(durations) = stripe.durations.get(call.kind.index()) {
+        durations.record(call.elapsed);
     }
     bump(&stripe.hits, call.observed.hits);
     bump(&stripe.misses, call.observed.misses);

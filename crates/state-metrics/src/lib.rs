@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod durations;
 mod gauges;
 #[cfg(feature = "leader")]
 mod leader;

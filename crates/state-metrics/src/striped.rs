@@ -13,6 +13,8 @@ use std::time::Duration;
 use state_core::OpKind;
 use state_core::layer::thread_stripe;
 
+use crate::durations::Durations;
+
 /// How often a layer's stripes are flushed into the recorder's handles.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -33,6 +35,8 @@ pub(crate) struct Stripe {
     pub(crate) bytes_written: AtomicU64,
     /// Calls started minus calls ended on this stripe (a call may end on another one).
     pub(crate) in_flight: AtomicI64,
+    /// How long the calls took, per operation.
+    pub(crate) durations: [Durations; OPS],
 }
 
 impl Default for Stripe {
@@ -45,6 +49,7 @@ impl Default for Stripe {
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            durations: std::array::from_fn(|_| Durations::default()),
         }
     }
 }
