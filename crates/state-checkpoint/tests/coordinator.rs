@@ -100,13 +100,80 @@ async fn a_checkpoint_of_other_keys_is_refused_and_changes_nothing() {
 
     let narrow = coordinator(
         backend.clone(),
-        store,
+        store.clone(),
         CheckpointOptions::new().with_key_prefix("in:"),
     );
+    // The manifest says what the checkpoint covers: refused before anything is read.
+    assert_eq!(taken.key_prefix.as_deref(), Some(&b""[..]));
+    for err in [
+        narrow.restore(taken.id).await.expect_err("another prefix"),
+        narrow.verify(taken.id).await.expect_err("another prefix"),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        let message = err.message();
+        assert!(
+            message.contains("taken under the key prefix b\"\"")
+                && message.contains("restores the key prefix b\"in:\""),
+            "{err}"
+        );
+    }
+    assert_same(&state(backend.as_ref()).await, &churned, SLACK);
+
+    // A manifest written before prefixes were recorded: each entry is checked instead.
+    let name = format!("{}.manifest.json", taken.id);
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&store.object(&name).expect("the manifest")).expect("json");
+    old.as_object_mut()
+        .expect("an object")
+        .remove("key_prefix_hex");
+    store.put_object(&name, serde_json::to_vec(&old).expect("json"));
     let err = narrow.restore(taken.id).await.expect_err("keys outside");
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(err.message().contains("outside the key prefix"), "{err}");
     assert_same(&state(backend.as_ref()).await, &churned, SLACK);
+    let unrecorded = whole
+        .verify(taken.id)
+        .await
+        .expect("verify an old manifest");
+    assert_eq!(unrecorded.key_prefix, None);
+    let restored = whole
+        .restore(taken.id)
+        .await
+        .expect("restore an old manifest");
+    assert_eq!(restored.manifest.key_prefix, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_records_the_prefix_and_a_narrower_one_is_not_restored_wider() {
+    let backend: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+    let store = Arc::new(MemoryStore::new());
+    let eu = coordinator(
+        backend.clone(),
+        store.clone(),
+        CheckpointOptions::new().with_key_prefix("orders:eu:"),
+    );
+    seed(backend.as_ref(), "orders:eu:", 3, "a").await;
+    seed(backend.as_ref(), "orders:us:", 3, "a").await;
+    let taken = eu.checkpoint_now().await.expect("checkpoint");
+    assert_eq!(taken.key_prefix.as_deref(), Some(&b"orders:eu:"[..]));
+    assert_eq!(
+        eu.verify(taken.id).await.expect("verify").key_prefix,
+        taken.key_prefix
+    );
+    let restored = eu.restore(taken.id).await.expect("restore");
+    assert_eq!(restored.manifest.key_prefix, taken.key_prefix);
+
+    // Every key is under `orders:`, but restoring there would delete the `us` keys.
+    let before = state(backend.as_ref()).await;
+    let wider = coordinator(
+        backend.clone(),
+        store,
+        CheckpointOptions::new().with_key_prefix("orders:"),
+    );
+    let err = wider.restore(taken.id).await.expect_err("a wider prefix");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.message().contains("orders:eu:"), "{err}");
+    assert_same(&state(backend.as_ref()).await, &before, SLACK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

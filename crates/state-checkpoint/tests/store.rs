@@ -8,8 +8,13 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use common::{assert_corrupt, many_entries};
+use state_checkpoint::object_store::local::LocalFileSystem;
+use state_checkpoint::object_store::memory::InMemory;
+use state_checkpoint::object_store::path::Path as ObjectPath;
+use state_checkpoint::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use state_checkpoint::{
-    CheckpointId, CheckpointStore, Compression, DirStore, Manifest, MemoryStore, decode, encode,
+    CheckpointId, CheckpointStore, Compression, DirStore, Manifest, MemoryStore,
+    ObjectCheckpointStore, decode, encode,
 };
 use state_core::{BoxStream, Entry, ErrorKind, Result, StateError, stream};
 
@@ -216,6 +221,118 @@ async fn the_dir_store_keeps_the_contract() {
         .filter(|n| n.contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// object_store's in-memory store, checkpoints at its root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_in_memory_keeps_the_contract() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let store = ObjectCheckpointStore::new(Arc::clone(&objects), "", "memory-objects://");
+    let planter = Arc::clone(&objects);
+    contract(&store, &move |name, bytes| {
+        let path = ObjectPath::from(name);
+        let put = planter.put(&path, PutPayload::from(bytes.to_vec()));
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(put))
+            .expect("plant an object");
+    })
+    .await;
+    let unrelated = objects.head(&ObjectPath::from("unrelated.txt")).await;
+    assert!(unrelated.is_ok(), "foreign objects are left alone");
+}
+
+/// object_store's local file system, checkpoints under a "directory" of the store, beside
+/// objects that are not theirs (a sibling directory, a deeper one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_on_local_disk_keeps_the_contract() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let objects: Arc<dyn ObjectStore> = Arc::new(
+        LocalFileSystem::new_with_prefix(tmp.path())
+            .expect("a local object store")
+            .with_fsync(true),
+    );
+    let beside = [
+        "team/other/00000000000000000001-0000000001.data",
+        "team/ckpt/deeper/00000000000000000001-0000000001.manifest.json",
+    ];
+    for name in beside {
+        objects
+            .put(
+                &ObjectPath::from(name),
+                PutPayload::from_static(b"not ours"),
+            )
+            .await
+            .expect("an object beside");
+    }
+    let store = ObjectCheckpointStore::new(Arc::clone(&objects), "team/ckpt", "local://team/ckpt");
+    let dir = tmp.path().join("team/ckpt");
+    contract(&store, &move |name, bytes| {
+        std::fs::write(dir.join(name), bytes).expect("plant a file")
+    })
+    .await;
+    for name in beside.into_iter().chain(["team/ckpt/unrelated.txt"]) {
+        let left = objects.head(&ObjectPath::from(name)).await;
+        assert!(left.is_ok(), "{name} is left alone");
+    }
+    // Nothing is left half-written: no staging file of an upload.
+    let staged: Vec<String> = std::fs::read_dir(tmp.path().join("team/ckpt"))
+        .expect("list")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains('#'))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+}
+
+/// Two writers committing one id at the same time, on a directory and on object storage:
+/// exactly one wins, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_to_an_object_store_have_one_winner() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).expect("a local object store"));
+    for objects in [local, Arc::new(InMemory::new()) as Arc<dyn ObjectStore>] {
+        let store = Arc::new(ObjectCheckpointStore::new(objects, "c", "test://c"));
+        for seq in 0..10 {
+            let manifest = write(&*store, id(5, seq), many_entries(2)).await;
+            let tasks: Vec<_> = (0..4)
+                .map(|_| {
+                    let (store, manifest) = (Arc::clone(&store), manifest.clone());
+                    tokio::spawn(async move { store.commit(&manifest).await })
+                })
+                .collect();
+            let mut wins = 0;
+            for task in tasks {
+                if task.await.expect("join").expect("commit") {
+                    wins += 1;
+                }
+            }
+            assert_eq!(wins, 1, "seq {seq}");
+        }
+        assert_eq!(store.manifests().await.expect("list").valid.len(), 10);
+    }
+}
+
+/// A data file larger than one upload part (8 MiB) is sent in several parts and read
+/// back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_data_goes_up_in_parts_and_comes_back_whole() {
+    let store =
+        ObjectCheckpointStore::new(Arc::new(InMemory::new()), "big", "memory-objects://big");
+    let entries: Vec<Entry> = (0..20_000u32)
+        .map(|i| {
+            let value: Vec<u8> = (0..1000u32)
+                .map(|j| (i.wrapping_mul(31) ^ j) as u8)
+                .collect();
+            Entry::new(format!("k{i:06}"), value)
+        })
+        .collect();
+    let manifest = write(&store, id(1, 1), entries.clone()).await;
+    assert!(store.commit(&manifest).await.expect("commit"));
+    assert!(
+        manifest.data_bytes > 16 * 1024 * 1024,
+        "{}",
+        manifest.data_bytes
+    );
+    assert_eq!(read(&store, id(1, 1)).await.expect("read"), entries);
 }
 
 /// Two writers committing one id at the same time: exactly one wins, every time.

@@ -74,6 +74,62 @@ pub const POSTGRES_CONNECTIONS_IN_USE: &str = "state_postgres_connections_in_use
 /// Polls of a backend's gauges that failed or timed out.
 pub const SERVER_POLL_ERRORS_TOTAL: &str = "state_server_poll_errors_total";
 
+/// Checkpoints committed by this process's checkpoint coordinators.
+pub const CHECKPOINT_COMPLETED_TOTAL: &str = "state_checkpoint_completed_total";
+/// Checkpoints that started (their coordinator led) and failed or were aborted.
+pub const CHECKPOINT_FAILED_TOTAL: &str = "state_checkpoint_failed_total";
+/// Seconds the last committed checkpoint took, export to commit.
+pub const CHECKPOINT_LAST_DURATION: &str = "state_checkpoint_last_duration_seconds";
+/// Bytes of the last committed checkpoint's data file, as stored.
+pub const CHECKPOINT_LAST_BYTES: &str = "state_checkpoint_last_size_bytes";
+/// Entries in the last committed checkpoint.
+pub const CHECKPOINT_LAST_ENTRIES: &str = "state_checkpoint_last_entries";
+/// Checkpoints being taken now (0 or 1 per coordinator).
+pub const CHECKPOINT_IN_PROGRESS: &str = "state_checkpoint_in_progress";
+
+/// The metrics state-checkpoint's `CheckpointCoordinator` emits (it depends on this crate
+/// for their names). Apart from [`METRICS`], whose every entry this crate's own layers
+/// emit and its tests check, since this crate does not take checkpoints; state-checkpoint's
+/// tests check these the same way.
+pub const CHECKPOINT_METRICS: [Metric; 6] = [
+    Metric {
+        name: CHECKPOINT_COMPLETED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        help: "Checkpoints committed by this process's checkpoint coordinators.",
+    },
+    Metric {
+        name: CHECKPOINT_FAILED_TOTAL,
+        kind: MetricKind::Counter,
+        labels: &[],
+        help: "Checkpoints that started (the coordinator led) and failed or were aborted.",
+    },
+    Metric {
+        name: CHECKPOINT_LAST_DURATION,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        help: "Seconds the last committed checkpoint took, export to commit.",
+    },
+    Metric {
+        name: CHECKPOINT_LAST_BYTES,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        help: "Bytes of the last committed checkpoint's data file, as stored.",
+    },
+    Metric {
+        name: CHECKPOINT_LAST_ENTRIES,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        help: "Entries in the last committed checkpoint.",
+    },
+    Metric {
+        name: CHECKPOINT_IN_PROGRESS,
+        kind: MetricKind::Gauge,
+        labels: &[],
+        help: "Checkpoints being taken now (0 or 1 per coordinator).",
+    },
+];
+
 /// Every metric, for docs, descriptions and tests.
 pub const METRICS: [Metric; 20] = [
     Metric {

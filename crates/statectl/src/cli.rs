@@ -180,7 +180,9 @@ pub enum CheckpointCommand {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Checks checkpoint ID without restoring it (--store only) and prints `ID<TAB>ok`.
+    /// Checks checkpoint ID without restoring it (--store only) and prints
+    /// `ID<TAB>ok<TAB>key_prefix=P` (`key_prefix=unrecorded` for a manifest from before
+    /// prefixes were recorded).
     ///
     /// Reads the whole file: every frame's checksum, the footer's hash and counts, the file
     /// against its manifest, and every entry against the --url backend (its size limits,

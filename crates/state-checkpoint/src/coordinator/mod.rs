@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use state_core::{ErrorKind, Result, StateBackend, StateError};
+use state_metrics::names;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -22,7 +23,7 @@ use crate::store::{CheckpointId, CheckpointStore, Listing, Manifest, Object, cla
 
 pub use leader::NO_LOCK_TOKEN;
 pub use options::CheckpointOptions;
-pub use stats::{CheckpointStats, Cleanup, Restored};
+pub use stats::{CheckpointStats, Cleanup, Restored, describe_metrics};
 
 use leader::{Leadership, Mandate, not_leader};
 
@@ -363,7 +364,8 @@ impl Inner {
     }
 }
 
-/// Marks a checkpoint in progress in the stats; records how it ended, or that it was
+/// Marks a checkpoint in progress in the stats and the metrics
+/// (`state_metrics::names::CHECKPOINT_METRICS`); records how it ended, or that it was
 /// aborted if dropped first (its future cancelled).
 struct Attempt<'a> {
     inner: &'a Inner,
@@ -373,6 +375,7 @@ struct Attempt<'a> {
 impl<'a> Attempt<'a> {
     fn begin(inner: &'a Inner) -> Self {
         lock(&inner.stats).in_progress = true;
+        metrics::gauge!(names::CHECKPOINT_IN_PROGRESS).increment(1.0);
         Attempt {
             inner,
             ended: false,
@@ -383,8 +386,13 @@ impl<'a> Attempt<'a> {
         self.ended = true;
         let mut stats = lock(&self.inner.stats);
         stats.in_progress = false;
+        metrics::gauge!(names::CHECKPOINT_IN_PROGRESS).decrement(1.0);
         match outcome {
             Ok(taken) => {
+                metrics::counter!(names::CHECKPOINT_COMPLETED_TOTAL).increment(1);
+                metrics::gauge!(names::CHECKPOINT_LAST_DURATION).set(took.as_secs_f64());
+                metrics::gauge!(names::CHECKPOINT_LAST_BYTES).set(taken.bytes as f64);
+                metrics::gauge!(names::CHECKPOINT_LAST_ENTRIES).set(taken.manifest.entries as f64);
                 stats.completed += 1;
                 stats.last_id = Some(taken.manifest.id);
                 stats.last_duration = Some(took);
@@ -393,6 +401,7 @@ impl<'a> Attempt<'a> {
                 stats.last_success = Some(SystemTime::now());
             }
             Err(e) => {
+                metrics::counter!(names::CHECKPOINT_FAILED_TOTAL).increment(1);
                 stats.failed += 1;
                 stats.last_error = Some(e.to_string());
             }
@@ -405,6 +414,8 @@ impl<'a> Attempt<'a> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.ended {
+            metrics::gauge!(names::CHECKPOINT_IN_PROGRESS).decrement(1.0);
+            metrics::counter!(names::CHECKPOINT_FAILED_TOTAL).increment(1);
             let mut stats = lock(&self.inner.stats);
             stats.in_progress = false;
             stats.failed += 1;

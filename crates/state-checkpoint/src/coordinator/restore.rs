@@ -67,6 +67,7 @@ pub(crate) async fn verify_one(
     manifest: &Manifest,
     prefix: &[u8],
 ) -> Result<()> {
+    same_prefix(store, manifest, prefix)?;
     let rules = Rules::new(backend, store, manifest, prefix);
     let mut entries = checked(store, &rules).await?;
     while let Some(entry) = state_core::stream::next(&mut entries).await {
@@ -109,6 +110,25 @@ pub(crate) async fn restore_one(
         }));
         let both = Box::pin(futures_util::StreamExt::chain(tombstones, live));
         backend.import(both, ImportMode::Merge).await
+    }
+}
+
+/// `InvalidInput` if the manifest records a key prefix other than `prefix`: restoring a
+/// checkpoint of `orders:eu:` with the prefix `orders:` would remove every other
+/// `orders:` key, and one of the whole namespace under a prefix would fail half-way
+/// through the file. A manifest written before prefixes were recorded passes: its
+/// entries are checked one by one against `prefix` instead.
+fn same_prefix(store: &dyn CheckpointStore, manifest: &Manifest, prefix: &[u8]) -> Result<()> {
+    match manifest.key_prefix.as_deref() {
+        Some(taken) if taken != prefix => Err(StateError::invalid_input(format!(
+            "checkpoint {} in {} was taken under the key prefix {}, and this coordinator              restores the key prefix {}: restore it with a coordinator whose key_prefix is {}",
+            manifest.id,
+            store.describe(),
+            show(taken),
+            show(prefix),
+            show(taken)
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -227,7 +247,7 @@ async fn checked<'a>(
 }
 
 /// Bytes as an escaped byte string (`b"a\xff"`), short, for messages.
-fn show(bytes: &[u8]) -> String {
+pub(crate) fn show(bytes: &[u8]) -> String {
     let shown: String = bytes
         .iter()
         .take(64)

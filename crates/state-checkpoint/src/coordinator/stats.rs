@@ -75,3 +75,18 @@ pub struct Cleanup {
     /// Orphans deleted by the sweep.
     pub swept: Vec<CheckpointId>,
 }
+
+/// Gives the help texts of the coordinator's metrics
+/// ([`CHECKPOINT_METRICS`](state_metrics::names::CHECKPOINT_METRICS)) to the installed
+/// recorder (Prometheus prints them as `# HELP`), as `state_metrics::names::describe` does
+/// for the backends' metrics. Idempotent; call it after installing the recorder.
+pub fn describe_metrics() {
+    use state_metrics::names::{CHECKPOINT_METRICS, MetricKind};
+    for metric in CHECKPOINT_METRICS {
+        match metric.kind {
+            MetricKind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            MetricKind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
+}

@@ -62,7 +62,8 @@ pub(crate) async fn take(
         options.compression,
         caps.backend,
         caps.consistent_snapshot,
-    );
+    )
+    .with_key_prefix(&options.key_prefix);
     // A failed commit keeps the data: the manifest may have been written before the error
     // (then the data is the checkpoint's); if not, it is an orphan and swept later.
     if store.commit(&manifest).await? {

@@ -106,6 +106,50 @@ pub struct Manifest {
     pub consistent: bool,
     /// The compression the data was written with: `none` or `lz4`.
     pub compression: String,
+    /// The key prefix the checkpoint was taken under (the coordinator's
+    /// [`key_prefix`](crate::CheckpointOptions::with_key_prefix); empty: the whole
+    /// namespace). Stored as `key_prefix_hex`, lower-case hex, since a prefix is bytes.
+    /// `None` for a manifest written before the field existed: the prefix is then
+    /// unknown, and a restore checks each entry against its own prefix instead.
+    #[serde(
+        rename = "key_prefix_hex",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "prefix_hex"
+    )]
+    pub key_prefix: Option<Vec<u8>>,
+}
+
+/// `Option<Vec<u8>>` as an optional lower-case hex string.
+mod prefix_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        prefix: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match prefix {
+            Some(prefix) => serializer.serialize_str(&hex::encode(prefix)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = Option::deserialize(deserializer)?;
+        text.map(|text| {
+            // Lower case only, as written: one prefix, one spelling.
+            if text.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(serde::de::Error::custom(
+                    "key_prefix_hex is not lower-case hex",
+                ));
+            }
+            hex::decode(&text)
+                .map_err(|e| serde::de::Error::custom(format!("key_prefix_hex is not hex: {e}")))
+        })
+        .transpose()
+    }
 }
 
 impl Manifest {
@@ -131,7 +175,15 @@ impl Manifest {
             data_sha256: summary.sha256_hex(),
             consistent,
             compression: compression.name().to_string(),
+            key_prefix: Some(Vec::new()),
         }
+    }
+
+    /// The manifest, recording that the checkpoint was taken under the key prefix
+    /// `prefix` ([`Manifest::new`] records the whole namespace: an empty prefix).
+    pub fn with_key_prefix(mut self, prefix: &[u8]) -> Self {
+        self.key_prefix = Some(prefix.to_vec());
+        self
     }
 
     /// The manifest as stored: pretty JSON, for people reading the directory.
@@ -263,6 +315,35 @@ mod tests {
         let back = Manifest::from_json("m", Some(id), &json).ok();
         assert_eq!(back.as_ref(), Some(&manifest));
         assert!(manifest.matches(&summary));
+        assert_eq!(manifest.key_prefix.as_deref(), Some(&b""[..]));
+
+        // A prefix of any bytes round trips, as hex.
+        let prefixed = manifest.clone().with_key_prefix(b"orders:\xff\x00");
+        let json = prefixed.to_json().ok().unwrap_or_default();
+        let text = String::from_utf8_lossy(&json).into_owned();
+        assert!(
+            text.contains("\"key_prefix_hex\": \"6f72646572733aff00\""),
+            "{text}"
+        );
+        let back = Manifest::from_json("m", Some(id), &json).ok();
+        assert_eq!(back.as_ref(), Some(&prefixed));
+
+        // A manifest written before the field existed reads back with the prefix unknown.
+        let mut old: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
+        if let Some(fields) = old.as_object_mut() {
+            fields.remove("key_prefix_hex");
+        }
+        let old = serde_json::to_vec(&old).unwrap_or_default();
+        let back = Manifest::from_json("old.json", Some(id), &old).ok();
+        assert_eq!(back.map(|m| m.key_prefix), Some(None));
+        for bad in ["\"zz\"", "\"ABCD\"", "\"abc\""] {
+            let text = text.replace("\"6f72646572733aff00\"", bad);
+            let err = Manifest::from_json("b.json", Some(id), text.as_bytes()).err();
+            assert!(
+                err.is_some_and(|e| e.message().contains("key_prefix_hex")),
+                "{bad}"
+            );
+        }
 
         let other = CheckpointId { token: 3, seq: 2 };
         let err = Manifest::from_json("m.json", Some(other), &json).err();

@@ -1,5 +1,6 @@
 //! [`CheckpointStore`]: where checkpoint files and their manifests are kept, and its
-//! implementations ([`DirStore`] on local disk, [`MemoryStore`] for tests).
+//! implementations ([`DirStore`] on local disk, [`ObjectCheckpointStore`] on any
+//! `object_store` (S3, GCS, Azure…), [`MemoryStore`] for tests), and [`open_url`].
 //!
 //! Every store holds two kinds of objects per checkpoint, named after its id: the data
 //! (`{id}.data`, the bytes of a [format](crate::format) file) and the manifest
@@ -25,10 +26,14 @@ use state_core::{BoxStream, Result, StateError};
 mod dir;
 mod manifest;
 mod memory;
+mod object;
+mod url;
 
 pub use dir::{DirStore, FILE};
 pub use manifest::{CheckpointId, Manifest};
 pub use memory::MemoryStore;
+pub use object::ObjectCheckpointStore;
+pub use url::open_url;
 
 /// Every manifest a store holds: the valid ones, and what is wrong with the others.
 #[derive(Debug, Default)]
@@ -47,8 +52,8 @@ impl Listing {
     }
 }
 
-/// A place that keeps checkpoints. Implementations: [`DirStore`] (a local directory) and
-/// [`MemoryStore`] (tests). See the [module docs](self) for the protocol.
+/// A place that keeps checkpoints. Implementations: [`DirStore`] (a local directory),
+/// [`ObjectCheckpointStore`] (object storage) and [`MemoryStore`] (tests). See the [module docs](self) for the protocol.
 #[async_trait::async_trait]
 pub trait CheckpointStore: Send + Sync + std::fmt::Debug + 'static {
     /// Writes the data of `id` from `chunks` durably and invisibly (no manifest yet);

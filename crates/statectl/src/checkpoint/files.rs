@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use state_checkpoint::{
-    CheckpointCoordinator, CheckpointId, CheckpointOptions, CheckpointStore, DirStore, Manifest,
+    CheckpointCoordinator, CheckpointId, CheckpointOptions, CheckpointStore, Manifest,
 };
 use state_core::{DistributedLock, ErrorKind, LockOptions, parse_duration};
 
@@ -50,9 +50,14 @@ pub async fn run(
             let latest = id == "latest";
             let id = if latest { None } else { Some(parse_id(id)?) };
             with_coordinator(url, store, CheckpointOptions::new(), async |c| match id {
-                Some(id) => c.restore(id).await.map(drop).map_err(CliError::from),
+                Some(id) => {
+                    let restored = c.restore(id).await?;
+                    warn_unrecorded(&restored.manifest);
+                    Ok(())
+                }
                 None => {
                     let restored = c.restore_latest().await?;
+                    warn_unrecorded(&restored.manifest);
                     for (skipped, why) in &restored.skipped {
                         warn(format_args!(
                             "checkpoint {skipped} was skipped, it cannot be restored ({why})"
@@ -68,7 +73,7 @@ pub async fn run(
             let id = parse_id(id)?;
             with_coordinator(url, store, CheckpointOptions::new(), async |c| {
                 let manifest = c.verify(id).await?;
-                writeln!(out, "{}\tok", manifest.id)?;
+                writeln!(out, "{}\tok\t{}", manifest.id, prefix_of(&manifest))?;
                 Ok(())
             })
             .await
@@ -90,31 +95,39 @@ pub async fn run(
     }
 }
 
-/// The store a `--store` URL names: `file:///absolute/dir`; object stores are refused
-/// clearly until they are built in.
+/// The store a `--store` URL names: `file:///absolute/dir`, or object storage
+/// (`s3://bucket/dir`, `gs://…`, `az://…`) where state-checkpoint was built with its
+/// `aws`, `gcp` or `azure` feature ([`state_checkpoint::open_url`]).
 pub fn open_store(url: &str) -> Result<Arc<dyn CheckpointStore>, CliError> {
-    let Some((scheme, _)) = url.split_once("://") else {
+    if !url.contains("://") {
         return Err(CliError::Usage(format!(
             "--store `{}` is not a URL; keep checkpoints in a directory with \
              --store file:///absolute/dir",
             escape(url.as_bytes())
         )));
-    };
-    match scheme.to_ascii_lowercase().as_str() {
-        "file" => Ok(Arc::new(DirStore::from_url(url)?)),
-        // Only the scheme is repeated: these URLs may carry credentials.
-        "s3" | "s3a" | "gs" | "gcs" | "az" | "azure" | "abfs" | "abfss" | "http" | "https" => {
-            Err(CliError::Usage(format!(
-                "--store {}://…: object storage is not built in yet; keep checkpoints in a \
-                 directory (--store file:///absolute/dir) and copy them from there",
-                escape(scheme.as_bytes())
-            )))
-        }
-        _ => Err(CliError::Usage(format!(
-            "--store {}://… is not a checkpoint store this build knows; use \
-             file:///absolute/dir",
-            escape(scheme.as_bytes())
-        ))),
+    }
+    // Its messages repeat only the scheme of a URL that may carry a credential.
+    state_checkpoint::open_url(url)
+        .map_err(|e| CliError::Usage(format!("--store: {}", e.message())))
+}
+
+/// How `verify` and `restore` show the key prefix a manifest records: escaped, or
+/// `unrecorded` for a manifest written before prefixes were recorded.
+fn prefix_of(manifest: &Manifest) -> String {
+    match &manifest.key_prefix {
+        Some(prefix) => format!("key_prefix={}", escape(prefix)),
+        None => "key_prefix=unrecorded".to_string(),
+    }
+}
+
+/// A warning for a restored checkpoint whose manifest does not say what it covers.
+fn warn_unrecorded(manifest: &Manifest) {
+    if manifest.key_prefix.is_none() {
+        warn(format_args!(
+            "checkpoint {}'s manifest does not record its key prefix (it was written by an \
+             older version); it was restored as the whole namespace",
+            manifest.id
+        ));
     }
 }
 
@@ -283,12 +296,15 @@ mod tests {
             "https://secret@h/x",
         ] {
             match open_store(url) {
-                Err(CliError::Usage(m)) => {
-                    assert!(m.contains("not built in yet"), "{m}");
-                    assert!(!m.contains("secret"), "{m}");
-                }
+                Err(CliError::Usage(m)) => assert!(!m.contains("secret"), "{m}"),
                 other => panic!("{url}: {other:?}"),
             }
+        }
+        // Without the feature, s3:// names it; with it, the URL opens a store.
+        match open_store("s3://bucket/dir") {
+            Err(CliError::Usage(m)) => assert!(m.contains("state-checkpoint/aws"), "{m}"),
+            Ok(store) => assert_eq!(store.describe(), "s3://bucket/dir"),
+            other => panic!("s3://bucket/dir: {other:?}"),
         }
         for url in ["/tmp/dir", "ftp://h/x", "memory://"] {
             assert!(matches!(open_store(url), Err(CliError::Usage(_))), "{url}");

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod checkpoints;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
