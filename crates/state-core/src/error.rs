@@ -34,6 +34,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The thing asked for (a checkpoint id, a lock) does not exist.
     NotFound,
+    /// A write was sent to a server that only serves reads (a PostgreSQL standby opened
+    /// read-only). Not retryable: send writes to the primary.
+    ReadOnly,
     /// Any other error the server reported. Not retryable.
     Backend,
 }
@@ -48,7 +51,7 @@ impl ErrorKind {
     }
 
     /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::Connection,
         ErrorKind::Timeout,
         ErrorKind::Unavailable,
@@ -60,6 +63,7 @@ impl ErrorKind {
         ErrorKind::Corrupt,
         ErrorKind::Unsupported,
         ErrorKind::NotFound,
+        ErrorKind::ReadOnly,
         ErrorKind::Backend,
     ];
 
@@ -77,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::ReadOnly => "read_only",
             ErrorKind::Backend => "backend",
         }
     }
@@ -94,6 +99,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt data",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::NotFound => "not found",
+            ErrorKind::ReadOnly => "read-only",
             ErrorKind::Backend => "backend error",
         }
     }

@@ -5,36 +5,69 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use state_core::{Idempotency, Result, RetryPolicy, StateError, ttl_millis};
+use state_core::{Idempotency, Result, StateError, ttl_millis};
 
 use crate::coalescer::Coalescer;
 use crate::config::PostgresConfig;
-use crate::conn::ConnSet;
+use crate::config::deploy::{ReadFrom, TargetSessionAttrs};
+use crate::conn::{ConnSet, ServerInfo};
 use crate::driver::{Inner, PostgresStateBackend};
 use crate::migrate::{self, AppliedMigration};
 use crate::sql::{Names, Statements};
 
 impl PostgresStateBackend {
-    /// Opens the backend: checks the config, applies pending migrations (unless disabled)
-    /// under an advisory lock, opens `pool_min` connections and starts the reaper if one is
-    /// configured.
+    /// Opens the backend: checks the config, finds the server (the first host, or the
+    /// first primary with `target_session_attrs=read-write`), detects a transaction pooler
+    /// unless `pgbouncer=` says, applies pending migrations (unless disabled, or the server
+    /// is a standby) under an advisory lock, opens `pool_min` connections and starts the
+    /// reaper if one is configured.
+    ///
+    /// Opened on a standby (`pg_is_in_recovery()`), the backend is read-only: it checks that
+    /// the primary's migrations have reached the standby instead of running them, reads
+    /// and scans work, and every write fails with a [`ReadOnly`](state_core::ErrorKind::ReadOnly)
+    /// error.
     pub async fn new(config: PostgresConfig) -> Result<Self> {
         config.validate()?;
         let names = Names::new(config.schema(), config.table());
-        let conns = ConnSet::new(
-            config.connect_options(),
-            config.endpoint(),
-            config.pool_size().1 as usize,
-            config.acquire_timeout(),
-            config.connect_timeout(),
-        );
-        if config.run_migrations() {
-            let mut conn = connect_with_retry(&conns, config.retry()).await?;
-            let outcome = migrate::run(&mut conn, &names).await;
+        let max = config.pool_size().1 as usize;
+        let conns = primary_set(&config, max);
+        let (mut conn, info) = probe_with_retry(&conns, &config).await?;
+        let outcome = if info.in_recovery {
+            conns.set_standby(true);
+            migrate::check_on_standby(&mut conn, &names, conns.endpoint()).await
+        } else if config.run_migrations() {
+            migrate::run(&mut conn, &names, conns.pooler())
+                .await
+                .map(drop)
+        } else {
+            Ok(())
+        };
+        match outcome {
+            // A direct connection is kept as the first of the `pool_min` ones: its session
+            // holds nothing of the migrations (the lock is released). Not with `pool_min`
+            // 0 (no connection may stay bound to this runtime), nor behind a pooler, whose
+            // server connection was lent for the probe only.
+            Ok(()) if !conns.pooler() && config.pool_size().0 > 0 => conns.adopt(conn).await,
             // Closing is a courtesy; the lock is already released or dies with the session.
-            let _ = sqlx::Connection::close(conn).await;
-            outcome?;
+            _ => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
         }
+        outcome?;
+        let replicas = match config.read_from() {
+            ReadFrom::Primary => Vec::new(),
+            ReadFrom::Replicas => config
+                .replica_targets()
+                .into_iter()
+                .map(|target| {
+                    let set = ConnSet::new(&config, vec![target], max, false);
+                    // A write never goes there; if one did, it would be refused clearly.
+                    set.set_standby(true);
+                    set.set_pooler(conns.pooler());
+                    set
+                })
+                .collect(),
+        };
         conns.warm_up(config.pool_size().0 as usize).await?;
         let default_ttl_ms = config
             .default_ttl()
@@ -47,6 +80,8 @@ impl PostgresStateBackend {
             sql: Statements::new(&names),
             names,
             conns,
+            replicas,
+            next_replica: std::sync::atomic::AtomicUsize::new(0),
             prefix: Bytes::copy_from_slice(config.key_prefix()),
             default_ttl_ms,
             limits: config.limits(),
@@ -64,6 +99,17 @@ impl PostgresStateBackend {
     /// Opens the backend named by a `postgres://` URL.
     pub async fn from_url(url: &str) -> Result<Self> {
         PostgresStateBackend::new(PostgresConfig::from_url(url)?).await
+    }
+
+    /// Whether it talks through a transaction pooler (declared with `pgbouncer=true`, or
+    /// detected when it opened).
+    pub fn behind_pooler(&self) -> bool {
+        self.inner.conns.pooler()
+    }
+
+    /// Whether it was opened on a standby and so serves reads only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.conns.standby()
     }
 
     /// The configuration it was opened with.
@@ -91,22 +137,37 @@ impl PostgresStateBackend {
 pub async fn migrate(config: &PostgresConfig) -> Result<Vec<AppliedMigration>> {
     config.validate()?;
     let names = Names::new(config.schema(), config.table());
-    let conns = ConnSet::new(
-        config.connect_options(),
-        config.endpoint(),
-        1,
-        config.acquire_timeout(),
-        config.connect_timeout(),
-    );
-    let mut conn = connect_with_retry(&conns, config.retry()).await?;
-    let outcome = migrate::run(&mut conn, &names).await;
+    let conns = primary_set(config, 1);
+    let (mut conn, info) = probe_with_retry(&conns, config).await?;
+    let outcome = if info.in_recovery {
+        Err(StateError::config(format!(
+            "{} is a standby (in recovery), which cannot be migrated; run the migrations \
+             against the primary, they reach the standby by replication",
+            conns.endpoint()
+        )))
+    } else {
+        migrate::run(&mut conn, &names, conns.pooler()).await
+    };
     let _ = sqlx::Connection::close(conn).await;
     outcome
 }
 
-async fn connect_with_retry(conns: &ConnSet, retry: RetryPolicy) -> Result<sqlx::PgConnection> {
-    retry
-        .run(Idempotency::Idempotent, |_| {}, || conns.connect())
+/// The connection set of the primary's hosts.
+fn primary_set(config: &PostgresConfig, max: usize) -> ConnSet {
+    let require_primary = config.target_session_attrs() == TargetSessionAttrs::ReadWrite;
+    ConnSet::new(config, config.targets(), max, require_primary)
+}
+
+/// The first connection, with what it learnt (pooler, standby); retried while the server
+/// is away.
+async fn probe_with_retry(
+    conns: &ConnSet,
+    config: &PostgresConfig,
+) -> Result<(sqlx::PgConnection, ServerInfo)> {
+    let detect = config.pgbouncer().is_none();
+    config
+        .retry()
+        .run(Idempotency::Idempotent, |_| {}, || conns.probe(detect))
         .await
 }
 

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sqlx::Row;
 use sqlx::postgres::PgRow;
+use sqlx::{Row, SqlSafeStr};
 use state_core::{Entry, Idempotency, Limits, Result, RetryPolicy, StateError};
 
 use crate::coalescer::Coalescer;
@@ -31,6 +31,10 @@ pub(crate) struct Inner {
     pub names: Names,
     pub sql: Statements,
     pub conns: ConnSet,
+    /// One connection set per replica, when reads go to replicas (`read_from=replicas`).
+    pub replicas: Vec<ConnSet>,
+    /// Round robin over `replicas`.
+    pub next_replica: std::sync::atomic::AtomicUsize,
     pub prefix: Bytes,
     pub default_ttl_ms: Option<f64>,
     pub limits: Limits,
@@ -137,6 +141,26 @@ impl PostgresStateBackend {
         self.inner.conns.checkout().await
     }
 
+    /// A connection for a plain read: on the next replica (round robin) when reads go to
+    /// replicas, else on the primary. A retried read moves on to the next replica.
+    pub(crate) async fn read_checkout(&self) -> Result<Checkout<'_>> {
+        let replicas = &self.inner.replicas;
+        if replicas.is_empty() {
+            return self.inner.conns.checkout().await;
+        }
+        let i = self.inner.next_replica.fetch_add(1, Ordering::Relaxed) % replicas.len();
+        match replicas.get(i) {
+            Some(set) => set.checkout().await,
+            None => self.inner.conns.checkout().await,
+        }
+    }
+
+    /// Whether plain reads go to replicas (and so bypass the coalescer, which batches on
+    /// the primary).
+    pub(crate) fn reads_from_replicas(&self) -> bool {
+        !self.inner.replicas.is_empty()
+    }
+
     /// The namespace's key range: `[prefix, upper(prefix))`.
     pub(crate) fn namespace_range(&self, prefix: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
         let lower = self.full_key(prefix);
@@ -183,9 +207,23 @@ impl PostgresStateBackend {
         Ok(())
     }
 
+    /// Lifts the statement timeout for the rest of `c`'s transaction, for a COPY whose
+    /// length grows with the data (the paged statements it replaced were each short); lock
+    /// waits stay bounded by the same timeout, so a COPY stuck behind a lock still fails.
+    pub(crate) async fn allow_long_statement(
+        &self,
+        c: &mut Checkout<'_>,
+        what: &str,
+    ) -> Result<()> {
+        let ms = self.inner.config.statement_timeout().as_millis();
+        let sql = format!("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = {ms}");
+        c.simple_owned(what, sqlx::AssertSqlSafe(sql).into_sql_str())
+            .await
+    }
+
     /// One attempt of a single-key read (the `get` statement).
     pub(crate) async fn read_one(&self, full: &[u8]) -> Result<Option<Vec<u8>>> {
-        let mut c = self.checkout().await?;
+        let mut c = self.read_checkout().await?;
         let query = sqlx::query(self.inner.sql.get.clone()).bind(full);
         match c.fetch_optional("get", query).await? {
             Some(row) => Ok(Some(decode::<Vec<u8>>(&row, 0, "get")?)),

@@ -7,14 +7,17 @@ mod coalesce;
 mod coalescer;
 mod config;
 mod conn;
+mod copy;
 mod driver;
 mod error;
+mod export;
 mod extras;
 mod import;
 mod migrate;
 mod ops;
 mod pager;
 mod point;
+mod seen;
 mod sql;
 mod stats;
 
@@ -29,6 +32,7 @@ pub mod errors {
     };
 }
 pub use config::PostgresConfig;
+pub use config::deploy::{ReadFrom, TargetSessionAttrs};
 pub use config::url::{POSTGRES, URL_PARAMS};
 pub use config::validate::{MAX_FULL_KEY_LEN, MAX_TABLE_NAME_LEN};
 pub use extras::CheckpointInfo;

@@ -78,14 +78,26 @@ pub(crate) fn migrations(names: &Names) -> Result<Vec<Migration>> {
 
 /// Applies the pending migrations on `conn` under the advisory lock; returns what it
 /// applied (nothing when the schema is up to date).
-pub(crate) async fn run(conn: &mut PgConnection, names: &Names) -> Result<Vec<AppliedMigration>> {
+///
+/// Behind a transaction pooler (`pooled`) a session lock would stay on whichever server
+/// connection the pooler lent for that statement: everything, the lock included
+/// (`pg_advisory_xact_lock`), runs in one transaction instead, which the pooler keeps on
+/// one server connection and PostgreSQL applies all or nothing.
+pub(crate) async fn run(
+    conn: &mut PgConnection,
+    names: &Names,
+    pooled: bool,
+) -> Result<Vec<AppliedMigration>> {
     let migrations = migrations(names)?;
+    if pooled {
+        return run_in_one_transaction(conn, names, &migrations).await;
+    }
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK_KEY)
         .execute(&mut *conn)
         .await
         .map_err(|e| convert(e, "taking the migration lock", true))?;
-    let outcome = apply(conn, names, &migrations).await;
+    let outcome = apply(conn, names, &migrations, false).await;
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(MIGRATION_LOCK_KEY)
         .execute(&mut *conn)
@@ -96,10 +108,79 @@ pub(crate) async fn run(conn: &mut PgConnection, names: &Names) -> Result<Vec<Ap
     Ok(applied)
 }
 
+async fn run_in_one_transaction(
+    conn: &mut PgConnection,
+    names: &Names,
+    migrations: &[Migration],
+) -> Result<Vec<AppliedMigration>> {
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| convert(e, "starting the migration transaction", true))?;
+    let locked = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .persistent(false)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| convert(e, "taking the migration lock", true));
+    let outcome = match locked {
+        Ok(_) => apply(conn, names, migrations, true).await,
+        Err(e) => Err(e),
+    };
+    let end = if outcome.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let ended = sqlx::raw_sql(end)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| convert(e, "committing the migrations", true));
+    let applied = outcome?;
+    ended?;
+    Ok(applied)
+}
+
+/// On a standby: checks that the primary's migrations are there (a standby cannot run
+/// them), so that a missing schema fails at open rather than at the first read.
+pub(crate) async fn check_on_standby(
+    conn: &mut PgConnection,
+    names: &Names,
+    endpoint: &str,
+) -> Result<()> {
+    let what = "checking the schema on the standby";
+    // Names are checked identifiers ([a-z0-9_]), so they sit safely in a literal.
+    let sql = format!(
+        "SELECT (to_regclass('{}') IS NOT NULL)::text",
+        names.history.replace('\'', "")
+    );
+    let row = sqlx::raw_sql(AssertSqlSafe(sql))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| convert(e, what, true))?;
+    let exists: String = row.try_get(0).map_err(|e| convert(e, what, true))?;
+    let applied = if exists == "true" {
+        history(conn, names).await?.len()
+    } else {
+        0
+    };
+    if applied < SCRIPTS.len() {
+        return Err(StateError::config(format!(
+            "{endpoint} is a standby (read-only) and has {applied} of the {} migrations of {}; \
+             migrate on the primary (open the backend there once, or `cargo xtask migrate \
+             --url PRIMARY_URL`) and open this one again once the standby has replayed them",
+            SCRIPTS.len(),
+            names.entries
+        )));
+    }
+    Ok(())
+}
+
 async fn apply(
     conn: &mut PgConnection,
     names: &Names,
     migrations: &[Migration],
+    in_transaction: bool,
 ) -> Result<Vec<AppliedMigration>> {
     // The history table lives in the schema, so the schema comes first.
     sqlx::raw_sql(AssertSqlSafe(format!(
@@ -112,7 +193,10 @@ async fn apply(
     let mut runner = Runner::new(migrations).set_grouped(true);
     runner.set_migration_table_name(&names.history);
     let report = runner
-        .run_async(&mut RefineryConn(conn))
+        .run_async(&mut RefineryConn {
+            conn,
+            in_transaction,
+        })
         .await
         .map_err(|e| {
             StateError::new(
@@ -136,7 +220,12 @@ async fn apply(
 }
 
 /// A sqlx connection seen through refinery's async traits.
-struct RefineryConn<'a>(&'a mut PgConnection);
+struct RefineryConn<'a> {
+    conn: &'a mut PgConnection,
+    /// Already inside the caller's transaction: run the group in it (its failure aborts
+    /// that transaction, which the caller rolls back).
+    in_transaction: bool,
+}
 
 impl AsyncTransaction for RefineryConn<'_> {
     type Error = sqlx::Error;
@@ -145,8 +234,17 @@ impl AsyncTransaction for RefineryConn<'_> {
         &'a mut self,
         queries: T,
     ) -> std::result::Result<usize, Self::Error> {
-        let mut tx = self.0.begin().await?;
         let mut count = 0;
+        if self.in_transaction {
+            for query in queries {
+                sqlx::raw_sql(AssertSqlSafe(query))
+                    .execute(&mut *self.conn)
+                    .await?;
+                count += 1;
+            }
+            return Ok(count);
+        }
+        let mut tx = self.conn.begin().await?;
         for query in queries {
             // Scripts hold several statements and `$$` bodies: the simple protocol runs them.
             sqlx::raw_sql(AssertSqlSafe(query))
@@ -166,7 +264,7 @@ impl AsyncQuery<Vec<Migration>> for RefineryConn<'_> {
     ) -> std::result::Result<Vec<Migration>, Self::Error> {
         let rows = sqlx::query(AssertSqlSafe(query))
             .persistent(false)
-            .fetch_all(&mut *self.0)
+            .fetch_all(&mut *self.conn)
             .await?;
         rows.iter().map(applied_migration).collect()
     }
@@ -188,15 +286,21 @@ fn applied_migration(row: &sqlx::postgres::PgRow) -> std::result::Result<Migrati
 }
 
 /// The versions recorded in the history table, in order (for tests and tools).
+///
+/// Unnamed and inside a transaction of its own (when not in one already), so that it works
+/// behind a transaction pooler too.
 pub(crate) async fn history(conn: &mut PgConnection, names: &Names) -> Result<Vec<(i64, String)>> {
+    let what = "reading the migration history";
+    let mut tx = conn.begin().await.map_err(|e| convert(e, what, true))?;
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT version::int8, name FROM {} ORDER BY version",
         names.history
     )))
     .persistent(false)
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut *tx)
     .await
-    .map_err(|e| convert(e, "reading the migration history", true))?;
+    .map_err(|e| convert(e, what, true))?;
+    tx.commit().await.map_err(|e| convert(e, what, true))?;
     rows.iter()
         .map(|row| {
             Ok((

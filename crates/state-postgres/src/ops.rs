@@ -33,6 +33,7 @@ impl StateBackend for PostgresStateBackend {
         self.inner.limits.check_key(key)?;
         let full = self.full_key(key);
         match &self.inner.coalescer {
+            Some(_) if self.reads_from_replicas() => self.read_point(&full).await,
             // With a statement slot free, the call is its own statement, sent at once.
             Some(coalescer) => match coalescer.try_slot() {
                 Some(_slot) => self.read_point(&full).await,
@@ -102,7 +103,7 @@ impl StateBackend for PostgresStateBackend {
             let full = &full;
             let rows = self
                 .run("batch_get", Idempotency::Idempotent, move || async move {
-                    let mut c = self.checkout().await?;
+                    let mut c = self.read_checkout().await?;
                     let query = sqlx::query(self.inner.sql.batch_get.clone()).bind(full);
                     c.fetch_all("batch_get", query).await
                 })
@@ -312,7 +313,7 @@ impl StateBackend for PostgresStateBackend {
         self.inner.limits.check_key(key)?;
         let full = &self.full_key(key)[..];
         self.run("ttl", Idempotency::Idempotent, move || async move {
-            let mut c = self.checkout().await?;
+            let mut c = self.read_checkout().await?;
             let query = sqlx::query(self.inner.sql.ttl.clone()).bind(full);
             let Some(row) = c.fetch_optional("ttl", query).await? else {
                 return Ok(Ttl::Missing);
@@ -337,7 +338,7 @@ impl StateBackend for PostgresStateBackend {
         let (lower, upper) = self.namespace_range(prefix);
         let (lower, upper) = (&lower, &upper);
         self.run("count", Idempotency::Idempotent, move || async move {
-            let mut c = self.checkout().await?;
+            let mut c = self.read_checkout().await?;
             let mut query = sqlx::query(self.inner.sql.count.pick(upper)).bind(lower);
             if let Some(upper) = upper {
                 query = query.bind(upper);
@@ -364,7 +365,7 @@ impl StateBackend for PostgresStateBackend {
     }
 
     fn export(&self, prefix: &[u8]) -> BoxStream<'_, Result<Entry>> {
-        Pager::new(self, prefix, PagerKind::Export).into_stream()
+        self.export_copy(prefix)
     }
 
     async fn import(
@@ -382,6 +383,7 @@ impl StateBackend for PostgresStateBackend {
                     query = query.bind(upper);
                 }
                 c.fetch_one("import", query).await?;
+                return self.import_replace(&mut c, &mut entries).await;
             }
             let mut chunk = Chunk::default();
             let mut written = 0;
@@ -407,23 +409,53 @@ impl StateBackend for PostgresStateBackend {
         }
     }
 
+    /// Healthy on a primary, and on a standby the backend was opened on (read-only);
+    /// unhealthy when the server it writes to has become a standby. The detail reports
+    /// replication: a standby's lag behind its primary (0 when it has replayed everything
+    /// it received), a primary's standbys and their largest `replay_lag`, and with
+    /// `read_from=replicas` each replica's lag.
     async fn health_check(&self) -> Result<Health> {
         let started = Instant::now();
-        let endpoint = self.inner.config.endpoint();
+        let endpoint = self.inner.conns.endpoint().to_string();
+        let standby = self.inner.conns.standby();
         let probe = async {
             let mut c = self.checkout().await?;
-            let query = sqlx::query("SELECT pg_is_in_recovery()");
-            let row = c.fetch_one("health check", query).await?;
-            decode::<bool>(&row, 0, "health check")
+            let (in_recovery, lag, standbys) = replication(&mut c).await?;
+            drop(c);
+            let mut detail = if in_recovery {
+                format!(
+                    "PostgreSQL standby at {endpoint} (read-only), replication lag {}",
+                    seconds(lag)
+                )
+            } else if standbys > 0 {
+                format!(
+                    "PostgreSQL primary at {endpoint}, {standbys} streaming standby(s), largest \
+                     replay lag {}",
+                    seconds(lag)
+                )
+            } else {
+                format!("PostgreSQL primary at {endpoint}")
+            };
+            for set in &self.inner.replicas {
+                let lag = match set.checkout().await {
+                    Ok(mut c) => replication(&mut c)
+                        .await
+                        .map(|(_, lag, _)| seconds(lag))
+                        .unwrap_or_else(|e| format!("unreachable ({})", e.message())),
+                    Err(e) => format!("unreachable ({})", e.message()),
+                };
+                detail.push_str(&format!("; replica {} lag {lag}", set.endpoint()));
+            }
+            Ok::<_, StateError>((in_recovery, detail))
         };
         let outcome = tokio::time::timeout(self.inner.attempt_timeout, probe).await;
         let latency = started.elapsed();
         Ok(match outcome {
-            Ok(Ok(false)) => Health::healthy(latency, format!("PostgreSQL primary at {endpoint}")),
-            Ok(Ok(true)) => Health::unhealthy(
+            Ok(Ok((in_recovery, detail))) if in_recovery && !standby => Health::unhealthy(
                 latency,
-                format!("PostgreSQL at {endpoint} is a read-only replica (in recovery)"),
+                format!("{detail}: the server this backend writes to is a standby"),
             ),
+            Ok(Ok((_, detail))) => Health::healthy(latency, detail),
             Ok(Err(err)) => Health::unhealthy(latency, err.to_string()),
             Err(_) => Health::unhealthy(
                 latency,
@@ -450,5 +482,32 @@ impl StateBackend for PostgresStateBackend {
     /// `postgres_dead_tuples` (its `n_dead_tup`) and `postgres_connections_in_use`.
     async fn gauges(&self) -> Result<Vec<Gauge>> {
         self.server_gauges().await
+    }
+}
+
+/// `(in recovery, lag in seconds, streaming standbys)`: on a standby its replay lag (0
+/// when it has replayed all it received; `None` before it replayed anything), on a
+/// primary the largest `replay_lag` of its standbys.
+async fn replication(c: &mut crate::conn::Checkout<'_>) -> Result<(bool, Option<f64>, i64)> {
+    let what = "health check";
+    let query = sqlx::query(
+        "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN \
+           CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8 \
+           ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END \
+         ELSE (SELECT max(extract(epoch FROM replay_lag))::float8 FROM pg_stat_replication) END, \
+         (SELECT count(*) FROM pg_stat_replication)::int8",
+    );
+    let row = c.fetch_one(what, query).await?;
+    Ok((
+        decode::<bool>(&row, 0, what)?,
+        decode::<Option<f64>>(&row, 1, what)?,
+        decode::<i64>(&row, 2, what)?,
+    ))
+}
+
+fn seconds(lag: Option<f64>) -> String {
+    match lag {
+        Some(s) => format!("{s:.3}s"),
+        None => "unknown (nothing replayed yet)".to_string(),
     }
 }

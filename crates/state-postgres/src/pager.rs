@@ -3,15 +3,13 @@
 //! (`last || 0x00`), so memory stays bounded and no page rescans earlier rows.
 //!
 //! `scan` and `query_metadata` take a connection per page (fuzzy, as the trait allows).
-//! `export` holds one connection in a `REPEATABLE READ READ ONLY` transaction for the whole
-//! stream: every page reads the same snapshot.
+//! `export` reads one snapshot with one COPY instead (`export.rs`).
 
 use std::collections::VecDeque;
 
 use futures_util::StreamExt;
 use state_core::{BoxStream, Entry, Idempotency, Result};
 
-use crate::conn::Checkout;
 use crate::driver::PostgresStateBackend;
 use crate::sql::successor;
 
@@ -20,7 +18,6 @@ pub(crate) const PAGE_ROWS: i64 = 500;
 
 pub(crate) enum PagerKind {
     Scan,
-    Export,
     Metadata(serde_json::Value),
 }
 
@@ -31,8 +28,6 @@ pub(crate) struct Pager<'a> {
     next: Option<Vec<u8>>,
     upper: Option<Vec<u8>>,
     buffered: VecDeque<Entry>,
-    /// The export's transaction, open from the first page to the last.
-    tx: Option<Checkout<'a>>,
 }
 
 impl<'a> Pager<'a> {
@@ -44,7 +39,6 @@ impl<'a> Pager<'a> {
             next: Some(lower),
             upper,
             buffered: VecDeque::new(),
-            tx: None,
         }
     }
 
@@ -60,22 +54,11 @@ impl<'a> Pager<'a> {
             if let Some(entry) = self.buffered.pop_front() {
                 return Some(Ok(entry));
             }
-            if self.next.is_none() {
-                return self.finish().await.err().map(Err);
-            }
+            self.next.as_ref()?;
             if let Err(err) = self.fill().await {
                 self.next = None;
-                // The transaction, if any, is dropped with its connection: the server rolls back.
-                self.tx = None;
                 return Some(Err(err));
             }
-        }
-    }
-
-    async fn finish(&mut self) -> Result<()> {
-        match self.tx.take() {
-            Some(mut tx) => tx.commit("export").await,
-            None => Ok(()),
         }
     }
 
@@ -83,31 +66,14 @@ impl<'a> Pager<'a> {
         let Some(lower) = self.next.take() else {
             return Ok(());
         };
-        let rows = match &self.kind {
-            PagerKind::Export => {
-                if self.tx.is_none() {
-                    let mut c = self.backend.checkout().await?;
-                    c.begin("export", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                        .await?;
-                    self.tx = Some(c);
-                }
-                let query = page_query(self.backend, &self.kind, &self.upper, &lower);
-                match self.tx.as_mut() {
-                    Some(tx) => tx.fetch_all("export", query).await?,
-                    None => Vec::new(),
-                }
-            }
-            PagerKind::Scan | PagerKind::Metadata(_) => {
-                let (backend, kind, upper, lower) = (self.backend, &self.kind, &self.upper, &lower);
-                backend
-                    .run("scan", Idempotency::Idempotent, move || async move {
-                        let mut c = backend.checkout().await?;
-                        c.fetch_all("scan", page_query(backend, kind, upper, lower))
-                            .await
-                    })
-                    .await?
-            }
-        };
+        let (backend, kind, upper, lower) = (self.backend, &self.kind, &self.upper, &lower);
+        let rows = backend
+            .run("scan", Idempotency::Idempotent, move || async move {
+                let mut c = backend.read_checkout().await?;
+                c.fetch_all("scan", page_query(backend, kind, upper, lower))
+                    .await
+            })
+            .await?;
         let full_page = rows.len() as i64 >= PAGE_ROWS;
         let mut last_key = None;
         for row in &rows {
@@ -131,7 +97,7 @@ fn page_query(
     let sql = &backend.inner.sql;
     let statement = match kind {
         PagerKind::Metadata(_) => sql.metadata_page.pick(upper),
-        PagerKind::Scan | PagerKind::Export => sql.page.pick(upper),
+        PagerKind::Scan => sql.page.pick(upper),
     };
     let mut query = sqlx::query(statement).bind(lower.to_vec());
     if let Some(upper) = upper {

@@ -5,6 +5,7 @@
 //! agree. Absolute times cross the wire as microseconds since the Unix epoch (`int8`), which
 //! keeps expiry exact without a date-time dependency in the driver.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
@@ -123,6 +124,13 @@ pub(crate) struct Statements {
     pub batch_put_ttl: SqlStr,
     pub batch_delete: SqlStr,
     pub import_chunk: SqlStr,
+    /// `COPY … FROM STDIN (FORMAT binary)` of `(key, value, metadata, expires_at)`.
+    pub import_copy: SqlStr,
+    /// The transaction's `now()` in microseconds since the epoch: the clock every read of
+    /// the transaction compares expiries with.
+    pub now_micros: SqlStr,
+    /// The export's query, `{range}` standing for the key range (COPY takes no parameters).
+    export_copy: String,
     pub page: Ranged,
     pub metadata_page: Ranged,
     pub count: Ranged,
@@ -226,6 +234,14 @@ impl Statements {
                  ) \
                  SELECT count(*) FROM ins"
             )),
+            import_copy: sql(format!(
+                "COPY {e} (key, value, metadata, expires_at) FROM STDIN (FORMAT binary)"
+            )),
+            now_micros: sql("SELECT (extract(epoch FROM now()) * 1000000)::int8".to_string()),
+            export_copy: format!(
+                "COPY (SELECT key, value, metadata, expires_at FROM {e} \
+                 WHERE {{range}} AND {LIVE} ORDER BY key) TO STDOUT (FORMAT binary)"
+            ),
             page: Ranged::new(&format!(
                 "SELECT key, value, {MICROS}, metadata FROM {e} \
                  WHERE {{range}} AND {LIVE} ORDER BY key LIMIT ${{n}}"
@@ -305,6 +321,30 @@ impl Statements {
     }
 }
 
+impl Statements {
+    /// The export's COPY for keys in `[lower, upper)` (`upper` `None`: no upper bound).
+    /// The bounds are hex literals: hex digits cannot break out of the quotes.
+    pub fn export_copy(&self, lower: &[u8], upper: Option<&[u8]>) -> String {
+        let mut range = format!("key >= {}", bytea_literal(lower));
+        if let Some(upper) = upper {
+            let _ = write!(range, " AND key < {}", bytea_literal(upper));
+        }
+        self.export_copy.replace("{range}", &range)
+    }
+}
+
+/// `decode('…', 'hex')`: a bytea constant that reads the same whatever
+/// `standard_conforming_strings` says (the planner folds it, so the key index serves it).
+fn bytea_literal(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2 + 20);
+    out.push_str("decode('");
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push_str("', 'hex')");
+    out
+}
+
 /// The smallest key above every key that starts with `prefix`, or `None` when no such key
 /// exists (an empty prefix, or one made only of 0xFF bytes): strip trailing 0xFF bytes,
 /// then increment the last one.
@@ -369,5 +409,8 @@ mod tests {
         assert!(s.page.bounded.as_str().contains("key < $2"));
         assert!(s.metadata_page.open.as_str().contains("@> $2::jsonb"));
         assert!(s.metadata_page.bounded.as_str().contains("LIMIT $4"));
+        let copy = s.export_copy(b"a\x00", Some(b"b"));
+        assert!(copy.contains("key >= decode('6100', 'hex') AND key < decode('62', 'hex')"));
+        assert!(!s.export_copy(b"", None).contains("key <"));
     }
 }

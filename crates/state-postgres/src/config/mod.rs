@@ -12,6 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use state_core::{Limits, RetryPolicy, Secret};
 
 mod build;
+pub(crate) mod deploy;
 pub(crate) mod url;
 pub(crate) mod validate;
 
@@ -72,6 +73,13 @@ pub struct PostgresConfig {
     reaper_interval: Option<Duration>,
     /// `None`: [`DEFAULT_COALESCE`], capped at `pool_max`.
     coalesce: Option<usize>,
+    /// `None`: detect a transaction pooler when opening.
+    pgbouncer: Option<bool>,
+    /// Hosts after the first, tried in order.
+    more_hosts: Vec<(String, u16)>,
+    target_session_attrs: deploy::TargetSessionAttrs,
+    replicas: Vec<(String, u16)>,
+    read_from: deploy::ReadFrom,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -93,6 +101,10 @@ impl fmt::Debug for PostgresConfig {
             .field("run_migrations", &self.run_migrations)
             .field("reaper_interval", &self.reaper_interval)
             .field("coalesce", &self.coalescing())
+            .field("pgbouncer", &self.pgbouncer)
+            .field("target_session_attrs", &self.target_session_attrs)
+            .field("replicas", &self.replicas)
+            .field("read_from", &self.read_from)
             .field("problem", &self.problem)
             .finish()
     }
@@ -125,6 +137,11 @@ impl Default for PostgresConfig {
             run_migrations: true,
             reaper_interval: None,
             coalesce: None,
+            pgbouncer: None,
+            more_hosts: Vec::new(),
+            target_session_attrs: deploy::TargetSessionAttrs::Any,
+            replicas: Vec::new(),
+            read_from: deploy::ReadFrom::Primary,
         }
     }
 }
@@ -146,11 +163,7 @@ impl PostgresConfig {
             }
             out.push('@');
         }
-        if self.host.contains(':') {
-            out.push_str(&format!("[{}]:{}", self.host, self.port));
-        } else {
-            out.push_str(&format!("{}:{}", self.host, self.port));
-        }
+        out.push_str(&self.endpoint());
         if let Some(db) = &self.database {
             out.push('/');
             out.push_str(db);
@@ -218,9 +231,19 @@ impl PostgresConfig {
         self.reaper_interval
     }
 
-    /// The host and port, for messages.
+    /// The hosts and ports (`h1:p1,h2:p2`), for messages.
     pub(crate) fn endpoint(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        self.hosts()
+            .iter()
+            .map(|(host, port)| {
+                if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The driver's connection options: host, port, credentials, database, TLS (`sslmode`,
@@ -229,7 +252,29 @@ impl PostgresConfig {
     /// driver error can echo the password. Public so that other crates opening their own
     /// connections to the same server (`state-lock`) parse URLs and set up TLS exactly as
     /// this backend does.
+    ///
+    /// With several hosts these are the first host's options. With
+    /// [`with_pgbouncer(true)`](Self::with_pgbouncer) they carry no startup `options` and no
+    /// `extra_float_digits` (a transaction pooler cannot pass them on): settings are then
+    /// the caller's business.
     pub fn connect_options(&self) -> PgConnectOptions {
+        let direct = self.pgbouncer != Some(true);
+        let options = self.options_for(&self.host, self.port, direct);
+        if direct {
+            options
+        } else {
+            options.extra_float_digits(None)
+        }
+    }
+
+    /// The options for one host, with the session settings in the startup `options` or
+    /// without them.
+    pub(crate) fn options_for(
+        &self,
+        host: &str,
+        port: u16,
+        settings_in_startup: bool,
+    ) -> PgConnectOptions {
         let mut settings = vec![
             (
                 "statement_timeout",
@@ -241,11 +286,13 @@ impl PostgresConfig {
             settings.push(("synchronous_commit", mode.to_string()));
         }
         let mut options = PgConnectOptions::new_without_pgpass()
-            .host(&self.host)
-            .port(self.port)
+            .host(host)
+            .port(port)
             .ssl_mode(self.ssl_mode)
-            .application_name("state-postgres")
-            .options(settings);
+            .application_name("state-postgres");
+        if settings_in_startup {
+            options = options.options(settings);
+        }
         if let Some(user) = &self.username {
             options = options.username(user);
         }

@@ -7,12 +7,12 @@ use state_core::{Result, Scheme, StateError, StateUrl, UrlShape};
 
 use super::PostgresConfig;
 
-/// `postgres://user[:pass]@host:port/db`, also written `postgresql://`.
+/// `postgres://user[:pass]@host:port[,host:port…]/db`, also written `postgresql://`.
 pub const POSTGRES: Scheme =
-    Scheme::new("postgres", UrlShape::hosts(5432, false)).with_aliases(&["postgresql"]);
+    Scheme::new("postgres", UrlShape::hosts(5432, true)).with_aliases(&["postgresql"]);
 
 /// Query parameters a `postgres://` URL accepts besides the common `prefix=` and `ttl=`.
-pub const URL_PARAMS: [&str; 13] = [
+pub const URL_PARAMS: [&str; 18] = [
     "sslmode",
     "synchronous_commit",
     "sslrootcert",
@@ -26,6 +26,11 @@ pub const URL_PARAMS: [&str; 13] = [
     "coalesce",
     "retries",
     "failover_timeout",
+    "pgbouncer",
+    "target_session_attrs",
+    "host",
+    "replicas",
+    "read_from",
 ];
 
 impl PostgresConfig {
@@ -61,6 +66,13 @@ impl PostgresConfig {
             config.host = host.host.clone();
             config.port = host.port;
         }
+        config.more_hosts = url
+            .hosts()
+            .iter()
+            .skip(1)
+            .map(|h| (h.host.clone(), h.port))
+            .collect();
+        config.read_deploy_params(url)?;
         config.username = url.username().map(str::to_string);
         config.password = url.password().cloned();
         config.database = url.path().map(str::to_string);

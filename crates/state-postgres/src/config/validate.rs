@@ -60,6 +60,7 @@ impl PostgresConfig {
             }
         }
         self.retry.validate()?;
+        self.validate_deploy()?;
         if let Some(ttl) = self.default_ttl {
             state_core::ttl_millis(ttl)
                 .map_err(|e| StateError::config(format!("default_ttl: {}", e.message())))?;
