@@ -16,7 +16,7 @@ pub(crate) const SLOTS: u16 = 16384;
 /// The marker of a fencing key: `{T}` + FENCE + data key.
 pub(crate) const FENCE: &[u8] = b"\x00state-fence\x00";
 
-/// The marker of a staged key: `{T}` + STAGE + restore id + `\x00` + data key.
+/// The marker of a restore's keys: `{T}` + STAGE + restore id + `\x00` + name.
 pub(crate) const STAGE: &[u8] = b"\x00state-stage\x00";
 
 /// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
@@ -74,8 +74,13 @@ fn tags() -> &'static [Box<str>] {
 
 /// `{T}` for the slot of `data_key`.
 fn tag_for(data_key: &[u8]) -> Vec<u8> {
+    slot_tag(slot(data_key))
+}
+
+/// `{T}` for hash slot `slot`: a key starting with it lands in that slot.
+pub(crate) fn slot_tag(slot: u16) -> Vec<u8> {
     let tag = tags()
-        .get(usize::from(slot(data_key)))
+        .get(usize::from(slot))
         .map(|t| t.as_bytes())
         .unwrap_or_default();
     let mut out = Vec::with_capacity(tag.len() + 2);
@@ -93,13 +98,13 @@ pub(crate) fn fence_key(data_key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The key under which restore `id` stages the new value of `data_key`.
-pub(crate) fn stage_key(id: &[u8], data_key: &[u8]) -> Vec<u8> {
-    let mut out = tag_for(data_key);
+/// A key of restore `id` in hash slot `slot`: `{T}` + STAGE + id + `\x00` + `name`.
+pub(crate) fn stage_key(slot: u16, id: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = slot_tag(slot);
     out.extend_from_slice(STAGE);
     out.extend_from_slice(id);
     out.push(0);
-    out.extend_from_slice(data_key);
+    out.extend_from_slice(name);
     out
 }
 
@@ -207,11 +212,15 @@ mod tests {
         ];
         for key in keys {
             assert_eq!(slot(&fence_key(key)), slot(key), "{key:?}");
-            assert_eq!(slot(&stage_key(b"abc", key)), slot(key), "{key:?}");
+            assert_eq!(
+                slot(&stage_key(slot(key), b"abc", key)),
+                slot(key),
+                "{key:?}"
+            );
             assert!(is_internal(&fence_key(key)));
-            assert!(is_internal(&stage_key(b"id", key)));
+            assert!(is_internal(&stage_key(0, b"id", key)));
             assert_eq!(fenced_data_key(&fence_key(key)), Some(key));
-            assert_eq!(fenced_data_key(&stage_key(b"id", key)), None);
+            assert_eq!(fenced_data_key(&stage_key(9, b"id", key)), None);
         }
         assert!(!is_internal(b"{12}x"));
         assert!(!is_internal(b"p:k"));

@@ -22,7 +22,7 @@ pub use backend::NodeInfo;
 pub use config::builder::RedisConfigBuilder;
 pub use config::scheme::{REDIS, REDIS_CLUSTER, REDIS_SENTINEL, REDISS, SCHEMES};
 pub use config::url::URL_PARAMS;
-pub use config::{RedisConfig, Topology, WaitReplicas};
+pub use config::{ReadFrom, RedisConfig, Topology, WaitReplicas};
 pub use driver::RedisStateBackend;
 pub use scripts::Script;
 

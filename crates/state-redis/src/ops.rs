@@ -27,7 +27,7 @@ impl StateBackend for RedisStateBackend {
         caps.ordered_scan = false;
         // SCAN is fuzzy: keys written during a scan may or may not be seen.
         caps.consistent_snapshot = false;
-        // One MULTI/EXEC switches a staged restore in; in Cluster one per slot only.
+        // One Lua script switches a staged restore in; in Cluster one per slot only.
         caps.atomic_restore = !self.is_cluster();
         caps.metadata = false;
         caps.durable = true;
@@ -43,7 +43,7 @@ impl StateBackend for RedisStateBackend {
         cmd.arg(&full);
         let value = self
             .retry(Idempotency::Idempotent, "GET", || {
-                self.inner.pool.query(&cmd)
+                self.inner.pool.read(&cmd)
             })
             .await?;
         let value = bytes_of("GET", value)?;
@@ -102,7 +102,7 @@ impl StateBackend for RedisStateBackend {
                 }
                 let reply = self
                     .retry(Idempotency::Idempotent, "MGET", || {
-                        self.inner.pool.query(&cmd)
+                        self.inner.pool.read(&cmd)
                     })
                     .await?;
                 Ok::<_, StateError>((group, reply))
@@ -287,7 +287,7 @@ impl StateBackend for RedisStateBackend {
         cmd.arg(&full);
         let reply = self
             .retry(Idempotency::Idempotent, "PTTL", || {
-                self.inner.pool.query(&cmd)
+                self.inner.pool.read(&cmd)
             })
             .await?;
         Ok(match int_of("PTTL", &reply)? {

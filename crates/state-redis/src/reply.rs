@@ -1,7 +1,7 @@
 //! Reply decoding: a Redis reply turned into what the operation returns, or into a
 //! `StateError` that names the operation (and the server, for an error reply).
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use redis::Value;
@@ -115,6 +115,16 @@ pub(crate) fn info_u64(what: &str, text: &str, name: &str) -> Result<u64> {
     })
 }
 
+/// The expiry of a key whose `PEXPIRETIME` is `ms` (Unix milliseconds; -1: none; -2: the
+/// key is gone, `None`).
+pub(crate) fn expiry_at(ms: i64) -> Option<Option<SystemTime>> {
+    match ms {
+        -1 => Some(None),
+        n if n >= 0 => Some(Some(UNIX_EPOCH + Duration::from_millis(n as u64))),
+        _ => None,
+    }
+}
+
 /// The absolute expiry of a key with `pttl` milliseconds left, seen at `now`.
 pub(crate) fn expiry_of(pttl: i64, now: SystemTime) -> Option<Option<SystemTime>> {
     match pttl {
@@ -127,6 +137,17 @@ pub(crate) fn expiry_of(pttl: i64, now: SystemTime) -> Option<Option<SystemTime>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absolute_expiry_is_read_as_unix_milliseconds() {
+        assert_eq!(expiry_at(-1), Some(None));
+        assert_eq!(expiry_at(-2), None);
+        assert_eq!(expiry_at(-7), None);
+        assert_eq!(
+            expiry_at(1_700_000_000_123),
+            Some(Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)))
+        );
+    }
 
     const MEMORY: &str = "# Memory\r\nused_memory:1034560\r\nused_memory_human:1010.31K\r\n\
                           used_memory_rss:7340032\r\n";

@@ -11,7 +11,7 @@ use state_core::{BoxStream, Entry, Idempotency, Result, StateError};
 use crate::conn::Node;
 use crate::driver::RedisStateBackend;
 use crate::keys;
-use crate::reply::{expiry_of, unexpected};
+use crate::reply::{expiry_at, expiry_of, unexpected};
 use crate::scripts;
 
 /// One page of keys found on `node`.
@@ -187,15 +187,19 @@ impl RedisStateBackend {
                     return Err(unexpected("scan", &reply));
                 };
                 let mut parts = parts.into_iter();
-                let (Some(Value::BulkString(value)), Some(Value::Int(pttl))) =
-                    (parts.next(), parts.next())
+                let (Some(Value::BulkString(value)), Some(Value::Int(expiry)), absolute) =
+                    (parts.next(), parts.next(), parts.next())
                 else {
                     return Err(StateError::new(
                         state_core::ErrorKind::Backend,
                         "scan: unexpected reply shape from the GET+PTTL script",
                     ));
                 };
-                let Some(expires_at) = expiry_of(pttl, now) else {
+                let expires_at = match absolute {
+                    Some(Value::Int(1)) => expiry_at(expiry),
+                    _ => expiry_of(expiry, now),
+                };
+                let Some(expires_at) = expires_at else {
                     continue;
                 };
                 out.push(Entry {
@@ -210,7 +214,7 @@ impl RedisStateBackend {
     }
 }
 
-fn parse_scan(reply: Value) -> Result<(u64, Vec<Vec<u8>>)> {
+pub(crate) fn parse_scan(reply: Value) -> Result<(u64, Vec<Vec<u8>>)> {
     let Value::Array(parts) = reply else {
         return Err(unexpected("SCAN", &reply));
     };

@@ -104,8 +104,14 @@ return 0",
 );
 
 /// KEYS[1]: returns nil if absent, else {value, pttl}, read together.
+///
+/// The expiry comes as the server's absolute `PEXPIRETIME` (Redis 7.0+; flag 1), so an
+/// export carries the exact instant whatever the round trip took; Redis 6.2 has no such
+/// command, and its `PTTL` (flag 0) is added to the client's clock on arrival.
 pub(crate) static GET_WITH_PTTL: Script = Script::new(
     r"local v = redis.call('GET', KEYS[1])
 if not v then return false end
-return {v, redis.call('PTTL', KEYS[1])}",
+local at = redis.pcall('PEXPIRETIME', KEYS[1])
+if type(at) == 'number' then return {v, at, 1} end
+return {v, redis.call('PTTL', KEYS[1]), 0}",
 );

@@ -8,7 +8,7 @@ use state_core::{Limits, Result, RetryPolicy, Secret, StateError, StateUrl};
 
 use super::scheme::{REDIS, REDIS_CLUSTER, REDIS_SENTINEL, REDISS, SCHEMES};
 
-use super::{RedisConfig, Topology, WaitReplicas};
+use super::{ReadFrom, RedisConfig, Topology, WaitReplicas};
 
 impl RedisConfig {
     /// A builder with the defaults: one multiplexed connection, 3 attempts per operation,
@@ -37,7 +37,10 @@ pub struct RedisConfigBuilder {
     pub(super) connect_timeout: Duration,
     pub(super) response_timeout: Duration,
     pub(super) wait: Option<WaitReplicas>,
+    pub(super) read_from: ReadFrom,
     pub(super) limits: Limits,
+    /// The first error in the query parameters of a URL given to `urls`, for `build()`.
+    pub(super) url_error: Option<String>,
     // A URL given with its scheme (sentinel/cluster) fixes the topology.
 }
 
@@ -60,7 +63,9 @@ impl Default for RedisConfigBuilder {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             wait: None,
+            read_from: ReadFrom::Primary,
             limits: Limits::DEFAULT,
+            url_error: None,
         }
     }
 }
@@ -93,6 +98,7 @@ impl fmt::Debug for RedisConfigBuilder {
             .field("pool_size", &self.pool)
             .field("retry", &self.retry)
             .field("pipeline_batch_size", &self.pipeline_batch_size)
+            .field("read_from", &self.read_from)
             .finish_non_exhaustive()
     }
 }
@@ -101,12 +107,30 @@ impl RedisConfigBuilder {
     /// The server, Sentinel or seed-node URLs (`redis://` or `rediss://`, one host each).
     /// Several URLs need [`cluster_mode`](Self::cluster_mode) or
     /// [`sentinel_master`](Self::sentinel_master). Replaces earlier URLs.
+    ///
+    /// A URL's query parameters (those of [`RedisConfig::from_url`]) set their options
+    /// here, as the builder methods would: methods called later override them. A bad
+    /// parameter is reported by [`build`](Self::build).
     pub fn urls<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.urls = urls.into_iter().map(Into::into).collect();
+        self.urls = Vec::new();
+        for raw in urls.into_iter().map(Into::into) {
+            // An unparsable URL is kept as it is, for `build()` to report.
+            match StateUrl::parse(&raw, &SCHEMES) {
+                Ok(parsed) if !parsed.params().is_empty() => {
+                    if let Err(e) = self.apply_params(&parsed)
+                        && self.url_error.is_none()
+                    {
+                        self.url_error = Some(format!("urls: {}", e.message()));
+                    }
+                    self.urls.push(parsed.expose(false));
+                }
+                _ => self.urls.push(raw),
+            }
+        }
         self
     }
 
@@ -129,7 +153,9 @@ impl RedisConfigBuilder {
     }
 
     /// Requires (`true`) or forbids (`false`) TLS. It must agree with the URLs' scheme
-    /// (`rediss://` is TLS); unset, the scheme decides.
+    /// (`rediss://` is TLS); unset, the scheme decides. For `redis+sentinel://` and
+    /// `redis+cluster://` URLs (URL parameter `tls=true`), it means TLS to every server:
+    /// the Sentinels and the data nodes they name, or every Cluster node.
     pub fn tls(mut self, enabled: bool) -> Self {
         self.tls = Some(enabled);
         self
@@ -236,6 +262,13 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// Which servers answer `get`, `batch_get` and `ttl`: the primary (default) or the
+    /// replicas (Sentinel and Cluster only). See [`ReadFrom`] for the staleness this buys.
+    pub fn read_from(mut self, read_from: ReadFrom) -> Self {
+        self.read_from = read_from;
+        self
+    }
+
     /// Key and value size limits, checked before anything is sent.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -244,6 +277,9 @@ impl RedisConfigBuilder {
 
     /// Checks the options and builds the configuration; the error names the bad field.
     pub fn build(self) -> Result<RedisConfig> {
+        if let Some(message) = self.url_error {
+            return Err(StateError::config(message));
+        }
         if self.urls.is_empty() {
             return Err(StateError::config(
                 "urls: no server given; call .url(\"redis://host:6379\") or .urls([...])",
@@ -334,7 +370,8 @@ impl RedisConfigBuilder {
         };
         if self.tls_root_ca.is_some() && !tls {
             return Err(StateError::config(
-                "tls_root_ca: a CA is given but TLS is off; use rediss:// or tls(true)",
+                "tls_root_ca: a CA is given but TLS is off; use rediss://, the URL parameter \
+                 tls=true (Sentinel, Cluster) or tls(true)",
             ));
         }
         let cluster = match (self.cluster_mode, url_topology) {
@@ -381,6 +418,12 @@ impl RedisConfigBuilder {
                  cluster_mode(true) or sentinel_master(name)",
                 hosts.len()
             )));
+        }
+        if topology == Topology::Standalone && self.read_from == ReadFrom::Replicas {
+            return Err(StateError::config(
+                "read_from: replicas needs a Sentinel or Cluster deployment (a standalone \
+                 URL names one server); use redis+sentinel:// or redis+cluster://, or drop it",
+            ));
         }
         let db = db.unwrap_or(0);
         if topology == Topology::Cluster && db != 0 {
@@ -458,6 +501,7 @@ impl RedisConfigBuilder {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             wait: self.wait,
+            read_from: self.read_from,
             limits: self.limits,
         })
     }

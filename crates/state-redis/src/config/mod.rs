@@ -29,6 +29,26 @@ pub enum Topology {
     Cluster,
 }
 
+/// Which servers answer the point reads `get`, `batch_get` and `ttl`
+/// (`read_from=primary|replicas`, [`RedisConfigBuilder::read_from`](crate::RedisConfigBuilder::read_from)).
+///
+/// Replica reads spread the read load over the replicas, at the price of staleness: Redis
+/// replicates asynchronously, so a read from a replica may not see the caller's own last
+/// write (nor anyone else's), and two reads in a row may go to different replicas and see
+/// the data go back in time. Writes, scans (`scan`, `count`, `export`, `checkpoint`,
+/// `clear`) and every conditional operation always go to the primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadFrom {
+    /// Every command goes to the primary (the default): reads see every acknowledged write.
+    #[default]
+    Primary,
+    /// Point reads go to a replica: for Sentinel, one the Sentinels list as healthy (chosen
+    /// at random per connection; the primary when they list none); for Cluster, a random
+    /// replica of the key's slot (its master when the slot has no replica).
+    Replicas,
+}
+
 /// Replication acknowledgement required before a write is reported as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitReplicas {
@@ -80,6 +100,7 @@ pub struct RedisConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) wait: Option<WaitReplicas>,
+    pub(crate) read_from: ReadFrom,
     pub(crate) limits: Limits,
 }
 
@@ -105,6 +126,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("wait", &self.wait)
+            .field("read_from", &self.read_from)
             .field("limits", &self.limits)
             .finish()
     }
@@ -144,6 +166,11 @@ impl RedisConfig {
     /// Whether connections use TLS.
     pub fn tls(&self) -> bool {
         self.tls
+    }
+
+    /// Which servers answer point reads.
+    pub fn read_from(&self) -> ReadFrom {
+        self.read_from
     }
 
     /// A one-line description of where the backend connects, without any password.

@@ -132,3 +132,62 @@ fn debug_never_shows_the_password() -> Result<()> {
     assert!(!c.describe().contains("hunter"));
     Ok(())
 }
+
+#[test]
+fn tls_and_read_from_parameters_set_sentinel_and_cluster_options() -> Result<()> {
+    let c = RedisConfig::from_url(
+        "redis+sentinel://s1:26379,s2:26379/mymaster?tls=true&read_from=replicas",
+    )?;
+    assert!(c.tls());
+    assert_eq!(c.read_from(), super::ReadFrom::Replicas);
+    let c = RedisConfig::from_url("redis+cluster://n1:7000?read_from=primary&tls=false")?;
+    assert!(!c.tls());
+    assert_eq!(c.read_from(), super::ReadFrom::Primary);
+    let c = RedisConfig::builder()
+        .url("redis+cluster://n1:7000")
+        .read_from(super::ReadFrom::Replicas)
+        .build()?;
+    assert_eq!(c.read_from(), super::ReadFrom::Replicas);
+    assert!(format!("{c:?}").contains("Replicas"));
+
+    assert!(url_err("redis+cluster://n1:7000?tls=yes").contains("`tls`"));
+    assert!(url_err("redis+cluster://n1:7000?read_from=replica").contains("`read_from`"));
+    assert!(url_err("redis://h:6379?tls=true").contains("tls"));
+    assert!(url_err("rediss://h:6379?tls=false").contains("tls"));
+    let e = url_err("redis://h:6379?read_from=replicas");
+    assert!(
+        e.contains("read_from") && e.contains("Sentinel or Cluster"),
+        "{e}"
+    );
+    let e = err(RedisConfig::builder()
+        .url("redis+sentinel://s1:26379/m")
+        .tls_root_ca_pem(b"pem".to_vec()));
+    assert!(e.contains("tls=true"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn parameters_of_urls_given_to_the_builder_apply_and_later_methods_override_them() -> Result<()> {
+    let c = RedisConfig::builder()
+        .url("redis+cluster://n1:7000?read_from=replicas&prefix=url:&pool_max=3")
+        .key_prefix("method:")
+        .build()?;
+    assert_eq!(c.read_from(), super::ReadFrom::Replicas);
+    assert_eq!(c.key_prefix(), b"method:");
+    assert_eq!(c.pool_max(), 3);
+    let c = RedisConfig::builder()
+        .default_ttl(Duration::from_secs(5))
+        .url("redis://h:6379?prefix=url:")
+        .build()?;
+    assert_eq!(c.key_prefix(), b"url:");
+    assert_eq!(
+        c.default_ttl,
+        Some(Duration::from_secs(5)),
+        "no ttl parameter: kept"
+    );
+    let e = err(RedisConfig::builder().url("redis://h:6379?read_from=nowhere"));
+    assert!(e.contains("read_from"), "{e}");
+    let e = err(RedisConfig::builder().url("redis://h:6379?colour=blue"));
+    assert!(e.contains("colour"), "{e}");
+    Ok(())
+}

@@ -6,10 +6,10 @@ use state_core::{Result, StateError, StateUrl};
 
 use super::builder::RedisConfigBuilder;
 use super::scheme::SCHEMES;
-use super::{RedisConfig, WaitReplicas};
+use super::{ReadFrom, RedisConfig, WaitReplicas};
 
 /// The parameters a Redis URL may carry besides `prefix` and `ttl`.
-pub const URL_PARAMS: [&str; 12] = [
+pub const URL_PARAMS: [&str; 14] = [
     "pool_min",
     "pool_max",
     "pipeline_batch_size",
@@ -19,7 +19,9 @@ pub const URL_PARAMS: [&str; 12] = [
     "retry_base_delay",
     "retry_max_delay",
     "failover_timeout",
+    "tls",
     "tls_ca",
+    "read_from",
     "wait_replicas",
     "wait_timeout",
 ];
@@ -30,29 +32,37 @@ impl RedisConfig {
     /// Parameters: `prefix`, `ttl` (humantime), `pool_min`, `pool_max`,
     /// `pipeline_batch_size`, `connect_timeout`, `timeout` (reply timeout), `retries`,
     /// `retry_base_delay`, `retry_max_delay`, `failover_timeout` (how long an operation waits
-    /// for a server that is away, 30 s by default; `0s` turns it off), `tls_ca` (path of a
-    /// PEM CA file), `wait_replicas`, `wait_timeout`. Any other parameter is a `Config` error.
+    /// for a server that is away, 30 s by default; `0s` turns it off), `tls` (`true` or
+    /// `false`: TLS to every server of a `redis+sentinel://` or `redis+cluster://` URL),
+    /// `tls_ca` (path of a PEM CA file), `read_from` (`primary` or `replicas`, see
+    /// [`ReadFrom`]), `wait_replicas`, `wait_timeout`. Any other parameter is a `Config`
+    /// error.
     pub fn from_url(url: &str) -> Result<RedisConfig> {
         Self::from_state_url(&StateUrl::parse(url, &SCHEMES)?)
     }
 
     /// Like [`from_url`](Self::from_url), from an already parsed URL.
     pub fn from_state_url(url: &StateUrl) -> Result<RedisConfig> {
-        RedisConfigBuilder::default().apply_url(url)?.build()
+        let mut builder = RedisConfigBuilder::default();
+        builder.apply_params(url)?;
+        // Without its query (already applied), password included: kept inside the
+        // builder only, for `build()` to parse the hosts and credentials again.
+        builder.urls = vec![url.expose(false)];
+        builder.build()
     }
 }
 
 impl RedisConfigBuilder {
-    fn apply_url(mut self, url: &StateUrl) -> Result<Self> {
+    /// Sets the options named by the URL's query parameters, as the builder methods of the
+    /// same names would at this point.
+    pub(super) fn apply_params(&mut self, url: &StateUrl) -> Result<()> {
         url.check_params(&URL_PARAMS)?;
-        // The real URL (with password) stays inside the builder, never printed.
-        // Without its query (already applied), password included: kept inside the
-        // builder only, for `build()` to parse the hosts and credentials again.
-        self.urls = vec![url.expose(false)];
         if let Some(prefix) = url.key_prefix() {
             self.key_prefix = prefix.as_bytes().to_vec();
         }
-        self.default_ttl = url.default_ttl()?;
+        if let Some(ttl) = url.default_ttl()? {
+            self.default_ttl = Some(ttl);
+        }
         let (pool_min, pool_max) = (
             url.parse_param::<u32>("pool_min")?,
             url.parse_param::<u32>("pool_max")?,
@@ -90,6 +100,28 @@ impl RedisConfigBuilder {
         if let Some(d) = duration_param(url, "failover_timeout")? {
             self.retry.failover_timeout = d;
         }
+        if let Some(tls) = url.param("tls") {
+            self.tls = Some(match tls {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(StateError::config(format!(
+                        "parameter `tls`: `{other}` is not `true` or `false`"
+                    )));
+                }
+            });
+        }
+        if let Some(read_from) = url.param("read_from") {
+            self.read_from = match read_from {
+                "primary" => ReadFrom::Primary,
+                "replicas" => ReadFrom::Replicas,
+                other => {
+                    return Err(StateError::config(format!(
+                        "parameter `read_from`: `{other}` is not `primary` or `replicas`"
+                    )));
+                }
+            };
+        }
         if let Some(path) = url.param("tls_ca") {
             let pem = std::fs::read(path).map_err(|e| {
                 StateError::config(format!(
@@ -115,7 +147,7 @@ impl RedisConfigBuilder {
             }
             (None, None) => {}
         }
-        Ok(self)
+        Ok(())
     }
 }
 

@@ -10,17 +10,34 @@
 //!   `MOVED`, `ASK`, `TRYAGAIN` or `CLUSTERDOWN` reply (nothing was executed) comes back to
 //!   our retry policy, which sends it again (following `ASK` itself, see
 //!   [`ask_target`]), while a broken connection comes back as an unknown outcome.
+//!
+//! With `read_from=replicas` a third set, like the re-sending one but routing read-only
+//! commands to a random replica of their slot (the driver sends `READONLY` to every node
+//! it opens), serves the point reads `GET`, `MGET` and `PTTL`, and nothing else.
 
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_read_routing::RandomReplicaStrategy;
 use redis::{ConnectionInfo, RedisError, TlsCertificates, TlsMode};
 use state_core::StateError;
 use tokio::sync::OnceCell;
 
-use super::{Node, build_error, node_info, single::timeout_error};
+use super::setup::{build_error, node_info};
+use super::{Node, single::timeout_error};
 use crate::config::RedisConfig;
+
+/// Which of the sets (see the module) a [`ClusterConns`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnSet {
+    /// Reads and safe writes: the driver may re-send.
+    Resending,
+    /// Blind writes: the driver sends once.
+    Exact,
+    /// Point reads from replicas: the driver may re-send; read-only commands go to replicas.
+    ReplicaReads,
+}
 
 /// `pool_max` cluster connections of one kind, opened on first use.
 pub(super) struct ClusterConns {
@@ -30,11 +47,12 @@ pub(super) struct ClusterConns {
 }
 
 impl ClusterConns {
-    /// `resend`: whether the driver may re-send a request on its own (see the module).
+    /// `set`: whether the driver may re-send a request on its own, and where it sends
+    /// reads (see the module).
     pub(super) fn new(
         config: &RedisConfig,
         target: &str,
-        resend: bool,
+        set: ConnSet,
     ) -> Result<ClusterConns, StateError> {
         let nodes: Vec<ConnectionInfo> = config
             .hosts
@@ -45,12 +63,16 @@ impl ClusterConns {
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.response_timeout);
-        builder = if resend {
+        builder = match set {
             // The driver follows MOVED/ASK and reconnects to a node; our RetryPolicy
             // governs everything else on top.
-            builder.retries(6).min_retry_wait(20).max_retry_wait(500)
-        } else {
-            builder.retries(0)
+            ConnSet::Resending => builder.retries(6).min_retry_wait(20).max_retry_wait(500),
+            ConnSet::Exact => builder.retries(0),
+            ConnSet::ReplicaReads => builder
+                .retries(6)
+                .min_retry_wait(20)
+                .max_retry_wait(500)
+                .read_routing_strategy(RandomReplicaStrategy),
         };
         if let Some(user) = &config.username {
             builder = builder.username(user);

@@ -7,10 +7,16 @@
 //! cluster connections, which follow MOVED/ASK and refresh their slot map; blind writes go
 //! through a second set that never re-sends on its own.
 //!
+//! With `read_from=replicas` the point reads go through [`Pool::read`] (`replicas`) to a
+//! replica: for Sentinel a second set of slots dialled to the replicas the Sentinels list,
+//! for Cluster a third set of cluster connections that route reads to replicas.
+//!
 //! Every send reports, with its error, whether the request may have reached the server
 //! ([`Failure`]): that is what the retry rule of `state_core::RetryPolicy` decides on.
 
 mod cluster;
+mod replicas;
+mod setup;
 mod single;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,17 +25,15 @@ use std::time::Instant;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
-use redis::{
-    Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
-    RedisError, TlsCertificates, TlsMode, Value,
-};
+use redis::{Cmd, Pipeline, RedisError, Value};
 use state_core::{ErrorKind, Idempotency, Result, RetryPolicy, StateError};
 
-use crate::config::{RedisConfig, Topology};
+use crate::config::{ReadFrom, RedisConfig, Topology};
 use crate::error::{Failure, needs_reconnect};
 pub(crate) use cluster::parse_cluster_nodes;
-use cluster::{ClusterConns, ask_target};
+use cluster::{ClusterConns, ConnSet, ask_target};
+use replicas::ReplicaSlots;
+use setup::{build_error, node_info, open_client, sentinel_dial};
 use single::{Dial, Dialer, Slot};
 
 /// One server of the deployment, for commands that must visit each (SCAN, INFO).
@@ -79,12 +83,16 @@ enum Kind {
     Single {
         dialer: Dialer,
         slots: Vec<Slot>,
+        /// Point reads with `read_from=replicas` (Sentinel only).
+        replicas: Option<Box<ReplicaSlots>>,
     },
     Cluster {
         /// Reads and writes that are safe to send again.
         resending: ClusterConns,
         /// Blind writes: sent once by the driver. (Boxed: the variants' sizes differ.)
         exact: Box<ClusterConns>,
+        /// Point reads with `read_from=replicas`.
+        replica_reads: Option<Box<ClusterConns>>,
     },
 }
 
@@ -94,6 +102,8 @@ enum Conn {
         conn: MultiplexedConnection,
         slot: usize,
         generation: u64,
+        /// From the replica slots: a broken one is forgotten there.
+        replica: bool,
     },
     Cluster {
         conn: ClusterConnection,
@@ -110,10 +120,15 @@ impl Pool {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let target = config.describe();
+        let replica_reads = config.read_from == ReadFrom::Replicas;
         let kind = match &config.topology {
             Topology::Cluster => Kind::Cluster {
-                resending: ClusterConns::new(config, &target, true)?,
-                exact: Box::new(ClusterConns::new(config, &target, false)?),
+                resending: ClusterConns::new(config, &target, ConnSet::Resending)?,
+                exact: Box::new(ClusterConns::new(config, &target, ConnSet::Exact)?),
+                replica_reads: replica_reads
+                    .then(|| ClusterConns::new(config, &target, ConnSet::ReplicaReads))
+                    .transpose()?
+                    .map(Box::new),
             },
             Topology::Standalone => {
                 let Some(host) = config.hosts.first() else {
@@ -125,11 +140,16 @@ impl Pool {
                 Kind::Single {
                     dialer: Dialer::new(Dial::Direct(client), config),
                     slots: (0..config.pool_max).map(|_| Slot::default()).collect(),
+                    replicas: None,
                 }
             }
             Topology::Sentinel { master_name } => Kind::Single {
                 dialer: Dialer::new(sentinel_dial(config, master_name, &target)?, config),
                 slots: (0..config.pool_max).map(|_| Slot::default()).collect(),
+                replicas: replica_reads
+                    .then(|| ReplicaSlots::new(config, master_name, &target))
+                    .transpose()?
+                    .map(Box::new),
             },
         };
         let pool = Pool {
@@ -151,13 +171,15 @@ impl Pool {
         let started = Instant::now();
         let mut retries = 0;
         loop {
-            // In Cluster mode both sets open now, while the cluster is whole: the driver's
+            // In Cluster mode every set opens now, while the cluster is whole: the driver's
             // first connection reaches every node, and one that hangs later would stall it.
             let opened = match self.conn_at_index(index, Idempotency::Idempotent).await {
-                Ok(_) if self.is_cluster() => self
-                    .conn_at_index(index, Idempotency::NotIdempotent)
-                    .await
-                    .map(|_| ()),
+                Ok(_) if self.is_cluster() => {
+                    match self.conn_at_index(index, Idempotency::NotIdempotent).await {
+                        Ok(_) => self.open_replica_reads(index).await,
+                        Err(failure) => Err(failure),
+                    }
+                }
                 Ok(_) => Ok(()),
                 Err(failure) => Err(failure),
             };
@@ -201,7 +223,9 @@ impl Pool {
     /// The connection of slot `index` if it is open: the hot path, with no await.
     fn ready_conn(&self, index: usize, idempotency: Idempotency) -> Option<Conn> {
         match &self.kind {
-            Kind::Cluster { resending, exact } => {
+            Kind::Cluster {
+                resending, exact, ..
+            } => {
                 let exact_set = idempotency == Idempotency::NotIdempotent;
                 let set = if exact_set { exact } else { resending };
                 set.ready(index).map(|conn| Conn::Cluster {
@@ -215,6 +239,7 @@ impl Pool {
                     conn,
                     slot: index,
                     generation,
+                    replica: false,
                 })
             }
         }
@@ -226,7 +251,9 @@ impl Pool {
         idempotency: Idempotency,
     ) -> std::result::Result<Conn, Failure> {
         match &self.kind {
-            Kind::Cluster { resending, exact } => {
+            Kind::Cluster {
+                resending, exact, ..
+            } => {
                 let exact_set = idempotency == Idempotency::NotIdempotent;
                 let set = if exact_set { exact } else { resending };
                 let conn = set.get(index).await.map_err(Failure::before_send)?;
@@ -235,7 +262,7 @@ impl Pool {
                     exact: exact_set,
                 })
             }
-            Kind::Single { dialer, slots } => {
+            Kind::Single { dialer, slots, .. } => {
                 let Some(slot) = slots.get(index) else {
                     return Err(Failure::before_send(internal("no such pool slot")));
                 };
@@ -247,6 +274,7 @@ impl Pool {
                     conn,
                     slot: index,
                     generation,
+                    replica: false,
                 })
             }
         }
@@ -258,14 +286,24 @@ impl Pool {
             return;
         }
         if let (
-            Kind::Single { slots, .. },
+            Kind::Single {
+                slots, replicas, ..
+            },
             Conn::Single {
-                slot, generation, ..
+                slot,
+                generation,
+                replica,
+                ..
             },
         ) = (&self.kind, conn)
-            && let Some(slot) = slots.get(*slot)
         {
-            slot.forget(*generation);
+            let slots = match (replica, replicas) {
+                (true, Some(replicas)) => &replicas.slots,
+                _ => slots,
+            };
+            if let Some(slot) = slots.get(*slot) {
+                slot.forget(*generation);
+            }
         }
     }
 
@@ -537,105 +575,6 @@ async fn run_pipeline<C: ConnectionLike>(
     } else {
         conn.req_packed_commands(pipe, 0, pipe.len()).await
     }
-}
-
-fn open_client(info: ConnectionInfo, config: &RedisConfig) -> redis::RedisResult<Client> {
-    match &config.tls_root_ca {
-        Some(ca) => Client::build_with_tls(
-            info,
-            TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.clone()),
-            },
-        ),
-        None => Client::open(info),
-    }
-}
-
-/// The Sentinel dialer: the driver's Sentinel client, and a plain client per Sentinel to
-/// check the master name when no primary is found.
-fn sentinel_dial(config: &RedisConfig, master_name: &str, target: &str) -> Result<Dial> {
-    let addr = |host: &str, port: u16| node_addr(config, host, port);
-    let sentinels = config
-        .hosts
-        .iter()
-        .map(|h| {
-            let info = addr(&h.host, h.port).into_connection_info()?;
-            open_client(info, config)
-        })
-        .collect::<redis::RedisResult<Vec<Client>>>()
-        .map_err(|e| build_error(target, e))?;
-    let mut builder = SentinelClientBuilder::new(
-        config.hosts.iter().map(|h| addr(&h.host, h.port)),
-        master_name,
-        SentinelServerType::Master,
-    )
-    .map_err(|e| build_error(target, e))?
-    .set_client_to_redis_db(config.db);
-    if let Some(user) = &config.username {
-        builder = builder.set_client_to_redis_username(user);
-    }
-    if let Some(pass) = &config.password {
-        builder = builder.set_client_to_redis_password(pass.expose());
-    }
-    if config.tls {
-        builder = builder
-            .set_client_to_redis_tls_mode(TlsMode::Secure)
-            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-        if let Some(ca) = &config.tls_root_ca {
-            let certs = TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.clone()),
-            };
-            builder = builder
-                .set_client_to_redis_certificates(certs.clone())
-                .set_client_to_sentinel_certificates(certs);
-        }
-    }
-    let client = builder.build().map_err(|e| build_error(target, e))?;
-    Ok(Dial::Sentinel {
-        client: tokio::sync::Mutex::new(client),
-        sentinels,
-        master_name: master_name.to_string(),
-    })
-}
-
-/// A server's address, over TLS if the config says so.
-fn node_addr(config: &RedisConfig, host: &str, port: u16) -> ConnectionAddr {
-    if config.tls {
-        ConnectionAddr::TcpTls {
-            host: host.to_string(),
-            port,
-            insecure: false,
-            tls_params: None,
-        }
-    } else {
-        ConnectionAddr::Tcp(host.to_string(), port)
-    }
-}
-
-fn node_info(
-    config: &RedisConfig,
-    host: &str,
-    port: u16,
-) -> std::result::Result<ConnectionInfo, RedisError> {
-    let addr = node_addr(config, host, port);
-    let mut redis_info = RedisConnectionInfo::default().set_db(config.db);
-    if let Some(user) = &config.username {
-        redis_info = redis_info.set_username(user);
-    }
-    if let Some(pass) = &config.password {
-        redis_info = redis_info.set_password(pass.expose());
-    }
-    Ok(addr.into_connection_info()?.set_redis_settings(redis_info))
-}
-
-fn build_error(target: &str, err: RedisError) -> StateError {
-    StateError::config(format!(
-        "cannot set up the Redis client for {target} ({}); check the URL and TLS settings",
-        err.category()
-    ))
-    .with_source(err)
 }
 
 fn internal(msg: &'static str) -> RedisError {

@@ -30,6 +30,10 @@ pub(super) enum Dial {
         sentinels: Vec<Client>,
         master_name: String,
     },
+    /// A replica the Sentinels list as healthy (`read_from=replicas`).
+    SentinelReplica {
+        client: tokio::sync::Mutex<SentinelClient>,
+    },
 }
 
 #[derive(Default)]
@@ -117,6 +121,13 @@ impl Dialer {
                     Err(_) => timeout_error(),
                 };
                 return Err(self.sentinel_view(sentinels, master_name, failure).await);
+            }
+            // Asked on every dial: replicas come and go with failovers.
+            Dial::SentinelReplica { client } => {
+                let mut client = client.lock().await;
+                tokio::time::timeout(self.connect_timeout, client.async_get_client())
+                    .await
+                    .map_err(|_| timeout_error())??
             }
         };
         client

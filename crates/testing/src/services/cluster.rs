@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::ServiceError;
 use super::process::{self, Reaper};
-use super::redis::{self as node, RedisNode};
+use super::redis::{self as node, NodeTls, RedisNode};
+use super::{ServiceError, TestCerts, percent_encode};
 
 /// How long forming the cluster may take (6 starts, slot assignment, replica sync).
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -13,9 +13,12 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// A Redis Cluster of 3 masters and 3 replicas on free loopback ports, in one temporary
 /// directory. `cluster-node-timeout` is 2000 ms, so a killed master's replica takes over
 /// within a few seconds. Stopped (and the directory removed) on drop.
+/// [`start_tls`](Self::start_tls) makes every node serve TLS only, with the cluster bus and
+/// replication over TLS too.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisNode>,
+    tls: Option<NodeTls>,
     _reaper: Reaper,
     _dir: tempfile::TempDir,
 }
@@ -24,6 +27,18 @@ impl RedisCluster {
     /// Starts six nodes, runs `redis-cli --cluster create … --cluster-replicas 1`, and waits
     /// (bounded) until every node reports `cluster_state:ok` and every replica is in sync.
     pub async fn start() -> Result<RedisCluster, ServiceError> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`start`](Self::start), with TLS everywhere: every node serves TLS only
+    /// (`port 0`, `tls-port`) with the server certificate of `certs`, the cluster bus and
+    /// replication use TLS (`tls-cluster yes`, `tls-replication yes`), and clients need no
+    /// certificate. [`url`](Self::url) then carries `tls=true` and `tls_ca` (the CA's path).
+    pub async fn start_tls(certs: &TestCerts) -> Result<RedisCluster, ServiceError> {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(certs: Option<&TestCerts>) -> Result<RedisCluster, ServiceError> {
         for bin in ["redis-server", "redis-cli"] {
             if process::on_path(bin).is_none() {
                 return Err(ServiceError::new(format!(
@@ -36,8 +51,19 @@ impl RedisCluster {
             .tempdir()
             .map_err(|e| ServiceError::new(format!("cannot create a temp dir: {e}")))?;
         let reaper = Reaper::spawn(&node::reaper_script(tmp.path()));
-        let extra = |_port: u16| -> Result<Vec<String>, ServiceError> {
-            Ok(vec![
+        let tls = certs
+            .map(|c| NodeTls::copy_into(c, tmp.path()))
+            .transpose()?;
+        let extra = |port: u16| -> Result<Vec<String>, ServiceError> {
+            let mut lines = match &tls {
+                Some(tls) => {
+                    let mut lines = tls.config_lines(port);
+                    lines.push("tls-cluster yes".to_owned());
+                    lines
+                }
+                None => Vec::new(),
+            };
+            lines.extend([
                 "cluster-enabled yes".to_owned(),
                 "cluster-config-file nodes.conf".to_owned(),
                 "cluster-node-timeout 2000".to_owned(),
@@ -46,7 +72,8 @@ impl RedisCluster {
                 // Replicas may always take over, however stale: tests kill masters on purpose.
                 "cluster-replica-validity-factor 0".to_owned(),
                 "cluster-require-full-coverage yes".to_owned(),
-            ])
+            ]);
+            Ok(lines)
         };
         let mut nodes = Vec::new();
         for i in 0..6 {
@@ -55,10 +82,14 @@ impl RedisCluster {
         }
         let cluster = RedisCluster {
             nodes,
+            tls,
             _reaper: reaper,
             _dir: tmp,
         };
         let mut create = tokio::process::Command::new("redis-cli");
+        if let Some(tls) = &cluster.tls {
+            create.args(tls.cli_args());
+        }
         create.arg("--cluster").arg("create");
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port()));
@@ -71,14 +102,28 @@ impl RedisCluster {
         Ok(cluster)
     }
 
-    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…` with every node.
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…` with every node; with TLS followed
+    /// by `?tls=true&tls_ca=PATH` (state-redis' URL parameters).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let mut url = format!("redis+cluster://{}", hosts.join(","));
+        if let Some(ca) = self.ca_file() {
+            url.push_str(&format!(
+                "?tls=true&tls_ca={}",
+                percent_encode(&ca.display().to_string())
+            ));
+        }
+        url
+    }
+
+    /// The CA certificate that verifies every node, when started with
+    /// [`start_tls`](Self::start_tls).
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(NodeTls::ca_file)
     }
 
     /// The ports of all six nodes, in start order.
@@ -96,9 +141,10 @@ impl RedisCluster {
         Ok(self.roles().await?.1)
     }
 
-    /// Runs `redis-cli -p PORT ARGS…` against one node (add `-c` to follow redirects).
+    /// Runs `redis-cli -p PORT ARGS…` against one node (add `-c` to follow redirects),
+    /// over TLS when the cluster serves TLS.
     pub async fn cli(&self, port: u16, args: &[&str]) -> Result<String, ServiceError> {
-        node::cli(port, args).await
+        node::cli_tls(port, self.tls.as_ref(), args).await
     }
 
     /// SIGKILL one node.
@@ -159,9 +205,38 @@ impl RedisCluster {
         .await
     }
 
+    /// Waits (up to `timeout`) until `CLUSTER SLOTS` on every live node lists every replica:
+    /// the view a client that reads from replicas routes by. Redis 7.0 leaves out a replica
+    /// whose replication offset is still 0, so on a fresh cluster write to every master
+    /// first (the masters' pings to their replicas also move it, every 10 s).
+    pub async fn wait_replicas_in_slots(&self, timeout: Duration) -> Result<(), ServiceError> {
+        let log = self.nodes.first().map(RedisNode::log_path);
+        process::wait_for(
+            "CLUSTER SLOTS on every node to list every replica",
+            timeout,
+            log.as_deref(),
+            || async move {
+                let replicas = self.replicas().await.ok()?;
+                for n in self.nodes.iter().filter(|n| n.pid().is_some()) {
+                    let slots = self.cli(n.port(), &["cluster", "slots"]).await.ok()?;
+                    let listed: Vec<&str> = slots.lines().map(str::trim).collect();
+                    if replicas.is_empty()
+                        || !replicas
+                            .iter()
+                            .all(|r| listed.contains(&r.to_string().as_str()))
+                    {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
+    }
+
     async fn healthy(&self) -> bool {
         for n in self.nodes.iter().filter(|n| n.pid().is_some()) {
-            let Ok(info) = node::cli(n.port(), &["cluster", "info"]).await else {
+            let Ok(info) = self.cli(n.port(), &["cluster", "info"]).await else {
                 return false;
             };
             if node::info_field(&info, "cluster_state") != Some("ok")
@@ -177,7 +252,7 @@ impl RedisCluster {
             return false;
         }
         for port in replicas {
-            let Ok(info) = node::cli(port, &["info", "replication"]).await else {
+            let Ok(info) = self.cli(port, &["info", "replication"]).await else {
                 return false;
             };
             if node::info_field(&info, "master_link_status") != Some("up") {
@@ -206,7 +281,7 @@ impl RedisCluster {
             .collect();
         let live: Vec<&RedisNode> = self.nodes.iter().filter(|n| n.pid().is_some()).collect();
         for n in &live {
-            let info = node::cli(n.port(), &["cluster", "info"]).await?;
+            let info = self.cli(n.port(), &["cluster", "info"]).await?;
             if node::info_field(&info, "cluster_state") != Some("ok") {
                 return Ok(None);
             }
@@ -214,7 +289,7 @@ impl RedisCluster {
         let Some(first) = live.first() else {
             return Ok(None);
         };
-        let rows = parse_nodes(&node::cli(first.port(), &["cluster", "nodes"]).await?);
+        let rows = parse_nodes(&self.cli(first.port(), &["cluster", "nodes"]).await?);
         Ok(rows
             .iter()
             .find(|r| {
@@ -232,7 +307,7 @@ impl RedisCluster {
             .iter()
             .find(|n| n.pid().is_some())
             .ok_or_else(|| ServiceError::new("no cluster node is running"))?;
-        let text = node::cli(live.port(), &["cluster", "nodes"]).await?;
+        let text = self.cli(live.port(), &["cluster", "nodes"]).await?;
         let mut masters = Vec::new();
         let mut replicas = Vec::new();
         for row in parse_nodes(&text) {

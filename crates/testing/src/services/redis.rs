@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::process::{self, Reaper, ServerProcess};
-use super::{ServiceError, percent_encode};
+use super::{ServiceError, TestCerts, percent_encode};
 
 /// How long a redis-server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -181,12 +181,91 @@ fn base_config(dir: &Path, port: u16) -> Vec<String> {
     ]
 }
 
-/// Runs `redis-cli -h 127.0.0.1 -p PORT ARGS...` and returns its stdout.
-pub(crate) async fn cli(port: u16, args: &[&str]) -> Result<String, ServiceError> {
+/// Runs `redis-cli -h 127.0.0.1 -p PORT ARGS...` (over TLS with `--tls --cacert CA` when
+/// `tls` is given) and returns its stdout.
+pub(crate) async fn cli_tls(
+    port: u16,
+    tls: Option<&NodeTls>,
+    args: &[&str],
+) -> Result<String, ServiceError> {
     let mut cmd = tokio::process::Command::new("redis-cli");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(tls) = tls {
+        cmd.args(tls.cli_args());
+    }
+    cmd.args(args);
     process::run(&mut cmd, CLI_TIMEOUT).await
+}
+
+/// TLS for every node of a topology ([`RedisSentinel`](super::RedisSentinel),
+/// [`RedisCluster`](super::RedisCluster)): the certificates of a [`TestCerts`] copied into
+/// the topology's own directory, so that a node restarted later still finds them.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl NodeTls {
+    /// Copies the CA and the server and client certificates and keys of `certs` into `dir`.
+    pub(crate) fn copy_into(certs: &TestCerts, dir: &Path) -> Result<NodeTls, ServiceError> {
+        let tls = NodeTls {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        };
+        for (from, to) in [
+            (certs.ca_cert(), &tls.ca),
+            (certs.server_cert(), &tls.cert),
+            (certs.server_key(), &tls.key),
+            (certs.client_cert(), &tls.client_cert),
+            (certs.client_key(), &tls.client_key),
+        ] {
+            let contents = certs.read(&from)?;
+            std::fs::write(to, contents)
+                .map_err(|e| ServiceError::new(format!("cannot write {}: {e}", to.display())))?;
+        }
+        Ok(tls)
+    }
+
+    /// The CA certificate that verifies every node.
+    pub(crate) fn ca_file(&self) -> &Path {
+        &self.ca
+    }
+
+    /// Config lines that make a node (or sentinel) serve TLS only on `port`, and speak TLS
+    /// to the nodes it replicates from or monitors. Clients need no certificate; the nodes
+    /// present the client certificate to each other, because the cluster bus always
+    /// verifies its peer (whatever `tls-auth-clients` says) and the server certificate is
+    /// for `serverAuth` only.
+    pub(crate) fn config_lines(&self, port: u16) -> Vec<String> {
+        let path = |p: &Path| quote(&p.display().to_string());
+        vec![
+            "port 0".to_owned(),
+            format!("tls-port {port}"),
+            format!("tls-cert-file {}", quote(&self.cert.display().to_string())),
+            format!("tls-key-file {}", quote(&self.key.display().to_string())),
+            format!("tls-ca-cert-file {}", quote(&self.ca.display().to_string())),
+            format!("tls-client-cert-file {}", path(&self.client_cert)),
+            format!("tls-client-key-file {}", path(&self.client_key)),
+            "tls-auth-clients no".to_owned(),
+            "tls-replication yes".to_owned(),
+        ]
+    }
+
+    /// The `redis-cli` arguments for a TLS connection verified with the CA.
+    pub(crate) fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            self.ca.display().to_string(),
+        ]
+    }
 }
 
 /// The value of `field` in an `INFO`-style `field:value` reply.

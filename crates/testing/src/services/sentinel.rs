@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use super::ServiceError;
 use super::process::{self, Reaper};
-use super::redis::{self as node, RedisNode};
+use super::redis::{self as node, NodeTls, RedisNode};
+use super::{ServiceError, TestCerts, percent_encode};
 
 /// The name the sentinels monitor the primary under.
 const MASTER_NAME: &str = "mymaster";
@@ -13,12 +13,14 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A primary, one replica and 3 sentinels (`quorum 2`, `down-after-milliseconds 1000`,
 /// `failover-timeout 3000`) on free loopback ports in one temporary directory. Stopped (and
-/// the directory removed) on drop.
+/// the directory removed) on drop. [`start_tls`](Self::start_tls) makes every one of them
+/// (sentinels included) serve TLS only, and replicate and monitor over TLS.
 #[derive(Debug)]
 pub struct RedisSentinel {
     /// The two data nodes; which one is primary changes with failovers.
     data: Vec<RedisNode>,
     sentinels: Vec<RedisNode>,
+    tls: Option<NodeTls>,
     _reaper: Reaper,
     _dir: tempfile::TempDir,
 }
@@ -28,6 +30,19 @@ impl RedisSentinel {
     /// sentinel names the primary, sees the replica and the two other sentinels, and the
     /// replica is in sync.
     pub async fn start() -> Result<RedisSentinel, ServiceError> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`start`](Self::start), with TLS on every port: the data nodes and the
+    /// sentinels serve TLS only (`port 0`, `tls-port`) with the server certificate of
+    /// `certs`, the replica and the sentinels reach the data nodes over TLS
+    /// (`tls-replication yes`), and clients need no certificate. [`url`](Self::url) then
+    /// carries `tls=true` and `tls_ca` (the CA's path).
+    pub async fn start_tls(certs: &TestCerts) -> Result<RedisSentinel, ServiceError> {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(certs: Option<&TestCerts>) -> Result<RedisSentinel, ServiceError> {
         for bin in ["redis-server", "redis-cli"] {
             if process::on_path(bin).is_none() {
                 return Err(ServiceError::new(format!(
@@ -40,20 +55,32 @@ impl RedisSentinel {
             .tempdir()
             .map_err(|e| ServiceError::new(format!("cannot create a temp dir: {e}")))?;
         let reaper = Reaper::spawn(&node::reaper_script(tmp.path()));
-        let none = |_port: u16| -> Result<Vec<String>, ServiceError> { Ok(Vec::new()) };
+        let tls = certs
+            .map(|c| NodeTls::copy_into(c, tmp.path()))
+            .transpose()?;
+        let tls_lines = |port: u16| {
+            tls.as_ref()
+                .map(|t| t.config_lines(port))
+                .unwrap_or_default()
+        };
+        let none = |port: u16| -> Result<Vec<String>, ServiceError> { Ok(tls_lines(port)) };
         let primary = RedisNode::start(tmp.path().join("primary"), false, &none).await?;
         let primary_port = primary.port();
-        let follow = move |_port: u16| -> Result<Vec<String>, ServiceError> {
-            Ok(vec![format!("replicaof 127.0.0.1 {primary_port}")])
+        let follow = |port: u16| -> Result<Vec<String>, ServiceError> {
+            let mut lines = tls_lines(port);
+            lines.push(format!("replicaof 127.0.0.1 {primary_port}"));
+            Ok(lines)
         };
         let replica = RedisNode::start(tmp.path().join("replica"), false, &follow).await?;
-        let watch = move |_port: u16| -> Result<Vec<String>, ServiceError> {
-            Ok(vec![
+        let watch = |port: u16| -> Result<Vec<String>, ServiceError> {
+            let mut lines = tls_lines(port);
+            lines.extend([
                 format!("sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2"),
                 format!("sentinel down-after-milliseconds {MASTER_NAME} 1000"),
                 format!("sentinel failover-timeout {MASTER_NAME} 3000"),
                 format!("sentinel parallel-syncs {MASTER_NAME} 1"),
-            ])
+            ]);
+            Ok(lines)
         };
         let mut sentinels = Vec::new();
         for i in 0..3 {
@@ -63,6 +90,7 @@ impl RedisSentinel {
         let topology = RedisSentinel {
             data: vec![primary, replica],
             sentinels,
+            tls,
             _reaper: reaper,
             _dir: tmp,
         };
@@ -70,14 +98,28 @@ impl RedisSentinel {
         Ok(topology)
     }
 
-    /// `redis+sentinel://127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/mymaster`.
+    /// `redis+sentinel://127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/mymaster`; with TLS
+    /// followed by `?tls=true&tls_ca=PATH` (state-redis' URL parameters).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
+        let mut url = format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","));
+        if let Some(ca) = self.ca_file() {
+            url.push_str(&format!(
+                "?tls=true&tls_ca={}",
+                percent_encode(&ca.display().to_string())
+            ));
+        }
+        url
+    }
+
+    /// The CA certificate that verifies every node, when started with
+    /// [`start_tls`](Self::start_tls).
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(NodeTls::ca_file)
     }
 
     /// The name the sentinels monitor the primary under (`mymaster`).
@@ -99,7 +141,7 @@ impl RedisSentinel {
     pub async fn primary_port(&self) -> Result<u16, ServiceError> {
         let mut last = ServiceError::new("no sentinel is running");
         for s in self.sentinels.iter().filter(|s| s.pid().is_some()) {
-            match reported_primary(s.port()).await {
+            match reported_primary(s.port(), self.tls.as_ref()).await {
                 Ok(port) => return Ok(port),
                 Err(e) => last = e,
             }
@@ -117,9 +159,10 @@ impl RedisSentinel {
             .ok_or_else(|| ServiceError::new("the topology has no second data node"))
     }
 
-    /// Runs `redis-cli -p PORT ARGS…` against any node of the topology.
+    /// Runs `redis-cli -p PORT ARGS…` against any node of the topology (over TLS when it
+    /// serves TLS).
     pub async fn cli(&self, port: u16, args: &[&str]) -> Result<String, ServiceError> {
-        node::cli(port, args).await
+        node::cli_tls(port, self.tls.as_ref(), args).await
     }
 
     /// SIGKILLs the current primary and returns its port.
@@ -162,7 +205,7 @@ impl RedisSentinel {
             || async move {
                 let mut votes = Vec::new();
                 for s in &self.sentinels {
-                    if let Ok(p) = reported_primary(s.port()).await {
+                    if let Ok(p) = reported_primary(s.port(), self.tls.as_ref()).await {
                         votes.push(p);
                     }
                 }
@@ -171,7 +214,7 @@ impl RedisSentinel {
                 if agreeing < 2 {
                     return None;
                 }
-                let info = node::cli(candidate, &["info", "replication"]).await.ok()?;
+                let info = self.cli(candidate, &["info", "replication"]).await.ok()?;
                 (node::info_field(&info, "role") == Some("master")).then_some(candidate)
             },
         )
@@ -187,15 +230,16 @@ impl RedisSentinel {
             FORM_TIMEOUT,
             log.as_deref(),
             || async move {
-                let info = node::cli(replica, &["info", "replication"]).await.ok()?;
+                let info = self.cli(replica, &["info", "replication"]).await.ok()?;
                 if node::info_field(&info, "master_link_status") != Some("up") {
                     return None;
                 }
                 for s in &self.sentinels {
-                    if reported_primary(s.port()).await.ok()? != primary {
+                    if reported_primary(s.port(), self.tls.as_ref()).await.ok()? != primary {
                         return None;
                     }
-                    let state = node::cli(s.port(), &["sentinel", "master", MASTER_NAME])
+                    let state = self
+                        .cli(s.port(), &["sentinel", "master", MASTER_NAME])
                         .await
                         .ok()?;
                     let fields = pairs(&state);
@@ -227,9 +271,10 @@ impl RedisSentinel {
 }
 
 /// Asks one sentinel `SENTINEL get-master-addr-by-name mymaster`; returns the port.
-async fn reported_primary(sentinel: u16) -> Result<u16, ServiceError> {
-    let out = node::cli(
+async fn reported_primary(sentinel: u16, tls: Option<&NodeTls>) -> Result<u16, ServiceError> {
+    let out = node::cli_tls(
         sentinel,
+        tls,
         &["sentinel", "get-master-addr-by-name", MASTER_NAME],
     )
     .await?;
