@@ -2,9 +2,11 @@
 //! crate behind a `.cargo/config.toml` alias, with few dependencies).
 //!
 //! ```text
-//! cargo xtask services up|status|down   make sure Redis and PostgreSQL answer on loopback
-//! cargo xtask test-all [--cases N]      services up, then every test of every crate
-//! cargo xtask ci                        fmt, clippy, containers check, docs, test-all
+//! cargo xtask services up|status|down   Redis and PostgreSQL on loopback, the Docker engine
+//! cargo xtask test-all [--cases N]      services up, then every test of every crate and the
+//!                                       container suites
+//! cargo xtask test-all --matrix         the suites across backends, topologies and layers
+//! cargo xtask ci                        fmt, clippy, docs, test-all, the matrix
 //! cargo xtask bench …                   benchmarks against the raw engines
 //! cargo xtask migrate --url URL         apply the PostgreSQL migrations
 //! ```
@@ -13,6 +15,9 @@
 
 mod bench;
 mod ci;
+mod docker;
+mod images;
+mod matrix;
 mod migrate;
 mod services;
 mod test_all;
@@ -34,14 +39,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Make sure Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432) answer.
+    /// Make sure Redis (127.0.0.1:6379), PostgreSQL (127.0.0.1:5432) and a Docker engine
+    /// with local Redis/PostgreSQL images are there.
     Services {
         #[command(subcommand)]
         action: services::Action,
     },
-    /// Start the services, then run every crate's tests and doc tests.
+    /// Start the services, then run every crate's tests, doc tests and the container
+    /// suites; with --matrix, the suites across backends, topologies and layers instead.
     TestAll(test_all::Options),
-    /// Everything CI checks: fmt, clippy, the containers feature, docs, then test-all.
+    /// Everything CI checks: fmt, clippy, the containers feature, docs, test-all, the matrix.
     Ci(test_all::Options),
     /// Benchmarks: ours against the raw engines (arguments go to the bench task).
     Bench {
@@ -49,6 +56,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The Docker API version bridge `services up` starts (not for direct use).
+    #[command(hide = true)]
+    DockerBridge(docker::BridgeOptions),
     /// Apply the PostgreSQL migrations (arguments go to the migrate task).
     Migrate {
         /// Arguments for the migrate task, e.g. `--url postgres://…`.
@@ -65,6 +75,7 @@ fn main() {
         Task::Ci(options) => ci::run(&options),
         Task::Bench { args } => bench::run(&args),
         Task::Migrate { args } => migrate::run(&args),
+        Task::DockerBridge(options) => docker::bridge(&options),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

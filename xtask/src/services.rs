@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+use crate::docker;
 use crate::util::{self, capture, is_root, which};
 
 /// The Redis the tests use.
@@ -48,6 +49,8 @@ pub fn run(action: Action) -> Result<()> {
 struct Record {
     redis_pid: Option<u32>,
     postgres_cluster: Option<String>,
+    dockerd_pid: Option<u32>,
+    bridge_pid: Option<u32>,
 }
 
 impl Record {
@@ -59,9 +62,12 @@ impl Record {
 
     fn load() -> Record {
         let text = std::fs::read_to_string(Self::path()).unwrap_or_default();
+        let pid = |key| json_value(&text, key).and_then(|v| v.parse().ok());
         Record {
-            redis_pid: json_value(&text, "redis_pid").and_then(|v| v.parse().ok()),
+            redis_pid: pid("redis_pid"),
             postgres_cluster: json_value(&text, "postgres_cluster"),
+            dockerd_pid: pid("dockerd_pid"),
+            bridge_pid: pid("bridge_pid"),
         }
     }
 
@@ -78,14 +84,18 @@ impl Record {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let pid = self
-            .redis_pid
-            .map_or_else(|| "null".to_owned(), |p| p.to_string());
+        let pid = |p: Option<u32>| p.map_or_else(|| "null".to_owned(), |p| p.to_string());
         let cluster = self
             .postgres_cluster
             .as_ref()
             .map_or_else(|| "null".to_owned(), |c| format!("\"{c}\""));
-        let text = format!("{{\n  \"redis_pid\": {pid},\n  \"postgres_cluster\": {cluster}\n}}\n");
+        let text = format!(
+            "{{\n  \"redis_pid\": {},\n  \"postgres_cluster\": {cluster},\n  \
+             \"dockerd_pid\": {},\n  \"bridge_pid\": {}\n}}\n",
+            pid(self.redis_pid),
+            pid(self.dockerd_pid),
+            pid(self.bridge_pid)
+        );
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     }
 }
@@ -123,9 +133,41 @@ fn up() -> Result<()> {
     }
     ensure_test_database()?;
 
+    // The container suites' engine: its failure fails only those suites (with this same
+    // message, from `ci`), not the servers every other test needs.
+    let docker = match docker() {
+        Ok(env) => Some(env),
+        Err(e) => {
+            println!("docker     NOT available: {e:#}");
+            None
+        }
+    };
+
     println!("{REDIS_ENV}={REDIS_URL}");
     println!("{POSTGRES_ENV}={POSTGRES_URL}");
+    if let Some(env) = docker {
+        env.print();
+    }
     Ok(())
+}
+
+/// The Docker engine, the local images and the API bridge, started or built as needed
+/// (see [`docker::ensure`]); what it starts is recorded for `down`.
+pub fn docker() -> Result<docker::DockerEnv> {
+    let mut record = Record::load();
+    let running = docker::Started {
+        dockerd: record.dockerd_pid,
+        bridge: record.bridge_pid,
+    };
+    let (env, started) = docker::ensure(&running)?;
+    if started.dockerd.is_some() {
+        record.dockerd_pid = started.dockerd;
+    }
+    if started.bridge.is_some() {
+        record.bridge_pid = started.bridge;
+    }
+    record.save()?;
+    Ok(env)
 }
 
 fn status() -> Result<()> {
@@ -167,6 +209,12 @@ fn status() -> Result<()> {
     }
     if let Some(cluster) = &record.postgres_cluster {
         started.push(format!("postgres cluster {cluster}"));
+    }
+    if let Some(pid) = record.dockerd_pid {
+        started.push(format!("dockerd (pid {pid})"));
+    }
+    if let Some(pid) = record.bridge_pid {
+        started.push(format!("docker API bridge (pid {pid})"));
     }
     if started.is_empty() {
         println!("started by `services up`: nothing");
@@ -220,6 +268,14 @@ fn down() -> Result<()> {
         }
         println!("postgres   stopped cluster {cluster}");
         record.postgres_cluster = None;
+        record.save()?;
+    }
+    if let Some(pid) = record.bridge_pid.take() {
+        docker::stop(pid, "xtask", "docker API bridge");
+        record.save()?;
+    }
+    if let Some(pid) = record.dockerd_pid.take() {
+        docker::stop(pid, "dockerd", "dockerd");
         record.save()?;
     }
     Ok(())

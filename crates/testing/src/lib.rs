@@ -7,5 +7,6 @@ pub mod faults;
 pub mod harness;
 pub mod history;
 pub mod locks;
+pub mod matrix;
 pub mod model;
 pub mod services;

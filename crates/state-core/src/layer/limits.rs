@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::types::{Capabilities, Entry, Limits};
 
 use super::Layer;
-use super::hook::{Hook, Op, Outcome};
+use super::hook::{Hook, Op, OpKind, Outcome};
 use super::layered::Layered;
 
 /// Refuses keys and values over an application's limits with an
@@ -20,23 +20,31 @@ use super::layered::Layered;
 #[derive(Debug, Clone, Copy)]
 pub struct LimitsLayer {
     limits: Limits,
+    /// Whether the wrapped backend stores metadata: where it does not, its own
+    /// `Unsupported` answers `put_with_metadata` whatever the input, as without the layer.
+    metadata: bool,
 }
 
 impl LimitsLayer {
     /// Keys up to `limits.max_key_len` bytes, values up to `limits.max_value_len`.
     pub fn new(limits: Limits) -> LimitsLayer {
-        LimitsLayer { limits }
+        LimitsLayer {
+            limits,
+            metadata: true,
+        }
     }
 }
 
 impl Layer for LimitsLayer {
     fn layer(&self, inner: Arc<dyn StateBackend>) -> Arc<dyn StateBackend> {
-        let own = inner.capabilities().limits();
+        let caps = inner.capabilities();
+        let own = caps.limits();
         let limits = Limits {
             max_key_len: self.limits.max_key_len.min(own.max_key_len),
             max_value_len: self.limits.max_value_len.min(own.max_value_len),
         };
-        Arc::new(Layered::new(LimitsLayer { limits }, inner))
+        let metadata = caps.metadata;
+        Arc::new(Layered::new(LimitsLayer { limits, metadata }, inner))
     }
 }
 
@@ -46,7 +54,14 @@ impl Hook for LimitsLayer {
         op: Op<'_>,
         call: impl Future<Output = Result<T>> + Send,
     ) -> impl Future<Output = Result<T>> + Send {
-        let checked = op.input.check(&self.limits);
+        // A layer answers what the bare backend would: an operation it does not support is
+        // `Unsupported` before any input is looked at.
+        let unsupported = op.kind == OpKind::PutWithMetadata && !self.metadata;
+        let checked = if unsupported {
+            Ok(())
+        } else {
+            op.input.check(&self.limits)
+        };
         async move {
             checked?;
             call.await

@@ -39,7 +39,7 @@ use tokio::sync::OnceCell;
 mod certs;
 mod cluster;
 #[cfg(feature = "containers")]
-mod containers;
+pub mod containers;
 mod pgbouncer;
 mod postgres;
 pub mod process;
@@ -63,7 +63,7 @@ pub const SCHEMES: [Scheme; 5] = [
     Scheme::new("rediss", UrlShape::hosts(6379, false)),
     Scheme::new("redis+sentinel", UrlShape::hosts(26379, true)),
     Scheme::new("redis+cluster", UrlShape::hosts(6379, true)),
-    Scheme::new("postgres", UrlShape::hosts(5432, false)).with_aliases(&["postgresql"]),
+    Scheme::new("postgres", UrlShape::hosts(5432, true)).with_aliases(&["postgresql"]),
 ];
 
 /// Parses the URL of a service: one a fixture handed out, or one from the environment.
