@@ -1,5 +1,5 @@
-//! `cargo xtask bench [embedded|redis|postgres|locks|overhead|all] [--runs N] [--calls N]
-//! [--seconds S] [--quick] [--no-write]`
+//! `cargo xtask bench [embedded|redis|postgres|locks|overhead|checkpoint|all] [--runs N]
+//! [--calls N] [--seconds S] [--keys N] [--quick] [--no-write]`
 //!
 //! For each workload, runs `statectl bench` (ours) and the raw-engine reference `bench-ref`
 //! with the same shape, `--runs` times each (default 3), alternating which goes first, takes
@@ -9,6 +9,9 @@
 //! on a private `redis-server`; `postgres` (bench/postgres.rs) also runs `pgbench` with the
 //! backend's SQL, in schemas of its own that it drops. `locks` runs state-lock's
 //! `lock_latency` example: uncontended acquire+release against one round trip, same run.
+//! `checkpoint` (bench/checkpoint.rs) runs `statectl checkpoint create|restore` of 1M keys
+//! on each backend for peak RSS (against a tenth of the keys: flat memory) and time
+//! against psql `COPY` and `redis-cli --pipe` of the same rows.
 //!
 //! One file per job (`embedded`, `redis`, `postgres`, `locks`) over what they share:
 //! `options` (the command line), `measure` (paired runs, medians, ratios), `tools` (our
@@ -18,6 +21,7 @@ use anyhow::Result;
 
 use crate::util;
 
+mod checkpoint;
 mod embedded;
 mod locks;
 mod measure;
@@ -38,6 +42,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "redis" => redis::run(&root, &opts)?,
             "locks" => locks::run(&root, &opts)?,
             "overhead" => overhead::run(&root, &opts)?,
+            "checkpoint" => checkpoint::run(&root, &opts)?,
             _ => postgres::run(&root, &opts)?,
         }
     }
@@ -70,7 +75,10 @@ mod tests {
         assert_eq!(median(&[s(3.0), s(1.0), s(2.0)]).ops_per_sec, 2.0);
         assert_eq!(median(&[s(4.0), s(1.0)]).p50_us, 2.5);
         let o = parse(&["all".into(), "--runs".into(), "5".into()])?;
-        assert_eq!((o.backends.len(), o.runs, o.pairs), (5, 5, 5));
+        assert_eq!((o.backends.len(), o.runs, o.pairs), (6, 5, 5));
+        let o = parse(&["checkpoint".into(), "--keys".into(), "2000".into()])?;
+        assert_eq!((o.backends, o.keys), (vec!["checkpoint"], 2000));
+        assert!(parse(&["--keys".into(), "5".into()]).is_err());
         let o = parse(&["overhead".into(), "--calls".into(), "1000".into()])?;
         assert_eq!(
             (o.backends, o.runs, o.pairs, o.calls),

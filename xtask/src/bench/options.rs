@@ -13,12 +13,15 @@ pub(super) struct Options {
     pub(super) calls: u64,
     /// `overhead`: seconds per Redis run.
     pub(super) seconds: f64,
+    /// `checkpoint`: keys of the large run (the small one has a tenth).
+    pub(super) keys: u64,
     pub(super) quick: bool,
     pub(super) write: bool,
 }
 
-const USAGE: &str = "usage: cargo xtask bench [embedded|redis|postgres|locks|overhead|all] \
-                     [--runs N] [--calls N] [--seconds S] [--quick] [--no-write]";
+const USAGE: &str = "usage: cargo xtask bench \
+                     [embedded|redis|postgres|locks|overhead|checkpoint|all] [--runs N] \
+                     [--calls N] [--seconds S] [--keys N] [--quick] [--no-write]";
 
 pub(super) fn parse(args: &[String]) -> Result<Options> {
     let mut opts = Options {
@@ -27,6 +30,7 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
         pairs: 5,
         calls: 2_000_000,
         seconds: 3.0,
+        keys: super::checkpoint::KEYS,
         quick: false,
         write: true,
     };
@@ -39,9 +43,15 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
             "postgres" => opts.backends.push("postgres"),
             "locks" | "lock" => opts.backends.push("locks"),
             "overhead" => opts.backends.push("overhead"),
-            "all" => opts
-                .backends
-                .extend(["embedded", "redis", "postgres", "locks", "overhead"]),
+            "checkpoint" | "checkpoints" => opts.backends.push("checkpoint"),
+            "all" => opts.backends.extend([
+                "embedded",
+                "redis",
+                "postgres",
+                "locks",
+                "overhead",
+                "checkpoint",
+            ]),
             "--runs" => {
                 let n = it.next().context(USAGE)?;
                 runs =
@@ -55,6 +65,12 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                     n.parse().ok().filter(|n| *n >= 1).with_context(|| {
                         format!("--calls `{n}` is not a positive number; {USAGE}")
                     })?;
+            }
+            "--keys" => {
+                let n = it.next().context(USAGE)?;
+                opts.keys = n.parse().ok().filter(|n| *n >= 10).with_context(|| {
+                    format!("--keys `{n}` is not a number of at least 10; {USAGE}")
+                })?;
             }
             "--seconds" => {
                 let s = it.next().context(USAGE)?;
@@ -76,6 +92,15 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                 println!("              (overhead: bare/layered pairs, default 5)");
                 println!("  --calls N   overhead: memory:// gets per run (default 2000000)");
                 println!("  --seconds S overhead: seconds per Redis run (default 3)");
+                println!(
+                    "  --keys N    checkpoint: keys of the large run, the small one has N/10 \
+                     (default 1000000; BENCHMARKS.md is written only at the default)"
+                );
+                println!(
+                    "  checkpoint  statectl checkpoint create/restore on PostgreSQL, Redis and \
+                     redb against COPY and redis-cli --pipe; part of `all`, and its longest job \
+                     (several minutes at 1M keys)"
+                );
                 println!(
                     "  --quick     one tenth of the ops and one run: a smoke test, not numbers"
                 );

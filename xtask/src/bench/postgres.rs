@@ -32,17 +32,17 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn base_url() -> String {
+pub(super) fn base_url() -> String {
     std::env::var(POSTGRES_ENV).unwrap_or_else(|_| POSTGRES_URL.into())
 }
 
 /// `url` with `params` added to its query string.
-fn with_params(url: &str, params: &str) -> String {
+pub(super) fn with_params(url: &str, params: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}{params}")
 }
 
-fn find_tool(name: &str) -> Result<PathBuf> {
+pub(super) fn find_tool(name: &str) -> Result<PathBuf> {
     which(name)
         .or_else(|| {
             let path = PathBuf::from(format!("/usr/lib/postgresql/15/bin/{name}"));
@@ -52,7 +52,7 @@ fn find_tool(name: &str) -> Result<PathBuf> {
 }
 
 /// Runs SQL through psql, stopping at the first error.
-fn psql(psql: &Path, url: &str, sql: &str) -> Result<()> {
+pub(super) fn psql(psql: &Path, url: &str, sql: &str) -> Result<()> {
     let out = Command::new(psql)
         .args([url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()

@@ -35,13 +35,13 @@ fn cases() -> Vec<Case> {
 }
 
 /// A `redis-server` of our own, killed (by its pid, as our child) on drop.
-struct PrivateRedis {
+pub(super) struct PrivateRedis {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl PrivateRedis {
-    fn start() -> Result<PrivateRedis> {
+    pub(super) fn start() -> Result<PrivateRedis> {
         let program = which("redis-server").context(
             "redis-server is not on PATH: the Redis benchmark runs on a private server \
              (install redis-server, e.g. with `cargo xtask services up`)",
@@ -87,7 +87,7 @@ impl PrivateRedis {
                 .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }
