@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use state_core::{DistributedLock, FencingToken, Result};
+use state_core::{DistributedLock, FencingToken, Result, StateBackend};
 use tokio::sync::watch;
 
 use crate::watchdog::{WatchedGuard, lease_ended};
@@ -138,6 +138,17 @@ impl Term {
     /// after every wait before acting as the leader.
     pub fn is_leader(&self) -> bool {
         self.guard.is_held()
+    }
+
+    /// A write fenced with this term's epoch, refused with `NotOwner` (nothing sent) once
+    /// the term has ended: see [`WatchedGuard::put_fenced`].
+    pub async fn put_fenced(
+        &self,
+        backend: &dyn StateBackend,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        self.guard.put_fenced(backend, key, value).await
     }
 
     /// Waits until this term ends (lease lost or past its deadline).

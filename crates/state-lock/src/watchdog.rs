@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use state_core::{DistributedLock, FencingToken, LockGuard, Result, StateError};
+use state_core::{
+    DistributedLock, ErrorKind, FencingToken, LockGuard, Result, StateBackend, StateError,
+};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
@@ -86,6 +88,38 @@ impl WatchedGuard {
             Lease::Held { deadline } => Instant::now() < deadline,
             Lease::Lost | Lease::Released => false,
         }
+    }
+
+    /// A fenced write made by the holder: refused here, with `NotOwner` and nothing sent,
+    /// once the lease is lost or past its deadline; otherwise
+    /// [`put_fenced`](StateBackend::put_fenced) with this guard's token.
+    ///
+    /// The two checks cover each other. The storage alone refuses a former holder only
+    /// after a later holder has written the key with its higher token; this check refuses
+    /// it as soon as the holder knows, even if nobody else has written yet. For a lease
+    /// (Redis, PostgreSQL Lease mode) the deadline, measured before the last acquire or
+    /// extend was sent, runs out no later than the server's lease, so no one else can hold
+    /// the lock while this check passes, unless the write itself is delayed past the
+    /// deadline, which is what the token is for. A session lock (PostgreSQL Session mode)
+    /// is freed by the server as soon as its connection drops: the holder learns it at the
+    /// watchdog's next extend (within `ttl / 3`), or at the deadline if the connection hangs.
+    pub async fn put_fenced(
+        &self,
+        backend: &dyn StateBackend,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<()> {
+        if !self.is_held() {
+            return Err(StateError::new(
+                ErrorKind::NotOwner,
+                format!(
+                    "fenced write under lock `{}` refused: the lease was lost or ran past its \
+                     deadline; nothing was sent",
+                    self.name
+                ),
+            ));
+        }
+        backend.put_fenced(key, value, self.token).await
     }
 
     /// A receiver of the lease's state, to `select!` on alongside the protected work.

@@ -175,8 +175,7 @@ pub async fn paused_leader_is_fenced(
     let lock: Arc<dyn DistributedLock> = stalling.clone();
     let first = LeaderElector::new(lock, &name, TTL).with_retry_interval(Duration::from_millis(20));
     let term = first.campaign().await.expect("campaign");
-    backend
-        .put_fenced(&key, b"first", term.epoch())
+    term.put_fenced(backend.as_ref(), &key, b"first")
         .await
         .expect("leader writes");
     stalling.stall.store(true, Ordering::SeqCst); // the leader is paused from here
@@ -186,6 +185,13 @@ pub async fn paused_leader_is_fenced(
     assert!(
         !term.is_leader(),
         "re-checked after the pause: no longer leader"
+    );
+    // Nobody else has written yet, so the storage alone would take it: the term refuses.
+    let refused = term.put_fenced(backend.as_ref(), &key, b"late").await;
+    assert_eq!(refused.expect_err("ended term").kind(), ErrorKind::NotOwner);
+    assert_eq!(
+        backend.get(&key).await.expect("get").as_deref(),
+        Some(&b"first"[..])
     );
 
     let second = LeaderElector::new(b, &name, TTL).with_retry_interval(Duration::from_millis(20));
