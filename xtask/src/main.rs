@@ -16,6 +16,7 @@
 mod bench;
 mod ci;
 mod docker;
+mod fuzz;
 mod images;
 mod matrix;
 mod migrate;
@@ -56,6 +57,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run every `cargo fuzz` target for a while each (arguments go to the fuzz task).
+    Fuzz {
+        /// Arguments for the fuzz task, e.g. `--time 60s url config`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The Docker API version bridge `services up` starts (not for direct use).
     #[command(hide = true)]
     DockerBridge(docker::BridgeOptions),
@@ -74,6 +81,7 @@ fn main() {
         Task::TestAll(options) => test_all::run(&options),
         Task::Ci(options) => ci::run(&options),
         Task::Bench { args } => bench::run(&args),
+        Task::Fuzz { args } => fuzz::run(&args),
         Task::Migrate { args } => migrate::run(&args),
         Task::DockerBridge(options) => docker::bridge(&options),
     };

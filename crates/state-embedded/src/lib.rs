@@ -6,6 +6,8 @@ mod backend;
 mod config;
 mod error;
 mod flush;
+#[doc(hidden)]
+pub mod fuzzing;
 mod group;
 mod read;
 mod record;

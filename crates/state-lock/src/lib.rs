@@ -21,6 +21,9 @@
 #![recursion_limit = "256"]
 
 mod connect;
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod leader;
 mod memory;
 #[cfg(feature = "postgres")]

@@ -425,7 +425,7 @@ fn unexpected(operation: &str, name: &str, reply: &Value) -> StateError {
 }
 
 /// The fencing token in an acquire reply.
-fn token_reply(name: &str, reply: &Value) -> Result<FencingToken> {
+pub(crate) fn token_reply(name: &str, reply: &Value) -> Result<FencingToken> {
     let text = match reply {
         Value::BulkString(b) => std::str::from_utf8(b).ok(),
         Value::SimpleString(s) => Some(s.as_str()),

@@ -9,6 +9,8 @@ mod config;
 mod conn;
 mod driver;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keys;
 mod ops;
 mod reply;

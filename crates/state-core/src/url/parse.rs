@@ -195,6 +195,14 @@ fn parse_host(scheme: Scheme, default_port: u16, part: &str) -> Result<HostPort>
             None => (part, None),
         }
     };
+    // A bracket inside a host could not be written back (`expose`, `Display`) so that it
+    // reads the same: `[` and `]` only ever enclose an IPv6 address.
+    if host.contains(['[', ']']) {
+        return Err(StateError::config(format!(
+            "host `{part}` has a stray `[` or `]`; brackets enclose an IPv6 address, as in \
+             [::1]:{default_port}"
+        )));
+    }
     let port = match port {
         Some(p) => p.parse::<u16>().map_err(|_| {
             StateError::config(format!(

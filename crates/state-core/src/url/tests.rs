@@ -157,3 +157,20 @@ fn schemes_are_equal_by_name_and_written_in_any_case() -> Result<()> {
     assert_eq!(format!("{REDIS:?}"), "Scheme(redis)");
     Ok(())
 }
+
+/// Found by the `url` fuzz target: a host with a stray bracket parsed, but `expose` wrote it
+/// back as text that did not parse, so a config that re-reads it failed on a URL it made.
+#[test]
+fn stray_brackets_in_a_host_are_refused() -> Result<()> {
+    for input in [
+        "redis://[[]",
+        "redis://a]:b:1",
+        "redis+cluster://h:1,[x[]:2",
+    ] {
+        let message = config_error(input);
+        assert!(message.contains("stray"), "{input}: {message}");
+    }
+    let v6 = parse("redis+cluster://[::1]:7000,[fe80::2]");
+    assert_eq!(StateUrl::parse_any(&v6.expose(true))?, v6);
+    Ok(())
+}
