@@ -8,10 +8,9 @@
 //! property case, so a cell with `PROPTEST_CASES=N` runs `CASES.len() + 3 × N` of them; a
 //! property that fails counts all of its `N` cases as failed.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use crate::harness::{CaseFn, Factory};
+use crate::harness::{Factory, run_chunks};
 
 /// The environment variable naming the cell (e.g. `redis-cluster`).
 pub const CELL_ENV: &str = "STATE_MATRIX_CELL";
@@ -79,34 +78,6 @@ pub fn run_cell(factory: &Factory, parallel: usize) -> CellReport {
         failed: failed.into_iter().map(str::to_owned).collect(),
         elapsed: start.elapsed(),
     }
-}
-
-/// Runs `cases`, `parallel` at a time, each on a thread of its own (each builds its own
-/// runtime); the names of those that failed.
-fn run_chunks(
-    cases: &[(&'static str, CaseFn<Factory>)],
-    parallel: usize,
-    factory: &Factory,
-) -> Vec<&'static str> {
-    let mut failed = Vec::new();
-    for chunk in cases.chunks(parallel.max(1)) {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|&(name, case)| {
-                    let factory = factory.clone();
-                    let run = move || catch_unwind(AssertUnwindSafe(|| case(factory)));
-                    (name, scope.spawn(run))
-                })
-                .collect();
-            for (name, handle) in handles {
-                if !matches!(handle.join(), Ok(Ok(()))) {
-                    failed.push(name);
-                }
-            }
-        });
-    }
-    failed
 }
 
 #[cfg(test)]

@@ -120,8 +120,9 @@ pub fn run_all_in_one<S: Subject>(
     );
 }
 
-/// Runs `cases`, `parallel` at a time; returns the names of those that failed.
-fn run_chunks<F: Clone + Send>(
+/// Runs `cases`, `parallel` at a time, each on a thread of its own (each builds its own
+/// runtime); returns the names of those that failed.
+pub(crate) fn run_chunks<F: Clone + Send>(
     cases: &[Case<F>],
     parallel: usize,
     factory: &F,
