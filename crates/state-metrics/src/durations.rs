@@ -17,7 +17,6 @@ use std::time::Duration;
 use metrics::Histogram;
 
 use crate::names::DURATION_BUCKETS;
-use crate::striped::take;
 
 /// The buckets' upper bounds, in nanoseconds, and one more slot for anything above the
 /// last (Prometheus's `+Inf`).
@@ -79,7 +78,9 @@ impl Durations {
             }
             let count = slot.count.swap(0, Ordering::Acquire);
             total.0 += count;
-            total.1 = total.1.saturating_add(take(&slot.nanos));
+            total.1 = total
+                .1
+                .saturating_add(slot.nanos.swap(0, Ordering::Relaxed));
         }
     }
 }

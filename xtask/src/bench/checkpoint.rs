@@ -15,15 +15,13 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::measure::{VALUE_SIZE, median_of};
-use super::options::Options;
+use super::options::{KEYS, Options};
 use super::postgres::{base_url, find_tool, psql, with_params};
 use super::redis::PrivateRedis;
 use super::report::{machine, verdict, write_section};
 use super::tools::{Measured, build_statectl, measured, scratch_dir, unique};
 use crate::util::which;
 
-/// The size; the flat-memory check compares it with a tenth of it.
-pub(super) const KEYS: u64 = 1_000_000;
 /// Peak RSS ceiling of every statectl process, in MiB.
 const RSS_CEILING_MIB: f64 = 100.0;
 /// How much more the large run may take than the small one: flat memory.
