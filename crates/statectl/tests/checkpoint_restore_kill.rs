@@ -6,11 +6,12 @@
 //! standalone: staged keys switched in by one `MULTI … EXEC`), so that is what is checked.
 //!
 //! When the kill lands is read from the child's `/proc/PID/io` `rchar` (bytes it read
-//! through `read` calls; socket traffic is not counted): a restore reads the checkpoint's
-//! data file once to verify it (pass 1) and once more into the backend's `import` (pass
-//! 2), so `rchar` past `(1 + f) × size` means the import has consumed about a fraction `f`
-//! of the file. An import commits only after its stream ended, so a kill before the whole
-//! file was read must leave the old contents; a kill after it may land before or after
+//! through `read` calls; socket traffic is not counted): into a target whose
+//! `atomic_restore` holds, a restore reads the checkpoint's data file once, straight into
+//! the backend's `import` (the checks travel in the import's stream), so `rchar` past
+//! `f × size` means the import has consumed about a fraction `f` of the file. An import
+//! commits only after its stream ended, so a kill before the whole file was read must
+//! leave the old contents; a kill after it may land before or after
 //! the commit, and either whole state is right.
 
 #![cfg(target_os = "linux")]
@@ -34,7 +35,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const KEYS: usize = 40_000;
 const VALUE_LEN: usize = 200;
 
-/// Where in pass 2 the kill lands: the fraction of the data file the import has read,
+/// Where in the import the kill lands: the fraction of the data file the import has read,
 /// then a pause. Below 1.0 the import cannot have committed yet; at 1.0 the stream has
 /// ended and the pause moves the kill through the commit (before, during or after it).
 const KILL_POINTS: [(f64, u64); 7] = [
@@ -154,8 +155,8 @@ enum Ended {
     Finished(Option<i32>),
 }
 
-/// Runs `restore` and kills it with SIGKILL `pause` after it has read `(1 + point) ×
-/// size` bytes; waits at most [`ROUND_LIMIT`].
+/// Runs `restore` and kills it with SIGKILL `pause` after it has read `point × size`
+/// bytes; waits at most [`ROUND_LIMIT`].
 fn restore_and_kill(
     mut restore: Command,
     size: u64,
@@ -166,7 +167,7 @@ fn restore_and_kill(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start statectl: {e}"))?;
-    let threshold = size + (size as f64 * point) as u64;
+    let threshold = (size as f64 * point) as u64;
     let deadline = Instant::now() + ROUND_LIMIT;
     let ended = loop {
         if let Ok(Some(status)) = child.try_wait() {

@@ -439,8 +439,9 @@ fn markdown(sizes: [u64; 2], results: &Results, opts: &Options) -> String {
          text, which lz4 barely compresses), no expiry, no metadata; median of {} runs at \
          {large} keys, one at {small}. Ours: one `statectl --url URL checkpoint create|restore \
          latest --store file:///…` process per operation (lz4 frames, the file and its \
-         directory fsync'd; a restore reads the file twice: verify, then import). Peak RSS is \
-         the process's `ru_maxrss` (GNU `time -f %M`). Time is the wall clock of the whole \
+         directory fsync'd; a restore into these atomic targets reads the file once, checking \
+         it as it imports, and commits only at its end; redb's cache is 4 MiB for these \
+         commands). Peak RSS is the process's `ru_maxrss` (GNU `time -f %M`). Time is the wall clock of the whole \
          process, start-up and connection included, on the shared PostgreSQL 15 and a \
          private `redis-server` (no persistence). References, on the same rows in the same \
          run, alternating which goes first: `psql -c \"COPY (SELECT key, value, expiry, \

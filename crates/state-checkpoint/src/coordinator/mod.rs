@@ -3,7 +3,8 @@
 //!
 //! The crate's README, "The coordinator", describes the behaviour; the submodules each
 //! hold one part: `leader` (who may write), `take` (a checkpoint, its id, the cleanup),
-//! `restore` (verify, then import), `options` and `stats`.
+//! `restore` (a checked import, verified first where the backend is not atomic), `options`
+//! and `stats`.
 
 mod leader;
 mod options;

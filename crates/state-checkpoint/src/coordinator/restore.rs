@@ -1,14 +1,17 @@
-//! Restoring a checkpoint into any backend: verify the whole file first, then import it.
+//! Restoring a checkpoint into any backend: the file is checked whole before anything of
+//! it can be seen in the target.
 //!
-//! Pass 1 reads the data to the end without touching the target: every frame checksum,
-//! the footer's hash and counts, the summary against the manifest, and every entry against
-//! what the target accepts (keys under the coordinator's prefix, sizes within its limits,
-//! metadata only where it keeps metadata). Any problem fails the restore here, so a
-//! damaged file leaves the target untouched whatever its capabilities.
+//! Every entry is checked against what the target accepts (keys under the coordinator's
+//! prefix, sizes within its limits, metadata only where it keeps metadata), and at the end
+//! of the data every frame checksum, the footer's hash and counts, and the summary against
+//! the manifest. Any problem is an error of the entry stream given to `import`.
 //!
-//! Pass 2 reads the data again into one `import`, skipping entries already expired. The
-//! same checks run again at the end of the stream, so a file changed between the passes
-//! fails the import (which leaves the old state where the target restores atomically).
+//! - Where the target's `atomic_restore` holds, that one pass is the import: an error in
+//!   its stream, up to its last item, leaves the old state (the import commits only after
+//!   the stream ended), so the file is read once.
+//! - Otherwise pass 1 reads the data to the end without touching the target, so a damaged
+//!   file fails the restore before the first write; pass 2 reads it again into the
+//!   import, with the same checks (a file changed between the passes fails the import).
 //!
 //! - Whole namespace (empty prefix): `import(Replace)`: every key of the namespace, and
 //!   its fencing marks, are replaced.
@@ -76,19 +79,24 @@ pub(crate) async fn verify_one(
     Ok(())
 }
 
-/// Verifies then imports the checkpoint of `manifest` into `backend`, restricted to
-/// `prefix`; returns the live entries written.
+/// Imports the checkpoint of `manifest` into `backend`, restricted to `prefix`, verifying
+/// it first unless the backend restores atomically; returns the live entries written.
 pub(crate) async fn restore_one(
     backend: &dyn StateBackend,
     store: &dyn CheckpointStore,
     manifest: &Manifest,
     prefix: &[u8],
 ) -> Result<u64> {
-    // Pass 1: the whole file, checked; nothing is written.
-    verify_one(backend, store, manifest, prefix).await?;
+    if backend.capabilities().atomic_restore {
+        // The import's own stream carries every check, and its error undoes the import.
+        same_prefix(store, manifest, prefix)?;
+    } else {
+        // Pass 1: the whole file, checked; nothing is written.
+        verify_one(backend, store, manifest, prefix).await?;
+    }
     let rules = Rules::new(backend, store, manifest, prefix);
 
-    // Pass 2: the same checks, into one import.
+    // The checks, into one import.
     let now = SystemTime::now();
     let live: BoxStream<'_, Result<Entry>> = Box::pin(stream::unfold(
         checked(store, &rules).await?,
@@ -162,7 +170,7 @@ impl<'a> Rules<'a> {
     }
 
     fn check(&self, entry: &Entry) -> Result<()> {
-        if !entry.key.starts_with(self.prefix) {
+        if !self.prefix.is_empty() && !entry.key.starts_with(self.prefix) {
             return Err(StateError::invalid_input(format!(
                 "checkpoint file `{}` holds the key {} outside the key prefix {} this \
                  coordinator restores: it was taken with another prefix; restore it with \

@@ -1,5 +1,17 @@
-//! `import` and `restore`: stream every entry into a staging hash, then switch it in with
-//! one Lua script.
+//! `import` and `restore`: all or nothing, on standalone and Sentinel as one transaction,
+//! in Cluster by staging then switching each slot in.
+//!
+//! On standalone and Sentinel ([`atomic`]) the entries are queued into one `MULTI … EXEC`
+//! on a connection of the restore's own, as `MSET`s of a thousand keys (and, for entries
+//! with an expiry or already expired, a `SET … PXAT` script and a `DEL` per chunk): the
+//! server applies them at `EXEC`, readers see the old state or the new one, and anything
+//! that fails before `EXEC` (the client dying included) leaves the namespace as it was.
+//! It needs `+mset` and `+watch` besides what staging needs; a user without them (checked
+//! first, with `redis.acl_check_cmd`) gets the staged restore below. The count returned is
+//! that of the live entries of the stream, a key given twice counting twice (as in the
+//! memory backend); the staged restore counts the keys it set.
+//!
+//! The staged restore, in Cluster (and without the ACL above):
 //!
 //! 1. Stage ([`stage`]): each entry becomes a field of a hash, `{T}\0state-stage\0ID\0` +
 //!    key prefix + `\0entries` (one per Cluster hash slot, the slot of the keys it holds;
@@ -33,6 +45,7 @@
 //! by one idempotent script that either finds the switch done or aborts it for good (see
 //! [`switch`]). Nothing that may have been applied is ever sent again.
 
+mod atomic;
 mod stage;
 mod switch;
 
@@ -165,6 +178,24 @@ impl RedisStateBackend {
         mode: ImportMode,
     ) -> Result<u64> {
         let restore = Restore::new(self);
+        if !self.is_cluster()
+            && let Some(tx) = atomic::Transaction::open(&restore, mode).await?
+        {
+            let done = tx.run(entries, mode).await;
+            // The ticket's work is done; deleting it also voids the WATCH of an EXEC
+            // that was never sent. Deleting it again is harmless, so it may be retried.
+            let mut del = redis::cmd("DEL");
+            del.arg(restore.ticket_key(0));
+            let _ = self
+                .write(
+                    "restore ticket",
+                    state_core::Idempotency::Idempotent,
+                    &[del],
+                )
+                .await;
+            drop(tx);
+            return done;
+        }
         if let Err(e) = restore.stage(entries).await {
             restore.drop_staged().await;
             return Err(e);

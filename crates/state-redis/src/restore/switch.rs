@@ -117,7 +117,7 @@ return v",
 );
 
 /// What the ticket said after a lost reply.
-enum Settled {
+pub(super) enum Settled {
     Switched(u64),
     Aborted,
     Unknown,
@@ -201,7 +201,7 @@ impl Restore<'_> {
     }
 
     /// Settles the outcome of a switch whose reply was lost (see the module doc).
-    async fn settle(&self, ticket: &[u8]) -> Result<Settled> {
+    pub(super) async fn settle(&self, ticket: &[u8]) -> Result<Settled> {
         let what = "restore switch check";
         // Made safe to repeat by its ticket: a lost reply is simply asked again.
         let reply = self
