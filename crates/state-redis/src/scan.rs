@@ -1,7 +1,35 @@
-//! SCAN over every node that holds data: pages of distinct keys, in bounded memory.
+//! SCAN over every master: pages of distinct keys, in memory that does not grow with the
+//! number of keys.
+//!
+//! # Why SCAN repeats keys, and why that cannot be detected cheaply
+//!
+//! Redis 7.0's `dictScan` walks the buckets of the key table in reverse-binary order of the
+//! cursor, so that a table that grows between two calls (rehashing into a bigger one) makes
+//! it neither miss nor repeat a key. A table that *shrinks* between two calls (`serverCron` resizes it once
+//! fewer than 10% of its buckets are used, e.g. after a mass delete) does repeat keys: the
+//! small bucket the cursor now points into also holds the keys of the big buckets of the same
+//! block that were already visited, and they are returned again. Only that first bucket
+//! repeats keys, but nothing a client can read tells it apart: the table size is not in any
+//! reply (only `DEBUG HTSTATS`, disabled by default, shows it), the cursor looks the same, and
+//! a key's bucket depends on a hash seed chosen at random by each server process. Other
+//! servers differ again (per-slot tables in Redis 7.4+ Cluster, Valkey's new table). So the
+//! duplicates are removed by comparing keys, whatever produced them.
+//!
+//! # How the keys are de-duplicated
+//!
+//! [`scan_pages`](RedisStateBackend::scan_pages) first runs SCAN to the end on every master and
+//! feeds each key (with its master) to a [`spill::KeySpill`]: an external merge sort that keeps
+//! at most [`spill::BUFFER_BYTES`] in memory, writes sorted runs to anonymous temporary files
+//! beyond that, and merges them dropping repeats. Whole keys are compared, so no key is ever
+//! dropped by a fingerprint collision, and a key found on two masters (moved by a resharding
+//! during the scan) is also returned once. Then it hands out pages of up to the pipeline batch
+//! size of distinct keys of one master, in byte order. Consequences: the first page arrives
+//! only after the whole SCAN; values are read (by [`entries`](RedisStateBackend::entries))
+//! after the listing, so a key deleted or expired in between is left out, and a key written
+//! after its bucket was scanned is not seen (the scan is fuzzy either way, see
+//! `Capabilities::consistent_snapshot`). `count` counts distinct keys; `clear` deletes each
+//! once. A scan that fits in the buffer never touches the disk.
 
-use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
@@ -14,27 +42,57 @@ use crate::keys;
 use crate::reply::{expiry_at, expiry_of, unexpected};
 use crate::scripts;
 
+mod spill;
+
+use spill::{Distinct, KeySpill};
+
 /// One page of keys found on `node`.
 pub(crate) type Page = (Node, Vec<Vec<u8>>);
 
-struct ScanState {
-    pattern: Vec<u8>,
-    keep_internal: bool,
-    nodes: Option<Vec<Node>>,
-    index: usize,
-    cursor: u64,
-    /// 128-bit hashes of the keys already returned: SCAN may return a key twice while the
-    /// server resizes its table. 16 bytes a key, never the keys or values themselves.
-    seen: HashSet<u128>,
-    done: bool,
+/// Where a scan stands: listing every master's keys, then handing out distinct pages.
+enum ScanState {
+    List {
+        pattern: Vec<u8>,
+        keep_internal: bool,
+    },
+    Hand(Handout),
+    Done,
 }
 
-fn fingerprint(key: &[u8]) -> u128 {
-    let mut a = DefaultHasher::new();
-    (0u8, key).hash(&mut a);
-    let mut b = DefaultHasher::new();
-    (1u8, key).hash(&mut b);
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+struct Handout {
+    nodes: Vec<Node>,
+    distinct: Distinct,
+    /// Keys read from `distinct` and not yet handed out, one page per node.
+    pending: Vec<Vec<Vec<u8>>>,
+    drained: bool,
+}
+
+impl Handout {
+    /// The next page of at most `size` keys of one node; `None` at the end.
+    fn next_page(&mut self, size: usize) -> Result<Option<Page>> {
+        while !self.drained {
+            let Some((key, node)) = self.distinct.next_key()? else {
+                self.drained = true;
+                break;
+            };
+            let index = node as usize;
+            let Some(page) = self.pending.get_mut(index) else {
+                continue;
+            };
+            page.push(key);
+            if page.len() >= size {
+                let keys = std::mem::take(page);
+                return Ok(self.nodes.get(index).cloned().map(|n| (n, keys)));
+            }
+        }
+        for (index, page) in self.pending.iter_mut().enumerate() {
+            if !page.is_empty() {
+                let keys = std::mem::take(page);
+                return Ok(self.nodes.get(index).cloned().map(|n| (n, keys)));
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl RedisStateBackend {
@@ -54,76 +112,80 @@ impl RedisStateBackend {
         )
     }
 
+    /// Pages of distinct keys matching `pattern` (see the module docs): each key once, with
+    /// the master it was found on, after SCAN has visited every master.
     pub(crate) fn scan_pages(
         &self,
         pattern: Vec<u8>,
         keep_internal: bool,
     ) -> BoxStream<'_, Result<Page>> {
-        let state = ScanState {
+        let state = ScanState::List {
             pattern,
             keep_internal,
-            nodes: None,
-            index: 0,
-            cursor: 0,
-            seen: HashSet::new(),
-            done: false,
         };
+        let size = self.batch_size().max(1);
         Box::pin(futures_util::stream::unfold(
             state,
-            move |mut st| async move {
-                loop {
-                    if st.done {
-                        return None;
-                    }
-                    let nodes = match &st.nodes {
-                        Some(nodes) => nodes,
-                        None => match self.masters().await {
-                            Ok(nodes) => st.nodes.insert(nodes),
-                            Err(e) => {
-                                st.done = true;
-                                return Some((Err(e), st));
-                            }
-                        },
-                    };
-                    let node = nodes.get(st.index).cloned()?;
-                    let cmd = redis::cmd("SCAN")
-                        .arg(st.cursor)
-                        .arg("MATCH")
-                        .arg(&st.pattern)
-                        .arg("COUNT")
-                        .arg(self.batch_size().max(10))
-                        .clone();
-                    let reply = self
-                        .retry(Idempotency::Idempotent, "SCAN", || {
-                            self.inner.pool.query_node(&node, &cmd)
-                        })
-                        .await;
-                    let (cursor, found) = match reply.and_then(parse_scan) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            st.done = true;
-                            return Some((Err(e), st));
-                        }
-                    };
-                    if cursor == 0 {
-                        st.index += 1;
-                    }
-                    st.cursor = cursor;
-                    let keep_internal = st.keep_internal;
-                    let mut page = Vec::with_capacity(found.len());
-                    for key in found {
-                        if (keep_internal || !keys::is_internal(&key))
-                            && st.seen.insert(fingerprint(&key))
-                        {
-                            page.push(key);
-                        }
-                    }
-                    if !page.is_empty() {
-                        return Some((Ok((node, page)), st));
-                    }
+            move |state| async move {
+                let mut handout = match state {
+                    ScanState::Done => return None,
+                    ScanState::Hand(handout) => handout,
+                    ScanState::List {
+                        pattern,
+                        keep_internal,
+                    } => match self.list(&pattern, keep_internal).await {
+                        Ok(handout) => handout,
+                        Err(e) => return Some((Err(e), ScanState::Done)),
+                    },
+                };
+                match handout.next_page(size) {
+                    Ok(Some(page)) => Some((Ok(page), ScanState::Hand(handout))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e), ScanState::Done)),
                 }
             },
         ))
+    }
+
+    /// SCANs every master to the end, feeding the keys to a spill.
+    async fn list(&self, pattern: &[u8], keep_internal: bool) -> Result<Handout> {
+        let nodes = self.masters().await?;
+        let mut spill = KeySpill::new(spill::BUFFER_BYTES);
+        for (index, node) in nodes.iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            let mut cursor = 0u64;
+            loop {
+                let cmd = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(self.batch_size().max(10))
+                    .clone();
+                let reply = self
+                    .retry(Idempotency::Idempotent, "SCAN", || {
+                        self.inner.pool.query_node(node, &cmd)
+                    })
+                    .await?;
+                let (next, found) = parse_scan(reply)?;
+                for key in found {
+                    if keep_internal || !keys::is_internal(&key) {
+                        spill.push(&key, index).await?;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let distinct = spill.finish().await?;
+        Ok(Handout {
+            pending: vec![Vec::new(); nodes.len()],
+            nodes,
+            distinct,
+            drained: false,
+        })
     }
 
     /// Streams the live entries under `prefix` with their absolute expiry.

@@ -253,18 +253,13 @@ async fn collect(
         ));
     }
     entries.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut repeat = None;
-    entries.dedup_by(|later, earlier| {
-        let same = later.key == earlier.key;
-        if same && later != earlier {
-            repeat = Some(crate::harness::show(&later.key));
-        }
-        same
-    });
-    match repeat {
-        Some(key) => Err(format!(
-            "{what} returned {key} twice with different contents"
-        )),
+    // A scan hands out each key once (RELIABILITY 16): a repeat is a failure, even with the
+    // same contents, never something to drop here.
+    match entries.windows(2).find_map(|w| match w {
+        [a, b] if a.key == b.key => Some(crate::harness::show(&a.key)),
+        _ => None,
+    }) {
+        Some(key) => Err(format!("{what} returned {key} more than once")),
         None => Ok(entries),
     }
 }
