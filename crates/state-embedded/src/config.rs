@@ -1,6 +1,7 @@
 //! Options of the embedded backend: where the file is, how commits reach the disk, and the
 //! namespace, TTL and size limits of the backend handle.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -96,6 +97,16 @@ pub const URL_PARAMS: [&str; 4] = [
 impl RedbConfig {
     /// redb's page cache: 64 MiB unless set (redb itself would take up to 1 GiB).
     pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
+
+    /// The page cache for a process that only streams the state once, as a one-off export
+    /// or import does (`statectl checkpoint create`, `restore`): 4 MiB.
+    ///
+    /// Such a process gains nothing from a larger cache, since an export reads each page
+    /// once and an import writes each once, but it would fill one up to its size: 64 MiB of
+    /// [`DEFAULT_CACHE_SIZE`](Self::DEFAULT_CACHE_SIZE) is what made its memory grow with
+    /// the state. A process that also serves reads keeps the default: point reads hit the
+    /// cache (see the crate documentation, "Memory"). [`streaming_url`] applies it to a URL.
+    pub const STREAMING_CACHE_SIZE: usize = 4 * 1024 * 1024;
 
     /// The defaults for the file at `path` (created with its parent directories if absent):
     /// no key prefix, no default TTL, [`Limits::DEFAULT`], [`Durability::Immediate`].
@@ -197,7 +208,10 @@ impl RedbConfig {
         self
     }
 
-    /// Bytes of memory redb may use to cache pages.
+    /// Bytes of memory redb may use to cache pages: read pages, and up to half of it the
+    /// pages a write transaction changed (the rest is written into free space of the file
+    /// before the commit). The bound of an export's and an import's memory, whatever their
+    /// size; fixed while the file is open (redb cannot resize it).
     pub fn cache_size(mut self, bytes: usize) -> Self {
         self.cache_size = bytes;
         self
@@ -244,6 +258,31 @@ impl RedbConfig {
     }
 }
 
+/// `url` with `cache_size=`[`RedbConfig::STREAMING_CACHE_SIZE`] added, if it is a `redb:`
+/// URL that sets no `cache_size`: for a process that only streams the state once, such as a
+/// one-off checkpoint or restore. Any other text (another scheme, a `cache_size` of its own,
+/// a URL that does not parse, whose error the caller's own parse reports) comes back as is.
+///
+/// ```
+/// assert_eq!(
+///     state_embedded::streaming_url("redb:/data/state.redb?prefix=app:"),
+///     "redb:/data/state.redb?prefix=app:&cache_size=4194304"
+/// );
+/// assert_eq!(state_embedded::streaming_url("memory://"), "memory://");
+/// ```
+pub fn streaming_url(url: &str) -> Cow<'_, str> {
+    match StateUrl::parse(url, &[REDB]) {
+        Ok(parsed) if parsed.param("cache_size").is_none() => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            Cow::Owned(format!(
+                "{url}{separator}cache_size={}",
+                RedbConfig::STREAMING_CACHE_SIZE
+            ))
+        }
+        _ => Cow::Borrowed(url),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +309,39 @@ mod tests {
         assert_eq!(c.cache_size, 1 << 20);
         assert!(c.check_integrity);
         assert_eq!(from("redb:x.redb")?.durability, Durability::Immediate);
+        Ok(())
+    }
+
+    #[test]
+    fn a_streaming_url_gets_the_streaming_cache_and_keeps_everything_else() -> Result<()> {
+        let streaming = |url: &str| from(&streaming_url(url));
+        assert_eq!(
+            streaming("redb:///tmp/x.redb")?.cache_size,
+            RedbConfig::STREAMING_CACHE_SIZE
+        );
+        let c = streaming("redb:/tmp/x.redb?prefix=a%26b:&durability=eventual")?;
+        assert_eq!(c.cache_size, RedbConfig::STREAMING_CACHE_SIZE);
+        assert_eq!(c.path(), Path::new("/tmp/x.redb"));
+        assert_eq!(c.key_prefix, b"a&b:");
+        assert_eq!(c.durability, Durability::eventual());
+        // A query that ends in a separator is still one query.
+        assert_eq!(
+            streaming("redb:x.redb?")?.cache_size,
+            RedbConfig::STREAMING_CACHE_SIZE
+        );
+        for unchanged in [
+            "redb:x.redb?cache_size=1024",
+            "memory://",
+            "postgres://u@h/db",
+            "redb:x?colour=blue&colour=red",
+            "not a url",
+        ] {
+            assert_eq!(streaming_url(unchanged), unchanged);
+        }
+        assert_eq!(
+            from(&streaming_url("redb:x?cache_size=1024"))?.cache_size,
+            1024
+        );
         Ok(())
     }
 

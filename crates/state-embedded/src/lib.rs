@@ -20,7 +20,7 @@ mod write;
 use std::sync::Arc;
 
 pub use backend::RedbBackend;
-pub use config::{Durability, REDB, RedbConfig, URL_PARAMS};
+pub use config::{Durability, REDB, RedbConfig, URL_PARAMS, streaming_url};
 pub use group::WriteStats;
 pub use redb;
 pub use state_core::{

@@ -1,5 +1,6 @@
 //! Which backends this binary can open, and which URL a command uses.
 
+use std::borrow::Cow;
 use std::net::ToSocketAddrs;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -72,9 +73,16 @@ pub fn resolve(url: Option<&str>) -> Result<StateUrl, CliError> {
     }
 }
 
-/// The backend `--url` names (else the default embedded store, created if missing).
+/// The backend `--url` names (else the default embedded store, created if missing), for a
+/// checkpoint command. These stream the whole state once, so a redb file gets a page cache
+/// of `RedbConfig::STREAMING_CACHE_SIZE` unless the URL sets `cache_size`: a larger one
+/// buys nothing there, and filling it made their memory grow with the state.
 pub async fn open(url: Option<&str>) -> Result<Arc<dyn StateBackend>, CliError> {
-    let url = resolve(url)?;
+    let resolved = resolve(url)?;
+    let url = match state_embedded::streaming_url(url.unwrap_or(DEFAULT_URL)) {
+        Cow::Owned(streaming) => registry().parse(&streaming)?,
+        Cow::Borrowed(_) => resolved,
+    };
     Ok(registry().connect_url(url).await?)
 }
 
