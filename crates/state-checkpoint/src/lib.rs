@@ -18,5 +18,5 @@ pub use format::{
 pub use object_store;
 pub use store::{
     CheckpointId, CheckpointStore, DirStore, Listing, Manifest, MemoryStore, ObjectCheckpointStore,
-    open_url,
+    PostgresCheckpointStore, open_url,
 };

@@ -14,7 +14,7 @@ use state_checkpoint::object_store::path::Path as ObjectPath;
 use state_checkpoint::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use state_checkpoint::{
     CheckpointId, CheckpointStore, Compression, DirStore, Manifest, MemoryStore,
-    ObjectCheckpointStore, decode, encode,
+    ObjectCheckpointStore, PostgresCheckpointStore, decode, encode,
 };
 use state_core::{BoxStream, Entry, ErrorKind, Result, StateError, stream};
 
@@ -221,6 +221,72 @@ async fn the_dir_store_keeps_the_contract() {
         .filter(|n| n.contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A table of a schema of the test's own on the test PostgreSQL (created by the store on
+/// first use, dropped at the end), with a password in the URL that nothing repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_keeps_the_contract() {
+    let base = testing::services::postgres_url()
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL for the store tests: {e}"));
+    let schema = format!("ckstore_contract_{}", std::process::id());
+    let with_password = base.replacen("postgres@", "postgres:hunter2@", 1);
+    let separator = if with_password.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!("{with_password}{separator}schema={schema}&table=ckpt");
+    let store = PostgresCheckpointStore::from_url(&url).expect("open");
+    let planter = store.clone();
+    let tested = tokio::spawn(async move {
+        let store = &planter;
+        contract(store, &|name, bytes| {
+            let put = store.put_object(name, bytes);
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(put))
+                .expect("plant an object");
+        })
+        .await;
+        let listing = store.manifests().await.expect("list");
+        assert!(
+            listing.invalid.iter().all(|(n, _)| n != "unrelated.txt"),
+            "foreign objects are no manifests"
+        );
+        // The object left alone is still there: planting it again replaces one row.
+        store
+            .put_object("unrelated.txt", b"again")
+            .await
+            .expect("replace");
+    })
+    .await;
+    let shown = format!("{} {store:?}", store.describe());
+    assert!(
+        shown.contains(&schema) && !shown.contains("hunter2"),
+        "{shown}"
+    );
+    store.close().await;
+    drop_schema(&base, &schema).await;
+    if let Err(e) = tested {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Drops a test's schema on the test PostgreSQL.
+async fn drop_schema(base: &str, schema: &str) {
+    use state_postgres::sqlx::{self, Connection};
+    let dropped = async {
+        let mut conn = sqlx::PgConnection::connect(base).await?;
+        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await
+    }
+    .await;
+    if let Err(e) = dropped {
+        eprintln!("could not drop schema {schema}: {e}");
+    }
 }
 
 /// object_store's in-memory store, checkpoints at its root.

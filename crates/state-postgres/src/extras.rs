@@ -1,5 +1,24 @@
 //! The guide's PostgreSQL extras: server-side checkpoints, metadata queries and
 //! maintenance; and the figures of `gauges`.
+//!
+//! # Two kinds of checkpoints in PostgreSQL
+//!
+//! - **Server-side** ([`create_checkpoint`](PostgresStateBackend::create_checkpoint) and
+//!   the rest here; `statectl checkpoint …` without `--store`): a copy of the namespace's
+//!   rows into the backend's own checkpoint tables, by `INSERT … SELECT` inside the
+//!   server. No row crosses the network, the copy is one `REPEATABLE READ` snapshot and a
+//!   restore is one transaction: the fast path, for this PostgreSQL namespace only (the
+//!   copies are rows of this table's schema, numbered, not files another backend reads).
+//! - **A checkpoint store in PostgreSQL** (state-checkpoint's `PostgresCheckpointStore`;
+//!   `statectl checkpoint … --store postgres://…`): portable checkpoint files (the
+//!   checksummed format every backend writes and reads) kept as rows of a table, written
+//!   through the checkpoint coordinator like a directory or object store. Any backend
+//!   checkpoints into it and is restored from it, this one included, at the price of
+//!   streaming every entry out of and back into the server.
+//!
+//! Both stay: the server-side copy is the cheap one for PostgreSQL alone (state-checkpoint
+//! cannot run it without depending on this crate's tables and connection handling), the
+//! store is the one that moves state between backends.
 
 use std::time::SystemTime;
 

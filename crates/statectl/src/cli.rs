@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 /// Reads and writes distributed state from a shell, on any backend picked by URL.
 ///
 /// Exit codes: 0 success; 1 the key or checkpoint does not exist (get, ttl, checkpoint
-/// restore/delete/verify); 2 a bad URL, option or input; 3 the backend failed (unreachable
+/// latest/restore/delete/verify); 2 a bad URL, option or input; 3 the backend failed (unreachable
 /// server, I/O error, locked or corrupt file or checkpoint, a lock lost while its command
 /// ran); 75 `lock run` could not get the lock within --wait, or `checkpoint create
 /// --lock-url` found another leader. `lock run` otherwise exits with its command's status
@@ -85,11 +85,13 @@ pub enum Command {
     /// Takes, lists, verifies, restores and deletes checkpoints, or runs the checkpoint
     /// coordinator.
     ///
-    /// With --store URL (file:///absolute/dir) checkpoints are portable files, on every
-    /// backend: a checkpoint covers every live entry under the --url (its prefix=, schema=…)
-    /// and a restore replaces them all with the checkpoint's, each keeping its absolute
-    /// expiry (nothing expired is revived). Without --store only postgres:// works: its
-    /// checkpoints live inside the server, under the URL's key prefix.
+    /// With --store URL (file:///absolute/dir, or postgres://…?schema=S&table=T for a table
+    /// in a PostgreSQL database) checkpoints are portable files, on every backend: a
+    /// checkpoint covers every live entry under the --url (its prefix=, schema=…) and a
+    /// restore replaces them all with the checkpoint's, each keeping its absolute expiry
+    /// (nothing expired is revived). Without --store only a postgres:// --url works: its
+    /// checkpoints are copies inside the server, under the URL's key prefix (the fast path:
+    /// no row leaves the server), restorable into that PostgreSQL namespace only.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
     /// Runs a command while holding a distributed lock (redis://…, postgres://…).
@@ -159,6 +161,15 @@ pub enum CheckpointCommand {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Prints the newest valid checkpoint as `list` prints its row; exit 1 if there is none.
+    ///
+    /// With --store, a damaged manifest is a warning on stderr and is passed over (its
+    /// checkpoint does not exist); the file itself is not read (`verify` checks it).
+    Latest {
+        /// Where checkpoints are kept.
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Replaces the entries with checkpoint ID's; exit 1 if there is no such checkpoint.
     ///
     /// `latest` restores the newest checkpoint that can be restored and prints its id: a
@@ -207,7 +218,7 @@ pub enum CheckpointCommand {
     /// listed checkpoint, only a file the sweep removes after an hour. On SIGTERM or Ctrl-C
     /// a checkpoint in flight is finished (up to 60 s), the lock released, and it exits 0.
     Run {
-        /// Where checkpoints are kept: file:///absolute/dir.
+        /// Where checkpoints are kept: file:///absolute/dir or postgres://….
         #[arg(long, value_name = "URL")]
         store: String,
         /// Time between checkpoints, start to start.
@@ -229,8 +240,10 @@ pub enum CheckpointCommand {
 /// `--store URL` of the checkpoint subcommands.
 #[derive(Debug, clap::Args)]
 pub struct StoreArg {
-    /// Keep checkpoints as files in this store: file:///absolute/dir (object stores such as
-    /// s3:// are not built in yet). Without it: PostgreSQL's server-side checkpoints.
+    /// Keep checkpoints as files in this store: file:///absolute/dir, or
+    /// postgres://[user@]host[:port]/db[?schema=S&table=T] (a table, created on first use;
+    /// default public.state_checkpoint_files). Object stores such as s3:// are not built in yet.
+    /// Without it: PostgreSQL's server-side checkpoints.
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
 }

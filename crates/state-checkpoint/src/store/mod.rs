@@ -1,6 +1,7 @@
 //! [`CheckpointStore`]: where checkpoint files and their manifests are kept, and its
 //! implementations ([`DirStore`] on local disk, [`ObjectCheckpointStore`] on any
-//! `object_store` (S3, GCS, Azure…), [`MemoryStore`] for tests), and [`open_url`].
+//! `object_store` (S3, GCS, Azure…), [`PostgresCheckpointStore`] in a table of a
+//! PostgreSQL database, [`MemoryStore`] for tests), and [`open_url`].
 //!
 //! Every store holds two kinds of objects per checkpoint, named after its id: the data
 //! (`{id}.data`, the bytes of a [format](crate::format) file) and the manifest
@@ -27,12 +28,14 @@ mod dir;
 mod manifest;
 mod memory;
 mod object;
+mod postgres;
 mod url;
 
 pub use dir::{DirStore, FILE};
 pub use manifest::{CheckpointId, Manifest};
 pub use memory::MemoryStore;
 pub use object::ObjectCheckpointStore;
+pub use postgres::PostgresCheckpointStore;
 pub use url::open_url;
 
 /// Every manifest a store holds: the valid ones, and what is wrong with the others.
@@ -53,7 +56,8 @@ impl Listing {
 }
 
 /// A place that keeps checkpoints. Implementations: [`DirStore`] (a local directory),
-/// [`ObjectCheckpointStore`] (object storage) and [`MemoryStore`] (tests). See the [module docs](self) for the protocol.
+/// [`ObjectCheckpointStore`] (object storage), [`PostgresCheckpointStore`] (a PostgreSQL
+/// table) and [`MemoryStore`] (tests). See the [module docs](self) for the protocol.
 #[async_trait::async_trait]
 pub trait CheckpointStore: Send + Sync + std::fmt::Debug + 'static {
     /// Writes the data of `id` from `chunks` durably and invisibly (no manifest yet);

@@ -1,4 +1,5 @@
-//! [`open_url`]: a checkpoint store named by a URL (`file:///dir`, `s3://bucket/dir`…).
+//! [`open_url`]: a checkpoint store named by a URL (`file:///dir`, `s3://bucket/dir`,
+//! `postgres://…`).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use super::{CheckpointStore, DirStore};
 /// | URL | store | needs |
 /// | --- | --- | --- |
 /// | `file:///absolute/dir` | [`DirStore`] | |
+/// | `postgres://[user@]host[:port]/db[?schema=S&table=T]` (`postgresql://`) | [`PostgresCheckpointStore`](super::PostgresCheckpointStore): a table, created on first use | |
 /// | `s3://bucket[/dir]` (`s3a://`) | [`ObjectCheckpointStore`](super::ObjectCheckpointStore) on S3 | feature `aws` |
 /// | `gs://bucket[/dir]` (`gcs://`) | … on Google Cloud Storage | feature `gcp` |
 /// | `az://container[/dir]` (`azure://`, `abfs://`, `abfss://`) | … on Azure Blob Storage | feature `azure` |
@@ -19,17 +21,23 @@ use super::{CheckpointStore, DirStore};
 /// `object_store`'s `from_env` builders read them (`AWS_ACCESS_KEY_ID`, `AWS_REGION`,
 /// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`…; `GOOGLE_SERVICE_ACCOUNT`…; `AZURE_STORAGE_*`), never
 /// from the URL: a URL with a user or password is refused, so no secret ends up in a
-/// message. `Config` for a scheme this build lacks (naming the feature), a relative path,
-/// a query or a credential.
+/// message. A `postgres://` URL may hold a user and password (as libpq's do); its store's
+/// messages and [`describe`](CheckpointStore::describe) never repeat them. `Config` for a
+/// scheme this build lacks (naming the feature), a relative path, an object store URL with
+/// a query or a credential, or a `postgres://` URL with an unknown parameter.
 pub fn open_url(url: &str) -> Result<Arc<dyn CheckpointStore>> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(StateError::config(
-            "a checkpoint store URL looks like file:///absolute/dir or s3://bucket/dir",
+            "a checkpoint store URL looks like file:///absolute/dir, \
+             postgres://host/database or s3://bucket/dir",
         ));
     };
     let scheme = scheme.to_ascii_lowercase();
     if scheme == "file" {
         return Ok(Arc::new(DirStore::from_url(url)?));
+    }
+    if scheme == "postgres" || scheme == "postgresql" {
+        return Ok(Arc::new(super::PostgresCheckpointStore::from_url(url)?));
     }
     // Only the scheme is repeated in messages: the rest may carry a credential.
     let feature = match scheme.as_str() {
@@ -38,8 +46,8 @@ pub fn open_url(url: &str) -> Result<Arc<dyn CheckpointStore>> {
         "az" | "azure" | "abfs" | "abfss" => "azure",
         _ => {
             return Err(StateError::config(format!(
-                "{scheme}://… is not a checkpoint store; use file:///absolute/dir, s3://, \
-                 gs:// or az://"
+                "{scheme}://… is not a checkpoint store; use file:///absolute/dir, \
+                 postgres://, s3://, gs:// or az://"
             )));
         }
     };
@@ -130,6 +138,8 @@ mod tests {
             ("ftp://h/x", "not a checkpoint store"),
             ("/tmp/x", "looks like"),
             ("file://relative", "absolute"),
+            ("postgres://u:secret@h/db?prefix=x", "not a parameter"),
+            ("postgresql://u:secret@h/db?table=a-b", "plain identifier"),
         ] {
             let err = open_url(url).err();
             assert_eq!(
@@ -141,6 +151,14 @@ mod tests {
             assert!(message.contains(says), "{url}: {message}");
             assert!(!message.contains("secret"), "{url}: {message}");
         }
+        // Opened without a runtime and without connecting (the first call connects).
+        let store = open_url("postgres://u:secret@h:5432/db?schema=s&sslmode=disable");
+        let shown = store.map(|s| format!("{} {s:?}", s.describe()));
+        let shown = shown.unwrap_or_else(|e| e.to_string());
+        assert!(
+            shown.starts_with("postgres://h:5432/db?schema=s&table=") && !shown.contains("secret"),
+            "{shown}"
+        );
         #[cfg(not(feature = "aws"))]
         {
             let err = open_url("s3://bucket/dir").err();

@@ -1,7 +1,7 @@
 //! `statectl checkpoint … --store URL`: checkpoints as portable files (state-checkpoint's
 //! format and stores), taken from and restored into any backend through its coordinator.
 //!
-//! `list` and `delete` read and change the store alone; `create`, `restore` and `verify`
+//! `list`, `latest` and `delete` read and change the store alone; `create`, `restore` and `verify`
 //! open the `--url` backend too; `run` is [`runner`].
 
 use std::io::Write;
@@ -29,6 +29,7 @@ pub async fn run(
     let store = open_store(store_url)?;
     match command {
         CheckpointCommand::List { .. } => list(store.as_ref(), out).await,
+        CheckpointCommand::Latest { .. } => latest(store.as_ref(), out).await,
         CheckpointCommand::Delete { id, .. } => delete(store.as_ref(), parse_id(id)?).await,
         CheckpointCommand::Create { leader, .. } => {
             // One-off checkpoints delete nothing: retention is `run --keep`'s.
@@ -95,14 +96,15 @@ pub async fn run(
     }
 }
 
-/// The store a `--store` URL names: `file:///absolute/dir`, or object storage
+/// The store a `--store` URL names: `file:///absolute/dir`, a PostgreSQL table
+/// (`postgres://…?schema=S&table=T`), or object storage
 /// (`s3://bucket/dir`, `gs://…`, `az://…`) where state-checkpoint was built with its
 /// `aws`, `gcp` or `azure` feature ([`state_checkpoint::open_url`]).
 pub fn open_store(url: &str) -> Result<Arc<dyn CheckpointStore>, CliError> {
     if !url.contains("://") {
         return Err(CliError::Usage(format!(
             "--store `{}` is not a URL; keep checkpoints in a directory with \
-             --store file:///absolute/dir",
+             --store file:///absolute/dir, or in PostgreSQL with --store postgres://…",
             escape(url.as_bytes())
         )));
     }
@@ -193,16 +195,37 @@ async fn list(store: &dyn CheckpointStore, out: &mut dyn Write) -> Result<(), Cl
     let mut valid: Vec<&Manifest> = listing.valid.iter().collect();
     valid.sort_by_key(|m| m.id);
     for manifest in valid {
-        let created = UNIX_EPOCH + Duration::from_millis(manifest.created_at_ms);
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}",
-            manifest.id,
-            rfc3339(created)?,
-            manifest.entries,
-            manifest.data_bytes
-        )?;
+        print_row(manifest, out)?;
     }
+    Ok(())
+}
+
+/// `latest`: the newest valid checkpoint's `list` row; `Missing` if the store has none.
+async fn latest(store: &dyn CheckpointStore, out: &mut dyn Write) -> Result<(), CliError> {
+    let listing = store.manifests().await?;
+    for (_, why) in &listing.invalid {
+        warn(format_args!("{why}; that checkpoint is passed over"));
+    }
+    match listing.latest() {
+        Some(manifest) => print_row(manifest, out),
+        None => Err(CliError::Missing(format!(
+            "{} holds no valid checkpoint; `statectl checkpoint create --store …` takes one",
+            store.describe()
+        ))),
+    }
+}
+
+/// One `list` row: `id<TAB>created_at<TAB>rows<TAB>bytes`.
+fn print_row(manifest: &Manifest, out: &mut dyn Write) -> Result<(), CliError> {
+    let created = UNIX_EPOCH + Duration::from_millis(manifest.created_at_ms);
+    writeln!(
+        out,
+        "{}\t{}\t{}\t{}",
+        manifest.id,
+        rfc3339(created)?,
+        manifest.entries,
+        manifest.data_bytes
+    )?;
     Ok(())
 }
 

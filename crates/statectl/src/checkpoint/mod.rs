@@ -33,6 +33,7 @@ fn store_of(command: &CheckpointCommand) -> Option<&str> {
     match command {
         CheckpointCommand::Create { store, .. }
         | CheckpointCommand::List { store }
+        | CheckpointCommand::Latest { store }
         | CheckpointCommand::Restore { store, .. }
         | CheckpointCommand::Delete { store, .. }
         | CheckpointCommand::Verify { store, .. } => store.store.as_deref(),

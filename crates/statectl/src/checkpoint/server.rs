@@ -1,5 +1,5 @@
-//! `statectl checkpoint create|list|restore ID|latest|delete ID` without `--store`: the
-//! server-side checkpoints of the PostgreSQL backend.
+//! `statectl checkpoint create|list|latest|restore ID|restore latest|delete ID` without
+//! `--store`: the server-side checkpoints of the PostgreSQL backend.
 //!
 //! Only PostgreSQL keeps checkpoints inside the server, where a later process can find them
 //! by id; every other backend's `checkpoint()` is an in-memory value that dies with the
@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use state_core::ErrorKind;
-use state_postgres::{POSTGRES, PostgresStateBackend};
+use state_postgres::{CheckpointInfo, POSTGRES, PostgresStateBackend};
 
 use super::rfc3339;
 use crate::backends::{self, DEFAULT_URL};
@@ -20,6 +20,7 @@ use crate::escape::escape;
 enum Action {
     Create,
     List,
+    Latest,
     Restore(i64),
     RestoreLatest,
     Delete(i64),
@@ -51,6 +52,7 @@ pub async fn run(
         }
         CheckpointCommand::Create { .. } => Action::Create,
         CheckpointCommand::List { .. } => Action::List,
+        CheckpointCommand::Latest { .. } => Action::Latest,
         CheckpointCommand::Restore { id, .. } if id == "latest" => Action::RestoreLatest,
         CheckpointCommand::Restore { id, .. } => Action::Restore(parse_id(id)?),
         CheckpointCommand::Delete { id, .. } => Action::Delete(parse_id(id)?),
@@ -84,6 +86,7 @@ pub async fn run(
             Err(e) => Err(e.into()),
         },
         Action::List => list(backend, out).await,
+        Action::Latest => latest(backend, out).await,
         Action::Restore(id) => restore(backend, id).await,
         Action::RestoreLatest => restore_latest(backend, out).await,
         Action::Delete(id) => match backend.delete_checkpoint(id).await {
@@ -120,11 +123,7 @@ async fn restore_latest(
         .map(|info| info.checkpoint_id)
         .max();
     let Some(id) = newest else {
-        return Err(CliError::Missing(
-            "no checkpoint exists under this URL's key prefix; `statectl checkpoint create` \
-             takes one"
-                .into(),
-        ));
+        return Err(no_checkpoint());
     };
     restore(backend, id).await?;
     writeln!(out, "{id}")?;
@@ -134,16 +133,39 @@ async fn restore_latest(
 /// One line per checkpoint, oldest first: `id<TAB>created_at<TAB>rows<TAB>bytes`.
 async fn list(backend: &PostgresStateBackend, out: &mut dyn Write) -> Result<(), CliError> {
     for info in backend.list_checkpoints().await? {
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}",
-            info.checkpoint_id,
-            rfc3339(info.created_at)?,
-            info.row_count,
-            info.data_size
-        )?;
+        print_row(&info, out)?;
     }
     Ok(())
+}
+
+/// `latest`: the `list` row of the checkpoint with the highest id (the one `restore
+/// latest` restores); `Missing` if there is none.
+async fn latest(backend: &PostgresStateBackend, out: &mut dyn Write) -> Result<(), CliError> {
+    let listed = backend.list_checkpoints().await?;
+    match listed.iter().max_by_key(|info| info.checkpoint_id) {
+        Some(info) => print_row(info, out),
+        None => Err(no_checkpoint()),
+    }
+}
+
+fn print_row(info: &CheckpointInfo, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "{}\t{}\t{}\t{}",
+        info.checkpoint_id,
+        rfc3339(info.created_at)?,
+        info.row_count,
+        info.data_size
+    )?;
+    Ok(())
+}
+
+fn no_checkpoint() -> CliError {
+    CliError::Missing(
+        "no checkpoint exists under this URL's key prefix; `statectl checkpoint create` \
+         takes one"
+            .into(),
+    )
 }
 
 fn parse_id(text: &str) -> Result<i64, CliError> {
