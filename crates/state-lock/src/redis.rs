@@ -216,7 +216,13 @@ impl fmt::Debug for RedisLockConfig {
 ///
 /// **ACL.** The user needs `EVALSHA`, `EVAL` and `PTTL`, with `GET`, `SET`, `PEXPIRE`, `DEL`
 /// and `TIME` allowed inside scripts, on the keys that start with the backend's key prefix
-/// followed by the lock's (`~lock:*` with the defaults).
+/// followed by the lock's (`~lock:*` with the defaults), and `INFO` (the backend checks
+/// the server version when it connects; behind Sentinels it is also how the primary's role
+/// is checked when `ROLE` is not allowed); in Cluster mode also `CLUSTER|NODES` (the
+/// version check visits every master), `CLUSTER|SLOTS` (the driver's slot map) and
+/// `ASKING` (while a slot migrates). ACLs are per node: create the user on every data node,
+/// replicas included. A key outside the pattern is refused with a `Config` error naming the
+/// ACL, not taken for a held lock.
 ///
 /// # Example
 ///

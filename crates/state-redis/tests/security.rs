@@ -178,7 +178,7 @@ async fn rediss_works_with_the_right_ca_and_refuses_a_wrong_one() -> TestResult 
 /// `+cluster|nodes`).
 const ACL: &str = "user app on >app-secret-pw ~app:* ~{*}* +get +set +del +mget +getdel \
     +pttl +pexpireat +persist +rename +scan +evalsha +eval +script|load +multi +exec +ping +info \
-    +hset +hexists +hscan +unlink";
+    +hset +hexists +hscan +unlink +mset +watch";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_with_only_the_documented_rights_can_do_everything() -> TestResult {

@@ -7,9 +7,12 @@
 //! - **re-sending** (`retries(6)`): for reads and for writes that are safe to send again;
 //!   the driver follows `MOVED`/`ASK` and reconnects by itself;
 //! - **exact** (`retries(0)`): for blind writes. The driver sends each request once; a
-//!   `MOVED`, `ASK`, `TRYAGAIN` or `CLUSTERDOWN` reply (nothing was executed) comes back to
-//!   our retry policy, which sends it again (following `ASK` itself, see
-//!   [`ask_target`]), while a broken connection comes back as an unknown outcome.
+//!   `MOVED` (after which the driver refreshes its slot map), `TRYAGAIN` or `CLUSTERDOWN`
+//!   reply (nothing was executed) comes back to our retry policy, which sends it again; an
+//!   `ASK` reply is followed at once, with `ASKING`, on the node it names (see
+//!   [`ask_target`]); a broken connection comes back as an unknown outcome. A pipeline of
+//!   blind writes is sent command by command (see `one_by_one` in the parent module), so
+//!   that a slot migrating under it never hides which of its writes were applied.
 //!
 //! With `read_from=replicas` a third set, like the re-sending one but routing read-only
 //! commands to a random replica of their slot (the driver sends `READONLY` to every node

@@ -15,6 +15,7 @@
 //! ([`Failure`]): that is what the retry rule of `state_core::RetryPolicy` decides on.
 
 mod cluster;
+mod exact;
 mod replicas;
 mod setup;
 mod single;
@@ -31,7 +32,8 @@ use state_core::{ErrorKind, Idempotency, Result, RetryPolicy, StateError};
 use crate::config::{ReadFrom, RedisConfig, Topology};
 use crate::error::{Failure, needs_reconnect};
 pub(crate) use cluster::parse_cluster_nodes;
-use cluster::{ClusterConns, ConnSet, ask_target};
+use cluster::{ClusterConns, ConnSet};
+use exact::{ask_of, follow_ask, one_by_one};
 use replicas::ReplicaSlots;
 use setup::{build_error, node_info, open_client, sentinel_dial};
 use single::{Dial, Dialer, Slot};
@@ -326,9 +328,9 @@ impl Pool {
             Conn::Single { conn, .. } => conn.req_packed_command(cmd).await,
             Conn::Cluster { conn, exact } => {
                 let reply = conn.req_packed_command(cmd).await;
-                match error_reply_to_follow(reply, *exact) {
-                    Ok(done) => done,
-                    Err(e) => follow_ask(conn, cmd, e).await,
+                match ask_of(&reply).filter(|_| *exact) {
+                    None => reply,
+                    Some(node) => follow_ask(conn, cmd, node).await,
                 }
             }
         };
@@ -346,12 +348,10 @@ impl Pool {
         let mut conn = self.conn(idempotency).await?;
         let result = match &mut conn {
             Conn::Single { conn, .. } => run_pipeline(conn, pipe).await,
-            Conn::Cluster { conn, exact } => match run_pipeline(conn, pipe).await {
-                Ok(replies) if *exact && !pipe.is_transaction() => {
-                    Box::pin(follow_asks(conn, pipe, replies)).await
-                }
-                other => other,
-            },
+            Conn::Cluster { conn, exact } if *exact && !pipe.is_transaction() => {
+                Box::pin(one_by_one(conn, pipe)).await
+            }
+            Conn::Cluster { conn, .. } => run_pipeline(conn, pipe).await,
         };
         self.settle(&conn, result)
     }
@@ -443,88 +443,6 @@ impl Pool {
         }
         Ok(masters)
     }
-}
-
-/// Sends `cmds` to `node`, each after `ASKING` (the target of an `ASK` redirection serves a
-/// migrating slot's key only then); returns their replies.
-async fn asking(
-    conn: &mut ClusterConnection,
-    node: &Node,
-    cmds: &[Cmd],
-) -> std::result::Result<Vec<Value>, RedisError> {
-    let Some(route) = node.route() else {
-        return Err(internal("ASK names no node"));
-    };
-    let mut pipe = redis::pipe();
-    for cmd in cmds {
-        pipe.cmd("ASKING");
-        pipe.add_command(cmd.clone());
-    }
-    let replies = conn.route_pipeline(pipe, 0, cmds.len() * 2, route).await?;
-    // Every second reply is a command's; the others are ASKING's OK.
-    Ok(replies.into_iter().skip(1).step_by(2).collect())
-}
-
-/// An error reply of the exact set, which may be an `ASK` to follow (`Err`), or the reply
-/// as it is (`Ok`).
-fn error_reply_to_follow(
-    reply: redis::RedisResult<Value>,
-    exact: bool,
-) -> Result<redis::RedisResult<Value>, redis::ServerError> {
-    match reply {
-        Ok(Value::ServerError(e)) if exact => Err(e),
-        other => Ok(other),
-    }
-}
-
-/// The reply to `cmd` after the error reply `e`: if it is `ASK` (the command was not
-/// executed where it was sent), the reply of the node it names; otherwise `e` itself.
-///
-/// Boxed and built outside the caller's `async fn`, so that the point operations' futures
-/// (boxed once per call by `async_trait`) carry a pointer for this rare path, not its state.
-fn follow_ask<'a>(
-    conn: &'a mut ClusterConnection,
-    cmd: &'a Cmd,
-    e: redis::ServerError,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<Value>> + Send + 'a>> {
-    Box::pin(async move {
-        match ask_target(&RedisError::from(e.clone())) {
-            Some(node) => asking(conn, &node, std::slice::from_ref(cmd))
-                .await
-                .map(|mut replies| replies.pop().unwrap_or(Value::Nil)),
-            None => Ok(Value::ServerError(e)),
-        }
-    })
-}
-
-/// Replaces the `ASK` replies of a pipeline sent by the exact set with the replies of the
-/// same commands sent where ASK says (none of them was executed where it was first sent).
-async fn follow_asks(
-    conn: &mut ClusterConnection,
-    pipe: &Pipeline,
-    mut replies: Vec<Value>,
-) -> std::result::Result<Vec<Value>, RedisError> {
-    let mut asked: Vec<(usize, Node, Cmd)> = Vec::new();
-    for (i, (reply, cmd)) in replies.iter().zip(pipe.cmd_iter()).enumerate() {
-        if let Value::ServerError(e) = reply
-            && let Some(node) = ask_target(&RedisError::from(e.clone()))
-        {
-            asked.push((i, node, cmd.clone()));
-        }
-    }
-    // One migrating slot per pipeline (groups are per slot), so one target in practice.
-    while let Some((_, node, _)) = asked.first().cloned() {
-        let (here, rest): (Vec<_>, Vec<_>) = asked.into_iter().partition(|(_, n, _)| *n == node);
-        asked = rest;
-        let cmds: Vec<Cmd> = here.iter().map(|(_, _, cmd)| cmd.clone()).collect();
-        let answers = asking(conn, &node, &cmds).await?;
-        for ((i, _, _), answer) in here.into_iter().zip(answers) {
-            if let Some(slot) = replies.get_mut(i) {
-                *slot = answer;
-            }
-        }
-    }
-    Ok(replies)
 }
 
 /// Turns a top-level error reply into an error.
