@@ -1,5 +1,10 @@
 //! The [`StateBackend`] operations of [`RedisStateBackend`], one after another: each
 //! checks its keys, sends through the driver core and decodes the reply.
+//!
+//! Batches are pipelines, not transactions: if the server refuses one command of a
+//! `batch_put` (an ACL rule on its key, say), the call fails with that command's error,
+//! naming the entry by its position, and the other entries are written all the same.
+//! Every reply of a pipeline is read before the connection serves another request.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -142,16 +147,18 @@ impl StateBackend for RedisStateBackend {
         for (i, (k, _)) in checked.iter().enumerate() {
             last.insert(k.as_slice(), i);
         }
-        let (kept_keys, values): (Vec<Vec<u8>>, Vec<&[u8]>) = checked
+        let (kept_keys, kept): (Vec<Vec<u8>>, Vec<(usize, &[u8])>) = checked
             .iter()
             .enumerate()
             .filter(|(i, (k, _))| last.get(k.as_slice()) == Some(i))
-            .map(|(_, (k, v))| (k.clone(), *v))
+            .map(|(i, (k, v))| (k.clone(), (i, *v)))
             .unzip();
+        let (entry_of, values): (Vec<usize>, Vec<&[u8]>) = kept.into_iter().unzip();
         let px = self.default_px()?;
         let groups = self.groups(&kept_keys);
+        let total = entries.len();
         let results = futures_util::stream::iter(groups.into_iter().map(|group| {
-            let (kept_keys, values) = (&kept_keys, &values);
+            let (kept_keys, values, entry_of) = (&kept_keys, &values, &entry_of);
             async move {
                 let mut cmds = Vec::with_capacity(group.len());
                 for &g in &group {
@@ -163,7 +170,19 @@ impl StateBackend for RedisStateBackend {
                 let replies = self
                     .write("batch SET", Idempotency::NotIdempotent, &cmds)
                     .await?;
-                first_error("batch SET", self.target(), &replies)?;
+                // A refused SET is reported by its entry's position; the others in its
+                // pipeline (and in other pipelines) were executed and stay written.
+                if let Some(j) = replies
+                    .iter()
+                    .position(|r| matches!(r, Value::ServerError(_)))
+                {
+                    let entry = group.get(j).and_then(|&g| entry_of.get(g)).copied();
+                    let what = match entry {
+                        Some(i) => format!("batch_put SET of entry {i} (0-based) of {total}"),
+                        None => "batch_put SET".to_string(),
+                    };
+                    first_error(&what, self.target(), replies.get(j..).unwrap_or_default())?;
+                }
                 Ok::<_, StateError>(())
             }
         }))

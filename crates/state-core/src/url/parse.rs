@@ -107,6 +107,7 @@ fn parse_network(
             "a {scheme} URL starts with {scheme}://"
         )));
     };
+    refuse_unencoded_userinfo(rest)?;
     let (before_query, query) = split_query(rest);
     let (authority, path) = match before_query.find('/') {
         Some(i) => (&before_query[..i], Some(&before_query[i + 1..])),
@@ -151,6 +152,25 @@ fn parse_network(
         params: parse_query(query)?,
         handed_over: Vec::new(),
     })
+}
+
+/// A `/` or `?` written as is in a user name or password ends the authority early, and the
+/// rest of the password would be read as a host, a port or a path, and quoted back in an
+/// error. Such a URL is refused with a message that quotes none of it. An `@` after the
+/// first `/` or `?` is taken as user info unless a `=` before it shows a query parameter.
+fn refuse_unencoded_userinfo(rest: &str) -> Result<()> {
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(end);
+    if authority.contains('@') {
+        return Ok(());
+    }
+    match after.find('@') {
+        Some(at) if !after[..at].contains('=') => Err(StateError::config(
+            "the URL's user name or password holds a `/` or `?` that is not percent-encoded; \
+             write `/` as %2F and `?` as %3F",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn one_host_only(scheme: Scheme, schemes: &[Scheme]) -> StateError {

@@ -174,3 +174,30 @@ fn stray_brackets_in_a_host_are_refused() -> Result<()> {
     assert_eq!(StateUrl::parse_any(&v6.expose(true))?, v6);
     Ok(())
 }
+
+/// RELIABILITY 28: a password with a `/` or `?` written as is ended the authority early, and
+/// the error quoted the rest of it as a port ("port `Sup3r` of host `u`").
+#[test]
+fn an_unencoded_slash_or_question_mark_in_a_password_is_refused_without_quoting_it() -> Result<()> {
+    for input in [
+        "redis://u:Sup3r/S3cretXYZ@127.0.0.1:6379",
+        "redis://:Sup3r?S3cretXYZ@127.0.0.1:6379/0",
+        "postgres://u:Sup3r/S3cretXYZ@h/db?sslmode=disable",
+    ] {
+        let message = config_error(input);
+        assert!(message.contains("percent-encoded"), "{input}: {message}");
+        assert!(
+            !message.contains("Sup3r") && !message.contains("S3cret"),
+            "{message}"
+        );
+    }
+    // An `@` in a query parameter or behind an encoded password is not user info.
+    parse("redis://h:6379/0?client_name=a@b");
+    assert_eq!(
+        parse("redis://u:Sup3r%2FS3cret@h:6379")
+            .password()
+            .map(|p| p.expose()),
+        Some("Sup3r/S3cret")
+    );
+    Ok(())
+}

@@ -156,12 +156,12 @@ impl PostgresConfig {
     /// The URL with the password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         let mut out = String::from("postgres://");
-        if let Some(user) = &self.username {
-            out.push_str(user);
-            if self.password.is_some() {
-                out.push_str(":***");
-            }
-            out.push('@');
+        // A password without a user name is shown too (as `:***@`): it is sent.
+        match (&self.username, &self.password) {
+            (Some(user), Some(_)) => out.push_str(&format!("{user}:***@")),
+            (Some(user), None) => out.push_str(&format!("{user}@")),
+            (None, Some(_)) => out.push_str(":***@"),
+            (None, None) => {}
         }
         out.push_str(&self.endpoint());
         if let Some(db) = &self.database {

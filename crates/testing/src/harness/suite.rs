@@ -9,6 +9,11 @@ use std::sync::Arc;
 
 use state_core::Result;
 
+/// How long one property case may take, its teardown included, before it counts as a
+/// hang and fails the property with its input. Far above what a case needs (under a
+/// second; a few for a value of the maximum size on a loaded two-core machine).
+pub const CASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A two-worker multi-threaded runtime, as `#[tokio::test(flavor = "multi_thread",
 /// worker_threads = 2)]` would build; built here so backend crates need no tokio macros.
 pub fn runtime() -> tokio::runtime::Runtime {

@@ -1,6 +1,9 @@
 //! The lock property: random interleavings of acquire, extend, release, drop and pauses
 //! across several owners never give two live holders at once, never refuse a lock nobody
 //! can hold, and never hand out a token that is not above every earlier one.
+//!
+//! Each case must finish within [`CASE_TIMEOUT`]: a hang fails the property with that
+//! case's steps instead of hanging the run.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use state_core::{DistributedLock, ErrorKind, FencingToken, LockGuard};
 
 use super::subject::{LockFactory, LockKind, LockSubject, unique_name};
-use crate::harness::runtime;
+use crate::harness::{CASE_TIMEOUT, runtime};
 
 /// Overrides the number of cases (default 12: each case sleeps through leases).
 pub const PROPERTY_CASES_ENV: &str = "LOCK_PROPERTY_CASES";
@@ -91,13 +94,34 @@ pub fn no_two_holders_and_tokens_never_go_back(factory: LockFactory) {
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
+    // The steps of the first case that hung: later cases (shrinking too) are not run, since
+    // each could hang as long again.
+    let hung: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
     let result = runner.run(&steps(), |steps| {
-        rt.block_on(run(&subject, &steps))
-            .map_err(TestCaseError::fail)
+        if hung.borrow().is_some() {
+            return Err(TestCaseError::fail("not run: an earlier case hung"));
+        }
+        let shown = format!("{steps:#?}");
+        // Built inside the runtime: a timer needs one.
+        let timed =
+            rt.block_on(async { tokio::time::timeout(CASE_TIMEOUT, run(&subject, &steps)).await });
+        match timed {
+            Ok(outcome) => outcome.map_err(TestCaseError::fail),
+            Err(_) => {
+                *hung.borrow_mut() = Some(shown);
+                Err(TestCaseError::fail("the case hung"))
+            }
+        }
     });
     let lock = format!("{:?}", subject.lock);
     if let Some(cleanup) = cleanup {
         rt.block_on(cleanup());
+    }
+    if let Some(steps) = hung.into_inner() {
+        panic!(
+            "lock property on {lock}: a case did not finish within {CASE_TIMEOUT:?} (a hang); \
+             its steps:\n{steps}"
+        );
     }
     match result {
         Ok(()) => eprintln!("lock property on {lock}: {cases} cases passed"),

@@ -8,11 +8,22 @@
 //! fresh namespace, cleared afterwards. A failure is shrunk to a minimal operation sequence,
 //! printed one step per line with the first step where backend and model disagree.
 //! Failure persistence is off, so no regression files are written into the repository.
+//!
+//! Every case runs under [`CASE_TIMEOUT`]: a case that hangs (in the backend, or in
+//! clearing its namespace) fails the property with the case's input, instead of hanging
+//! the test run. Cases after a hang are not run and there is no shrinking, since each could
+//! hang as long again.
+//!
+//! Besides the random sequences, `edges_are_correct_or_clear_errors` (see [`edges`]) feeds
+//! inputs at and past the limits: empty, binary, maximum-size and over-size keys and
+//! values, TTLs of zero, 1 ms, the maximum and over it.
 
+pub mod edges;
 mod exec;
 mod ops;
 mod reference;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
@@ -23,6 +34,7 @@ use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use state_core::{Entry, ImportMode, StateBackend};
 
+pub use crate::harness::CASE_TIMEOUT;
 use crate::harness::{CaseFn, Factory, close, entries_stream, runtime, show, unique_namespace};
 
 pub use exec::{Outcome, apply_backend, apply_model, run_sequence};
@@ -40,8 +52,9 @@ pub fn config() -> Config {
 }
 
 /// Runs `test` on `strategy`'s inputs with [`config`], each case on a backend from
-/// `factory` under a fresh namespace. Panics with the shrunk input (rendered by `render`)
-/// if a case fails.
+/// `factory` under a fresh namespace and within [`CASE_TIMEOUT`]. Panics with the shrunk
+/// input (rendered by `render`) if a case fails, or with the input of the first case that
+/// hung.
 pub fn check<S, F, Fut>(
     name: &str,
     factory: Factory,
@@ -59,24 +72,51 @@ pub fn check<S, F, Fut>(
     let mut runner = TestRunner::new(config);
     let runs = std::cell::Cell::new(0u64);
     let backend_name = std::cell::OnceCell::new();
+    // The first case that hung: what hung, and its input.
+    let hung: RefCell<Option<(String, String)>> = RefCell::new(None);
     let result = runner.run(&strategy, |input| {
+        if hung.borrow().is_some() {
+            // Fail fast: shrinking would run cases that may hang as long again.
+            return Err(TestCaseError::fail("not run: an earlier case hung"));
+        }
         runs.set(runs.get() + 1);
-        rt.block_on(async {
-            let backend = factory(unique_namespace()).await;
+        let rendered = render(&input);
+        let outcome = rt.block_on(async {
+            let Ok(backend) = tokio::time::timeout(CASE_TIMEOUT, factory(unique_namespace())).await
+            else {
+                return Err("opening the backend");
+            };
             backend_name.get_or_init(|| backend.capabilities().backend);
-            let outcome = test(Arc::clone(&backend), input).await;
-            let cleared = backend.clear(b"").await;
+            let outcome = tokio::time::timeout(CASE_TIMEOUT, test(Arc::clone(&backend), input))
+                .await
+                .map_err(|_| "the case")?;
+            let cleared = tokio::time::timeout(CASE_TIMEOUT, backend.clear(b""))
+                .await
+                .map_err(|_| "clearing the namespace")?;
             match (outcome, cleared) {
-                (Err(message), _) => Err(TestCaseError::fail(message)),
-                (Ok(()), Err(e)) => Err(TestCaseError::fail(format!(
+                (Err(message), _) => Ok(Err(TestCaseError::fail(message))),
+                (Ok(()), Err(e)) => Ok(Err(TestCaseError::fail(format!(
                     "clearing the namespace failed: {e}"
-                ))),
-                (Ok(()), Ok(_)) => Ok(()),
+                )))),
+                (Ok(()), Ok(_)) => Ok(Ok(())),
             }
-        })
+        });
+        match outcome {
+            Ok(result) => result,
+            Err(what) => {
+                *hung.borrow_mut() = Some((what.to_string(), rendered));
+                Err(TestCaseError::fail(format!("{what} hung")))
+            }
+        }
     });
     let backend_name = backend_name.get().copied().unwrap_or("?");
     let ran = runs.get();
+    if let Some((what, input)) = hung.into_inner() {
+        panic!(
+            "property `{name}` on `{backend_name}`: {what} did not finish within \
+             {CASE_TIMEOUT:?} (a hang) in run {ran}; input of that case:\n{input}"
+        );
+    }
     match result {
         Ok(()) => {
             eprintln!("property `{name}` on `{backend_name}`: {wanted} cases passed ({ran} run)")
@@ -112,7 +152,26 @@ pub const PROPERTIES: &[(&str, CaseFn<Factory>)] = &[
         "checkpoint_restore_round_trip",
         checkpoint_restore_round_trip,
     ),
+    (
+        "edges_are_correct_or_clear_errors",
+        edges_are_correct_or_clear_errors,
+    ),
 ];
+
+/// Property: keys, values and TTLs at and past the limits get the right answer or an
+/// `InvalidInput` error that writes nothing (see [`edges`]).
+pub fn edges_are_correct_or_clear_errors(factory: Factory) {
+    check(
+        "edges_are_correct_or_clear_errors",
+        factory,
+        edges::edge_cases(),
+        render_debug,
+        |backend, (largest, probes)| async move {
+            let probes: Vec<edges::Probe> = largest.into_iter().chain(probes).collect();
+            edges::run_edges(backend.as_ref(), &probes).await
+        },
+    );
+}
 
 /// Property: random sequences of every operation agree with the model step by step.
 pub fn operations_agree_with_model(factory: Factory) {
@@ -316,8 +375,8 @@ fn blobs(keys: &[&[u8]]) -> Vec<Blob> {
 }
 
 /// Runs the model-based properties, each as its own `#[test]`:
-/// `property_operations_agree_with_model`, `property_export_import_round_trip` and
-/// `property_checkpoint_restore_round_trip`.
+/// `property_operations_agree_with_model`, `property_export_import_round_trip`,
+/// `property_checkpoint_restore_round_trip` and `property_edges_are_correct_or_clear_errors`.
 ///
 /// `$factory` is the same factory as for [`conformance_suite!`](crate::conformance_suite).
 #[macro_export]
@@ -336,6 +395,11 @@ macro_rules! property_suite {
         #[test]
         fn property_checkpoint_restore_round_trip() {
             $crate::model::checkpoint_restore_round_trip($crate::harness::factory($factory));
+        }
+
+        #[test]
+        fn property_edges_are_correct_or_clear_errors() {
+            $crate::model::edges_are_correct_or_clear_errors($crate::harness::factory($factory));
         }
     };
 }
