@@ -240,9 +240,10 @@ pub enum CheckpointCommand {
 /// `--store URL` of the checkpoint subcommands.
 #[derive(Debug, clap::Args)]
 pub struct StoreArg {
-    /// Keep checkpoints as files in this store: file:///absolute/dir, or
-    /// postgres://[user@]host[:port]/db[?schema=S&table=T] (a table, created on first use;
-    /// default public.state_checkpoint_files). Object stores such as s3:// are not built in yet.
+    /// Keep checkpoints as files in this store: `file:///absolute/dir`, or
+    /// `postgres://[user@]host[:port]/db[?schema=S&table=T]` (a table, created on first use;
+    /// default `public.state_checkpoint_files`). Object stores such as `s3://` are not built
+    /// in yet.
     /// Without it: PostgreSQL's server-side checkpoints.
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
