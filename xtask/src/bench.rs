@@ -1,4 +1,5 @@
-//! `cargo xtask bench [embedded|redis|postgres|locks|overhead|checkpoint|all] [--runs N]
+//! `cargo xtask bench [embedded|redis|postgres|locks|overhead|checkpoint|compression|all]
+//! [--runs N]
 //! [--calls N] [--seconds S] [--keys N] [--quick] [--no-write]`
 //!
 //! For each workload, runs `statectl bench` (ours) and the raw-engine reference `bench-ref`
@@ -11,7 +12,9 @@
 //! `lock_latency` example: uncontended acquire+release against one round trip, same run.
 //! `checkpoint` (bench/checkpoint.rs) runs `statectl checkpoint create|restore` of 1M keys
 //! on each backend for peak RSS (against a tenth of the keys: flat memory) and time
-//! against psql `COPY` and `redis-cli --pipe` of the same rows.
+//! against psql `COPY` and `redis-cli --pipe` of the same rows. `compression`
+//! (bench/compression.rs) times puts and gets of 16 KiB and 256 KiB values, text and
+//! random, bare and under state-core's compression layer, and the bytes stored.
 //!
 //! One file per job (`embedded`, `redis`, `postgres`, `locks`) over what they share:
 //! `options` (the command line), `measure` (paired runs, medians, ratios), `tools` (our
@@ -22,6 +25,7 @@ use anyhow::Result;
 use crate::util;
 
 mod checkpoint;
+mod compression;
 mod embedded;
 mod locks;
 mod measure;
@@ -43,6 +47,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "locks" => locks::run(&root, &opts)?,
             "overhead" => overhead::run(&root, &opts)?,
             "checkpoint" => checkpoint::run(&root, &opts)?,
+            "compression" => compression::run(&root, &opts)?,
             _ => postgres::run(&root, &opts)?,
         }
     }
@@ -75,7 +80,7 @@ mod tests {
         assert_eq!(median(&[s(3.0), s(1.0), s(2.0)]).ops_per_sec, 2.0);
         assert_eq!(median(&[s(4.0), s(1.0)]).p50_us, 2.5);
         let o = parse(&["all".into(), "--runs".into(), "5".into()])?;
-        assert_eq!((o.backends.len(), o.runs, o.pairs), (6, 5, 5));
+        assert_eq!((o.backends.len(), o.runs, o.pairs), (7, 5, 5));
         let o = parse(&["checkpoint".into(), "--keys".into(), "2000".into()])?;
         assert_eq!((o.backends, o.keys), (vec!["checkpoint"], 2000));
         assert!(parse(&["--keys".into(), "5".into()]).is_err());

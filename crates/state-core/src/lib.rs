@@ -18,8 +18,9 @@ pub use backend::{BoxStream, StateBackend};
 pub use bytes::Bytes;
 pub use error::{ErrorKind, Result, StateError};
 pub use layer::{
-    Hook, Input, Layer, Layered, LimitsLayer, LockHook, LockLayer, LockLayered, LockOp,
-    LockOutcome, Observed, Op, OpKind, Outcome, Stack, Stats, StatsLayer, TimeoutLayer,
+    Algorithm, CompressionLayer, Hook, Input, Layer, Layered, LimitsLayer, LockHook, LockLayer,
+    LockLayered, LockOp, LockOutcome, Observed, Op, OpKind, Outcome, Stack, Stats, StatsLayer,
+    TimeoutLayer,
 };
 pub use lock::{
     DistributedLock, GuardState, LockGuard, MAX_LOCK_NAME_LEN, check_lock_name, new_owner_token,

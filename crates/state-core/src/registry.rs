@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::backend::StateBackend;
 use crate::error::{ErrorKind, Result, StateError};
-use crate::layer::{Stack, StatsLayer, TimeoutLayer};
+use crate::layer::{CompressionLayer, Stack, StatsLayer, TimeoutLayer};
 use crate::lock::DistributedLock;
 use crate::memory::MEMORY;
 use crate::url::{Scheme, StateUrl, parse_duration};
@@ -49,11 +49,15 @@ impl LockOptions {
 ///
 /// - `stats=true`: a [`StatsLayer`] (the guide's `stats()` counters);
 /// - `deadline=DURATION`: a [`TimeoutLayer`] bounding each call, on backends and locks,
-///   below every other layer so that they see its timeouts.
+///   below every other layer so that they see its timeouts;
+/// - `compress=lz4|zstd`: a [`CompressionLayer`] (zstd at level 3), innermost, so that the
+///   layers above see and count the values the application wrote;
+/// - `compress_min=BYTES`: the values it compresses, at least this long (default 1024;
+///   only with `compress`).
 ///
 /// Crates add switches of their own with [`Registry::register_switch`] (state-metrics:
 /// `metrics=true`, `tracing=true`).
-pub const LAYER_PARAMS: [&str; 2] = ["stats", "deadline"];
+pub const LAYER_PARAMS: [&str; 4] = ["stats", "deadline", "compress", "compress_min"];
 
 /// Layers a URL switches on with `PARAM=true`.
 #[derive(Debug, Clone)]
@@ -290,13 +294,55 @@ impl Registry {
             stack = stack.layer(timeout).lock_layer(timeout);
         }
         url.hand_over(&["deadline"]);
+        if let Some(compression) = compression(url)? {
+            stack = stack.layer(compression);
+        }
+        url.hand_over(&["compress", "compress_min"]);
         Ok(stack)
     }
+}
+
+/// The compression layer the URL's `compress` and `compress_min` name, if any.
+fn compression(url: &StateUrl) -> Result<Option<CompressionLayer>> {
+    let min = url.param("compress_min");
+    let layer = match url.param("compress") {
+        None if min.is_some() => {
+            return Err(StateError::config(
+                "parameter `compress_min` needs `compress=lz4` or `compress=zstd` too",
+            ));
+        }
+        None => return Ok(None),
+        Some("lz4") => CompressionLayer::lz4(),
+        Some("zstd") if cfg!(feature = "zstd") => CompressionLayer::zstd(3),
+        Some("zstd") => {
+            return Err(StateError::config(
+                "parameter `compress`: this program was built without zstd (the `zstd` \
+                 feature of state-core); use compress=lz4 or enable the feature",
+            ));
+        }
+        Some(other) => {
+            return Err(StateError::config(format!(
+                "parameter `compress`: `{other}` is not an algorithm; write compress=lz4 or \
+                 compress=zstd"
+            )));
+        }
+    };
+    let Some(min) = min else {
+        return Ok(Some(layer));
+    };
+    let bytes = min.parse::<usize>().map_err(|_| {
+        StateError::config(format!(
+            "parameter `compress_min`: `{min}` is not a number of bytes; write e.g. \
+             compress_min=1024"
+        ))
+    })?;
+    Ok(Some(layer.threshold(bytes)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::MemoryBackend;
 
     #[tokio::test]
     async fn registry_names_backends_it_lacks() {
@@ -325,6 +371,40 @@ mod tests {
             ("memory://?deadline=soon", "`deadline`"),
             ("memory://?deadline=0s", "`deadline`"),
             ("memory://?dedline=1s", "`dedline`"),
+        ] {
+            let err = registry.connect(url).await.err();
+            assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Config));
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(named), "{url}: {msg}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn compress_parameters_name_a_compression_layer() -> Result<()> {
+        let registry = Registry::new();
+        let value = "{\"k\": 1} ".repeat(20);
+        let zstd = cfg!(feature = "zstd").then_some("memory://?compress=zstd&compress_min=16");
+        for url in ["memory://?compress=lz4&compress_min=16"]
+            .into_iter()
+            .chain(zstd)
+        {
+            let backend = registry.connect(url).await?;
+            backend.put(b"k", value.as_bytes()).await?;
+            assert_eq!(backend.get(b"k").await?.as_deref(), Some(value.as_bytes()));
+            // Stored compressed: the store is read without the layer.
+            let memory = backend
+                .as_any()
+                .and_then(|b| b.downcast_ref::<MemoryBackend>());
+            let store = memory.map(|m| m.store().clone()).unwrap_or_default();
+            let bare = MemoryBackend::builder().store(store).build()?;
+            let stored = bare.get(b"k").await?.unwrap_or_default();
+            assert!(stored.starts_with(&CompressionLayer::MAGIC), "{url}");
+        }
+        for (url, named) in [
+            ("memory://?compress=gzip", "`compress`"),
+            ("memory://?compress=lz4&compress_min=1k", "`compress_min`"),
+            ("memory://?compress_min=10", "`compress_min`"),
         ] {
             let err = registry.connect(url).await.err();
             assert_eq!(err.as_ref().map(|e| e.kind()), Some(ErrorKind::Config));

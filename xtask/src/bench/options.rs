@@ -24,7 +24,7 @@ pub(super) struct Options {
 pub(super) const KEYS: u64 = 1_000_000;
 
 const USAGE: &str = "usage: cargo xtask bench \
-                     [embedded|redis|postgres|locks|overhead|checkpoint|all] [--runs N] \
+                     [embedded|redis|postgres|locks|overhead|checkpoint|compression|all] [--runs N] \
                      [--calls N] [--seconds S] [--keys N] [--quick] [--no-write]";
 
 pub(super) fn parse(args: &[String]) -> Result<Options> {
@@ -48,6 +48,7 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
             "locks" | "lock" => opts.backends.push("locks"),
             "overhead" => opts.backends.push("overhead"),
             "checkpoint" | "checkpoints" => opts.backends.push("checkpoint"),
+            "compression" | "compress" => opts.backends.push("compression"),
             "all" => opts.backends.extend([
                 "embedded",
                 "redis",
@@ -55,6 +56,7 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                 "locks",
                 "overhead",
                 "checkpoint",
+                "compression",
             ]),
             "--runs" => {
                 let n = it.next().context(USAGE)?;
@@ -104,6 +106,11 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                     "  checkpoint  statectl checkpoint create/restore on PostgreSQL, Redis and \
                      redb against COPY and redis-cli --pipe; part of `all`, and its longest job \
                      (several minutes at 1M keys)"
+                );
+                println!(
+                    "  compression puts and gets of 16 KiB and 256 KiB values, text and random, \
+                     bare and under the compression layer (lz4, zstd) on Redis and PostgreSQL, \
+                     and the bytes stored"
                 );
                 println!(
                     "  --quick     one tenth of the ops and one run: a smoke test, not numbers"

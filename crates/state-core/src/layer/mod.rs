@@ -26,7 +26,8 @@
 //! # What is a layer and what stays in a backend
 //!
 //! A layer holds what does not need the driver: counting ([`StatsLayer`]), a deadline per
-//! call ([`TimeoutLayer`]), narrower input limits ([`LimitsLayer`]); `state-metrics` adds
+//! call ([`TimeoutLayer`]), narrower input limits ([`LimitsLayer`]), values stored compressed
+//! ([`CompressionLayer`]); `state-metrics` adds
 //! metrics and tracing the same way. A backend keeps what needs its driver: reconnects,
 //! `MOVED`/`ASK`, `NOSCRIPT`, retries and outcome-unknown marking, and the limits of what
 //! the store can hold.
@@ -54,6 +55,7 @@
 //! observers share one layer and one pair of clock reads per call. Three observers
 //! stacked cost about what one costs as a separate layer (BENCHMARKS.md).
 
+pub mod compress;
 mod hook;
 mod layered;
 mod limits;
@@ -68,6 +70,7 @@ use std::sync::Arc;
 use crate::backend::StateBackend;
 use crate::lock::DistributedLock;
 
+pub use compress::{Algorithm, CompressionLayer};
 pub use hook::{Hook, Input, Observed, Op, OpKind, Outcome};
 pub use layered::Layered;
 pub use limits::LimitsLayer;
