@@ -4,14 +4,12 @@
 //! and PostgreSQL's server-side checkpoints (a schema of the test's own), each removed when
 //! the test ends, passed or failed.
 
-use std::process::Command;
-
 use tempfile::TempDir;
 
 mod common;
 
-use common::checkpoints::{POSTGRES_DEFAULT, Statectl, file_url, listed};
-use common::{service_url, text, unique, with_param};
+use common::checkpoints::{Schema, Statectl, file_url, listed};
+use common::{text, with_param};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -107,39 +105,6 @@ fn latest_without_store_needs_postgres_and_bad_stores_are_usage_errors() -> Test
     let err = cli.fails(&["checkpoint", "latest", "--store", "ftp://h/x"], 2);
     assert!(err.contains("not a checkpoint store"), "{err}");
     Ok(())
-}
-
-/// A schema of the test's own on the test PostgreSQL, dropped when the test ends.
-struct Schema {
-    base: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(tag: &str) -> Self {
-        Schema {
-            base: service_url("STATE_TEST_POSTGRES_URL", POSTGRES_DEFAULT),
-            name: unique(tag),
-        }
-    }
-
-    fn url(&self) -> String {
-        with_param(&self.base, "schema", &self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        let out = Command::new("psql")
-            .args([&self.base, "-v", "ON_ERROR_STOP=1", "-q", "-c", &sql])
-            .output();
-        match out {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("could not drop schema {}: {}", self.name, text(&out.stderr)),
-            Err(e) => eprintln!("could not run psql: {e}"),
-        }
-    }
 }
 
 #[test]

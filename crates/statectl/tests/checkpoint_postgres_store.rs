@@ -13,43 +13,10 @@ use tempfile::TempDir;
 
 mod common;
 
-use common::checkpoints::{POSTGRES_DEFAULT, Statectl, entries, listed};
-use common::{service_url, text, unique, with_param};
+use common::checkpoints::{Schema, Statectl, entries, listed};
+use common::with_param;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// A schema of the test's own on the test PostgreSQL, dropped when the test ends.
-struct Schema {
-    base: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(tag: &str) -> Self {
-        Schema {
-            base: service_url("STATE_TEST_POSTGRES_URL", POSTGRES_DEFAULT),
-            name: unique(tag),
-        }
-    }
-
-    fn url(&self) -> String {
-        with_param(&self.base, "schema", &self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        let out = Command::new("psql")
-            .args([&self.base, "-v", "ON_ERROR_STOP=1", "-q", "-c", &sql])
-            .output();
-        match out {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("could not drop schema {}: {}", self.name, text(&out.stderr)),
-            Err(e) => eprintln!("could not run psql: {e}"),
-        }
-    }
-}
 
 #[test]
 fn redb_checkpoints_into_postgres_and_restores_into_redb_and_postgres() -> TestResult {

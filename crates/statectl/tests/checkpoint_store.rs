@@ -4,16 +4,12 @@
 //! its own temporary directory and under its own key prefix or schema, removed when it
 //! ends, passed or failed.
 
-use std::process::Command;
-
 use tempfile::TempDir;
 
 mod common;
 
-use common::checkpoints::{
-    POSTGRES_DEFAULT, RedisPrefix, Statectl, entries, file_url, listed, short,
-};
-use common::{service_url, text, unique, with_param};
+use common::checkpoints::{RedisPrefix, Schema, Statectl, entries, file_url, listed, short};
+use common::text;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -185,46 +181,6 @@ fn redis_checkpoints_round_trip_through_a_directory() -> TestResult {
 }
 
 // ---------------------------------------------------------------- PostgreSQL
-
-/// Drops the test's schema when the test ends, passed or failed.
-struct Schema {
-    base: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(tag: &str) -> Self {
-        Schema {
-            base: service_url("STATE_TEST_POSTGRES_URL", POSTGRES_DEFAULT),
-            name: unique(tag),
-        }
-    }
-
-    fn url(&self) -> String {
-        with_param(&self.base, "schema", &self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        let out = Command::new("psql")
-            .args([
-                self.base.as_str(),
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-c",
-                &sql,
-            ])
-            .output();
-        match out {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("could not drop schema {}: {}", self.name, text(&out.stderr)),
-            Err(e) => eprintln!("could not run psql: {e}"),
-        }
-    }
-}
 
 #[test]
 fn postgres_checkpoints_round_trip_through_a_directory_beside_server_side_ones() -> TestResult {

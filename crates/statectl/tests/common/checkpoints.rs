@@ -134,3 +134,38 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .build()
         .map_err(|e| e.to_string())
 }
+
+/// A schema of the test's own on the test PostgreSQL, dropped when the test ends, passed or
+/// failed.
+pub struct Schema {
+    base: String,
+    name: String,
+}
+
+impl Schema {
+    pub fn new(tag: &str) -> Self {
+        Schema {
+            base: service_url("STATE_TEST_POSTGRES_URL", POSTGRES_DEFAULT),
+            name: unique(tag),
+        }
+    }
+
+    /// The test PostgreSQL's URL with `schema=` this schema.
+    pub fn url(&self) -> String {
+        with_param(&self.base, "schema", &self.name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+        let out = Command::new("psql")
+            .args([&self.base, "-v", "ON_ERROR_STOP=1", "-q", "-c", &sql])
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!("could not drop schema {}: {}", self.name, text(&out.stderr)),
+            Err(e) => eprintln!("could not run psql: {e}"),
+        }
+    }
+}
