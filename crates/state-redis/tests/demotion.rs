@@ -193,30 +193,6 @@ fn config(url: &str, riding: bool) -> Result<RedisConfig, StateError> {
     }
 }
 
-/// Waits (up to 30 s) until every Sentinel names `port` as the primary.
-async fn all_sentinels_name(topology: &RedisSentinel, port: u16) -> TestResult {
-    let name = topology.master_name().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut agreeing = 0;
-        for s in topology.sentinel_ports() {
-            let out = topology
-                .cli(s, &["SENTINEL", "get-master-addr-by-name", &name])
-                .await?;
-            if out.lines().nth(1).map(str::trim) == Some(port.to_string().as_str()) {
-                agreeing += 1;
-            }
-        }
-        if agreeing == topology.sentinel_ports().len() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the Sentinels do not all name {port}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// `SENTINEL FAILOVER`, sent again (at most 20 times) while a Sentinel answers that it
 /// cannot start one yet.
 async fn force_failover(topology: &RedisSentinel) -> TestResult {
@@ -289,7 +265,9 @@ async fn a_primary_demoted_behind_the_sentinels_back_is_left_for_the_new_one() -
         .wait_for_new_primary(old, Duration::from_secs(30))
         .await?;
     assert_eq!(new, replica, "the Sentinels promoted an unexpected node");
-    all_sentinels_name(&topology, new).await?;
+    topology
+        .wait_settled_on(new, None, Duration::from_secs(30))
+        .await?;
     let settled = Instant::now();
 
     // Writes resume in the same processes, on the same backends.

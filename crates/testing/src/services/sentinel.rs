@@ -221,6 +221,38 @@ impl RedisSentinel {
         .await
     }
 
+    /// Waits until every Sentinel names `primary` and `old`, if given, reports itself a
+    /// replica: the failover has settled, so a connection dialled afresh can no longer
+    /// land on a former primary that still takes writes (and drops them when it resyncs).
+    pub async fn wait_settled_on(
+        &self,
+        primary: u16,
+        old: Option<u16>,
+        timeout: Duration,
+    ) -> Result<(), ServiceError> {
+        let log = self.sentinels.first().map(RedisNode::log_path);
+        process::wait_for(
+            &format!("every sentinel to name port {primary}, and the old primary to follow it"),
+            timeout,
+            log.as_deref(),
+            || async move {
+                for s in &self.sentinels {
+                    if reported_primary(s.port(), self.tls.as_ref()).await.ok()? != primary {
+                        return None;
+                    }
+                }
+                if let Some(old) = old {
+                    let info = self.cli(old, &["info", "replication"]).await.ok()?;
+                    if node::info_field(&info, "role") != Some("slave") {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
+    }
+
     async fn wait_formed(&self) -> Result<(), ServiceError> {
         let primary = self.data.first().map(RedisNode::port).unwrap_or_default();
         let replica = self.data.get(1).map(RedisNode::port).unwrap_or_default();
