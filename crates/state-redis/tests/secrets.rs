@@ -8,24 +8,14 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use state_core::{ErrorKind, StateBackend, StateError};
+use state_core::{ErrorKind, StateBackend};
 use state_redis::{RedisConfig, RedisStateBackend};
+use testing::harness::everything_shown;
 use testing::services::{LocalRedis, LocalRedisOptions};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const SECRET: &str = "Sup3rS3cretXYZ";
-
-fn everything_shown(err: &StateError) -> Vec<String> {
-    let mut shown = vec![err.to_string(), format!("{err:?}")];
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        shown.push(s.to_string());
-        shown.push(format!("{s:?}"));
-        source = s.source();
-    }
-    shown
-}
 
 #[track_caller]
 fn no_password(what: &str, shown: &[String]) {

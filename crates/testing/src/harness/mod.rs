@@ -16,7 +16,9 @@ mod shorthand;
 mod suite;
 
 pub use backend::{BackendFuture, Factory, factory, unique_namespace};
-pub use shorthand::{bytes, close, entries_stream, expect_kind, keys, show, some, value};
+pub use shorthand::{
+    bytes, close, entries_stream, everything_shown, expect_kind, keys, show, some, value,
+};
 pub(crate) use suite::run_chunks;
 pub use suite::{
     CASE_TIMEOUT, Case, CaseFn, Opened, Subject, Teardown, run_all_in_one, run_case, runtime,

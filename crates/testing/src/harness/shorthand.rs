@@ -62,3 +62,16 @@ pub fn entries_stream(entries: Vec<Entry>) -> BoxStream<'static, Result<Entry>> 
 pub fn bytes(b: &[u8]) -> Bytes {
     Bytes::copy_from_slice(b)
 }
+
+/// Everything an error shows: its Display and Debug, and those of every source under it
+/// (what a test of secrets searches for a password).
+pub fn everything_shown(err: &StateError) -> Vec<String> {
+    let mut shown = vec![err.to_string(), format!("{err:?}")];
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        shown.push(s.to_string());
+        shown.push(format!("{s:?}"));
+        source = s.source();
+    }
+    shown
+}
