@@ -2,6 +2,7 @@
 //! every ratio in BENCHMARKS.md. See the crate README.
 #![forbid(unsafe_code)]
 
+mod harness;
 mod postgres;
 mod redb;
 mod redis;
