@@ -118,10 +118,17 @@ pub async fn run_ops<P: Peer>(
     Ok(results)
 }
 
+/// Bytes of values per fill call at most: large values in the plan's chunks would make one
+/// call big enough to run into a client's response timeout.
+const FILL_BYTES: u64 = 4 << 20;
+
 async fn fill<S: Session>(session: &mut S, shape: &Shape, ctx: &Ctx) -> Res<()> {
+    let per_call = (FILL_BYTES / shape.value_size.max(1)).max(1) as usize;
     for chunk in shape.fill_chunks() {
         let keys: Vec<String> = chunk.map(|i| plan::key(&ctx.prefix, i)).collect();
-        session.batch_put(&keys, &ctx.value).await?;
+        for part in keys.chunks(per_call) {
+            session.batch_put(part, &ctx.value).await?;
+        }
     }
     Ok(())
 }

@@ -25,9 +25,11 @@ struct Cli {
 enum Engine {
     /// The raw redb API on a local file.
     Redb(redb::RedbArgs),
-    /// The raw redis crate: tokio tasks on one multiplexed connection.
+    /// Redis clients (`--client`): the redis crate's multiplexed connection, fred,
+    /// deadpool-redis, bb8-redis.
     Redis(redis::RedisArgs),
-    /// The raw sqlx driver: tokio tasks, each with a dedicated PgConnection.
+    /// PostgreSQL clients (`--client`): one sqlx PgConnection per task, sqlx's PgPool,
+    /// deadpool-postgres, tokio-postgres pipelined.
     Postgres(postgres::PostgresArgs),
 }
 

@@ -3,11 +3,21 @@
 //!
 //! `--client` picks the peer, each set up the way its README recommends:
 //! - `connection` (the default): sqlx, every task owning one dedicated `PgConnection`.
+//! - `pgpool`: sqlx's `PgPool` with its defaults but `max_connections` = min(tasks, 16);
+//!   every statement checks a connection out of the pool.
+//! - `deadpool`: `deadpool-postgres` over `tokio-postgres` (NoTls), pool size min(tasks, 16),
+//!   `pool.get()` then `prepare_cached` on every call, as its README shows.
+//! - `pipelined`: `tokio-postgres` on min(tasks, 4) connections, each `Client` shared by
+//!   the tasks assigned to it round-robin, statements prepared once per connection:
+//!   concurrent queries on one connection are pipelined.
 //!
 //! The statements are the ones `state-postgres` prepares, on a table of the same shape (its
 //! migration's columns and indexes) in a schema of the run's own, dropped at the end.
 
 mod connection;
+mod deadpool;
+mod pgpool;
+mod pipelined;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -43,9 +53,27 @@ pub struct PostgresArgs {
 pub enum PostgresClient {
     /// sqlx: one dedicated `PgConnection` per task.
     Connection,
+    /// sqlx: one shared `PgPool` (max_connections = min(tasks, 16)), a checkout per statement.
+    Pgpool,
+    /// deadpool-postgres (pool size min(tasks, 16)): `get()` + `prepare_cached` per call.
+    Deadpool,
+    /// tokio-postgres: min(tasks, 4) shared connections, queries pipelined on each.
+    Pipelined,
 }
 
-fn err(what: &'static str) -> impl FnOnce(sqlx::Error) -> String {
+/// The most connections a pooled peer opens: pool size = tasks, bounded as a careful user
+/// bounds it (and so a run at 64 tasks stays well under the server's `max_connections`).
+const POOL_MAX: u64 = 16;
+
+/// The connections of the pipelined peer: a few, as a user tuning for throughput picks.
+const PIPELINED_CONNECTIONS: u64 = 4;
+
+/// The size of a pooled peer's pool: one connection per task, at most [`POOL_MAX`].
+fn pool_size(shape: &Shape) -> u32 {
+    u32::try_from(shape.concurrency.clamp(1, POOL_MAX)).unwrap_or(1)
+}
+
+fn err<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> String {
     move |e| format!("postgres {what} failed: {e}")
 }
 
@@ -139,6 +167,26 @@ async fn run_ops(args: &PostgresArgs, table: &str) -> Res<(Vec<OpResult>, String
     match args.client {
         PostgresClient::Connection => {
             let peer = connection::Dedicated::new(&args.url, sql);
+            let results = harness::run_ops(&peer, &shape, workload, &prefix).await?;
+            Ok((results, peer.describe(&shape)))
+        }
+        PostgresClient::Pgpool => {
+            let peer = pgpool::Pooled::connect(&args.url, sql, pool_size(&shape)).await?;
+            let results = harness::run_ops(&peer, &shape, workload, &prefix).await;
+            let described = peer.describe(&shape);
+            peer.close().await;
+            Ok((results?, described))
+        }
+        PostgresClient::Deadpool => {
+            let peer = deadpool::Deadpool::new(&args.url, sql, pool_size(&shape))?;
+            let results = harness::run_ops(&peer, &shape, workload, &prefix).await;
+            let described = peer.describe(&shape);
+            peer.close();
+            Ok((results?, described))
+        }
+        PostgresClient::Pipelined => {
+            let connections = shape.concurrency.clamp(1, PIPELINED_CONNECTIONS);
+            let peer = pipelined::Pipelined::connect(&args.url, &sql, connections).await?;
             let results = harness::run_ops(&peer, &shape, workload, &prefix).await?;
             Ok((results, peer.describe(&shape)))
         }

@@ -3,11 +3,24 @@
 //! `--client` picks the peer, each set up the way its README recommends:
 //! - `multiplexed` (the default): the `redis` crate's one multiplexed connection, cloned
 //!   into every task, so the server sees the same pipelining as from one client.
+//! - `fred`: the `fred` crate's round-robin `Pool` of auto-pipelining clients
+//!   (`--fred-pool-size`, 8 by default as in its axum and actix examples), `TCP_NODELAY` on
+//!   as in its README; the script loaded once by `SCRIPT LOAD`, then `EVALSHA`.
+//! - `deadpool`: a `deadpool-redis` pool from the URL with the default config (2 × the CPU
+//!   count connections at most), one checkout per call.
+//! - `bb8`: a `bb8` pool with the default builder (10 connections at most) over
+//!   `bb8-redis`'s manager, one checkout per call (bb8 PINGs each checkout by default).
+//!
+//! The pools are filled before the clock starts.
 //!
 //! The commands are those a careful user would pick and that `state-redis` sends: `SET`,
 //! `GET`, a pipeline of `SET`s per batch, one `MGET` per batch, and compare-and-swap as a
 //! Lua script by `EVALSHA`.
 
+mod bb8;
+mod commands;
+mod deadpool;
+mod fred;
 mod multiplexed;
 
 use clap::{Args, ValueEnum};
@@ -15,7 +28,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::harness::{self, Peer, Res};
 use bench_ref::plan::{self, ShapeArgs};
-use bench_ref::report::{Report, redacted};
+use bench_ref::report::{OpResult, Report, redacted};
 
 /// Options of `bench-ref redis`.
 #[derive(Debug, Args)]
@@ -27,6 +40,14 @@ pub struct RedisArgs {
     /// The client library, used the way its README recommends.
     #[arg(long, value_enum, default_value_t = RedisClient::Multiplexed)]
     pub client: RedisClient,
+    /// `--client fred` only: the number of clients (connections) in its pool.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub fred_pool_size: u16,
     /// The workload and its shape.
     #[command(flatten)]
     pub shape: ShapeArgs,
@@ -37,6 +58,12 @@ pub struct RedisArgs {
 pub enum RedisClient {
     /// The `redis` crate: one multiplexed connection shared by every task.
     Multiplexed,
+    /// The `fred` crate: a round-robin pool of auto-pipelining clients.
+    Fred,
+    /// `deadpool-redis`: a pool of the `redis` crate's connections, one checkout per call.
+    Deadpool,
+    /// `bb8-redis`: a bb8 pool of the `redis` crate's connections, one checkout per call.
+    Bb8,
 }
 
 fn err(what: &'static str) -> impl FnOnce(redis::RedisError) -> String {
@@ -66,13 +93,24 @@ async fn run_async(args: &RedisArgs) -> Res<Report> {
     let shape = args.shape.shape();
     let prefix = plan::run_prefix();
     let workload = args.shape.workload;
+    // Nothing is written before a peer is ready, so a peer that cannot connect leaves no
+    // keys behind.
     let (outcome, execution) = match args.client {
         RedisClient::Multiplexed => {
             let peer = multiplexed::Multiplexed::new(admin.clone());
-            (
-                harness::run_ops(&peer, &shape, workload, &prefix).await,
-                peer.describe(&shape),
-            )
+            measure(&peer, &shape, workload, &prefix).await
+        }
+        RedisClient::Fred => {
+            let peer = fred::Fred::connect(&args.url, args.fred_pool_size.into()).await?;
+            measure(&peer, &shape, workload, &prefix).await
+        }
+        RedisClient::Deadpool => {
+            let peer = deadpool::Deadpool::connect(&args.url).await?;
+            measure(&peer, &shape, workload, &prefix).await
+        }
+        RedisClient::Bb8 => {
+            let peer = bb8::Bb8::connect(&args.url).await?;
+            measure(&peer, &shape, workload, &prefix).await
         }
     };
     let cleanup = cleanup(&mut admin, &prefix).await;
@@ -85,6 +123,17 @@ async fn run_async(args: &RedisArgs) -> Res<Report> {
         execution,
         results,
     })
+}
+
+/// Runs the workload on `peer`; the results and how the peer ran.
+async fn measure<P: Described>(
+    peer: &P,
+    shape: &plan::Shape,
+    workload: plan::Workload,
+    prefix: &str,
+) -> (Res<Vec<OpResult>>, String) {
+    let outcome = harness::run_ops(peer, shape, workload, prefix).await;
+    (outcome, peer.describe(shape))
 }
 
 /// What a report says about how a peer ran.
