@@ -31,9 +31,12 @@ mod locks;
 mod measure;
 mod options;
 mod overhead;
+mod peers;
 mod postgres;
 mod redis;
 mod report;
+mod scaling;
+mod svg;
 mod tools;
 
 /// Entry point of `cargo xtask bench`, with the arguments after `bench`.
@@ -48,6 +51,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "overhead" => overhead::run(&root, &opts)?,
             "checkpoint" => checkpoint::run(&root, &opts)?,
             "compression" => compression::run(&root, &opts)?,
+            "peers" => peers::run(&root, &opts)?,
             _ => postgres::run(&root, &opts)?,
         }
     }
@@ -80,7 +84,7 @@ mod tests {
         assert_eq!(median(&[s(3.0), s(1.0), s(2.0)]).ops_per_sec, 2.0);
         assert_eq!(median(&[s(4.0), s(1.0)]).p50_us, 2.5);
         let o = parse(&["all".into(), "--runs".into(), "5".into()])?;
-        assert_eq!((o.backends.len(), o.runs, o.pairs), (7, 5, 5));
+        assert_eq!((o.backends.len(), o.runs, o.pairs), (8, 5, 5));
         let o = parse(&["checkpoint".into(), "--keys".into(), "2000".into()])?;
         assert_eq!((o.backends, o.keys), (vec!["checkpoint"], 2000));
         assert!(parse(&["--keys".into(), "5".into()]).is_err());

@@ -58,7 +58,7 @@ fn embedded_modes() -> Vec<Mode> {
 
 /// redb's page cache on the raw side: the embedded backend's default (64 MiB), not redb's
 /// own (1 GiB), so both sides run the same engine configuration.
-const RAW_CACHE_SIZE: &str = "67108864";
+pub(super) const RAW_CACHE_SIZE: &str = "67108864";
 const CONCURRENCY: u64 = 16;
 
 pub(super) fn run(root: &Path, opts: &Options) -> Result<()> {

@@ -191,6 +191,16 @@ pub(super) fn json_number(text: &str, key: &str) -> Option<f64> {
     after[..end].parse().ok()
 }
 
+/// The first string stored under `"key"` in a JSON text (no escapes inside: our reports
+/// write plain text there).
+pub(super) fn json_string(text: &str, key: &str) -> Option<String> {
+    let quoted = format!("\"{key}\"");
+    let after = &text[text.find(&quoted)? + quoted.len()..];
+    let after = after.trim_start().strip_prefix(':')?.trim_start();
+    let inside = after.strip_prefix('"')?;
+    Some(inside[..inside.find('"')?].to_string())
+}
+
 /// The array of numbers stored under `"key"` in a JSON text: `"key": [1.5, 2, 3e2]`.
 pub(super) fn json_numbers(text: &str, key: &str) -> Option<Vec<f64>> {
     let quoted = format!("\"{key}\"");

@@ -24,7 +24,7 @@ pub(super) struct Options {
 pub(super) const KEYS: u64 = 1_000_000;
 
 const USAGE: &str = "usage: cargo xtask bench \
-                     [embedded|redis|postgres|locks|overhead|checkpoint|compression|all] [--runs N] \
+                     [embedded|redis|postgres|locks|overhead|checkpoint|compression|peers|all] [--runs N] \
                      [--calls N] [--seconds S] [--keys N] [--quick] [--no-write]";
 
 pub(super) fn parse(args: &[String]) -> Result<Options> {
@@ -49,6 +49,7 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
             "overhead" => opts.backends.push("overhead"),
             "checkpoint" | "checkpoints" => opts.backends.push("checkpoint"),
             "compression" | "compress" => opts.backends.push("compression"),
+            "peers" => opts.backends.push("peers"),
             "all" => opts.backends.extend([
                 "embedded",
                 "redis",
@@ -57,6 +58,7 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                 "overhead",
                 "checkpoint",
                 "compression",
+                "peers",
             ]),
             "--runs" => {
                 let n = it.next().context(USAGE)?;
@@ -111,6 +113,12 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                     "  compression puts and gets of 16 KiB and 256 KiB values, text and random, \
                      bare and under the compression layer (lz4, zstd) on Redis and PostgreSQL, \
                      and the bytes stored"
+                );
+                println!(
+                    "  peers       ours against fred, deadpool-redis, bb8-redis, the redis \
+                     crate; sqlx PgPool, deadpool-postgres, tokio-postgres pipelined, one sqlx \
+                     connection per task; raw redb: tables at 16 and 64 tasks, then curves \
+                     against concurrency and value size (SVG in bench-plots/); part of `all`"
                 );
                 println!(
                     "  --quick     one tenth of the ops and one run: a smoke test, not numbers"

@@ -1,0 +1,434 @@
+//! `cargo xtask bench peers`: ours against the libraries a user would pick instead, one
+//! table per engine, then the scaling curves (bench/scaling.rs) of ours and the best peer.
+//!
+//! Every client of an engine runs the same `statectl bench` workload shape (`bench-ref
+//! <engine> --client …` for the peers), `--runs` times at 16 and at 64 tasks; the order of
+//! the clients rotates from run to run so none always meets a warmer (or busier) machine.
+//! "ours ÷ best" is the median over runs of ours ÷ the best peer of that run's round, both
+//! measured minutes apart at most.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::embedded::RAW_CACHE_SIZE;
+use super::measure::{Case, KEYSPACE, Stats, case, json_string, median, median_of, run_one};
+use super::options::Options;
+use super::postgres::{base_url, find_tool, psql, with_params};
+use super::redis::PrivateRedis;
+use super::report::{machine, write_section};
+use super::scaling;
+use super::tools::{build_release, scratch_dir, unique};
+
+/// Tasks of the two table columns the issue's goal names.
+const TASKS: [u64; 2] = [16, 64];
+/// Server connections a pooled client may open: ours and the pool peers alike.
+pub(super) const POOL: u64 = 16;
+
+/// Where an engine's clients run.
+pub(super) enum Target {
+    /// A private `redis-server` (its URL).
+    Redis(String),
+    /// The shared PostgreSQL: ours works in a fresh schema per run, dropped afterwards.
+    Postgres {
+        url: String,
+        psql: PathBuf,
+        id: String,
+    },
+    /// A redb file in the scratch directory, removed before every run.
+    Redb(PathBuf),
+}
+
+/// One engine: its clients and where they run.
+pub(super) struct Engine {
+    pub(super) key: &'static str,
+    pub(super) title: &'static str,
+    /// `bench-ref` engine argument, then each peer's `--client` value (redb has one peer,
+    /// the raw engine, and no `--client`).
+    pub(super) bench_ref: &'static str,
+    pub(super) peers: &'static [&'static str],
+    /// The peers that can run at every concurrency of the curves.
+    pub(super) curve_peers: &'static [&'static str],
+    pub(super) target: Target,
+    pub(super) cases: Vec<Case>,
+    pub(super) ours_note: &'static str,
+}
+
+/// The programs and scratch space every run uses.
+pub(super) struct Tools {
+    pub(super) statectl: PathBuf,
+    pub(super) bench_ref: PathBuf,
+    pub(super) scratch: PathBuf,
+    pub(super) json: PathBuf,
+}
+
+/// What one run of one client reported.
+pub(super) struct Sample {
+    pub(super) stats: Stats,
+    pub(super) execution: String,
+}
+
+impl Engine {
+    /// Runs `client` ("ours" or a peer) once with the shape options `shape`.
+    pub(super) fn run(&self, tools: &Tools, client: &str, shape: &[String]) -> Result<Sample> {
+        let mut cmd;
+        let mut schema = None;
+        if client == "ours" {
+            cmd = Command::new(&tools.statectl);
+            let url = match &self.target {
+                Target::Redis(url) => url.clone(),
+                Target::Postgres { url, id, .. } => {
+                    let name = format!("peers_{id}_{}", unique());
+                    let tasks = tasks_of(shape);
+                    let pool = tasks.min(POOL);
+                    let ours = with_params(
+                        url,
+                        &format!("schema={name}&pool_min={pool}&pool_max={pool}"),
+                    );
+                    schema = Some(name);
+                    ours
+                }
+                Target::Redb(db) => {
+                    let _ = std::fs::remove_file(db);
+                    format!("redb:{}?durability=eventual", db.display())
+                }
+            };
+            cmd.args(["--url", &url, "bench"]);
+        } else {
+            cmd = Command::new(&tools.bench_ref);
+            cmd.arg(self.bench_ref);
+            match &self.target {
+                Target::Redis(url) | Target::Postgres { url, .. } => {
+                    cmd.args(["--url", url, "--client", client]);
+                }
+                Target::Redb(db) => {
+                    let _ = std::fs::remove_file(db);
+                    cmd.arg("--path").arg(db).args([
+                        "--durability",
+                        "none",
+                        "--cache-size",
+                        RAW_CACHE_SIZE,
+                    ]);
+                }
+            }
+        }
+        cmd.args(shape)
+            .arg("--json")
+            .arg(&tools.json)
+            .current_dir(&tools.scratch);
+        let stats = run_one(&mut cmd, &tools.json);
+        if let (Some(name), Target::Postgres { url, psql: bin, .. }) = (schema, &self.target) {
+            psql(
+                bin,
+                url,
+                &format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"),
+            )?;
+        }
+        let execution = std::fs::read_to_string(&tools.json)
+            .ok()
+            .and_then(|text| json_string(&text, "execution"))
+            .unwrap_or_default();
+        Ok(Sample {
+            stats: stats?,
+            execution,
+        })
+    }
+
+    /// "ours" then every peer.
+    pub(super) fn clients(&self) -> Vec<&'static str> {
+        let mut all = vec!["ours"];
+        all.extend(self.peers);
+        all
+    }
+}
+
+fn tasks_of(shape: &[String]) -> u64 {
+    shape
+        .iter()
+        .position(|a| a == "--concurrency")
+        .and_then(|i| shape.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// The options of one case at `tasks` tasks and `value_size`-byte values.
+pub(super) fn shape(
+    case: &Case,
+    ops: u64,
+    tasks: u64,
+    value_size: u64,
+    keyspace: u64,
+) -> Vec<String> {
+    [
+        "--workload",
+        case.workload,
+        "--ops",
+        &ops.to_string(),
+        "--concurrency",
+        &tasks.to_string(),
+        "--value-size",
+        &value_size.to_string(),
+        "--keyspace",
+        &keyspace.to_string(),
+        "--batch",
+        &case.batch.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn engines(redis_url: &str, scratch: &Path) -> Result<Vec<Engine>> {
+    let point = |get, put, mixed, cas, bget, bput| {
+        vec![
+            case("get", "get", get, 100),
+            case("put", "put", put, 100),
+            case("mixed 90/10", "mixed", mixed, 100),
+            case("cas", "cas", cas, 100),
+            case("batch-get ×100", "batch-get", bget, 100),
+            case("batch-put ×100", "batch-put", bput, 100),
+        ]
+    };
+    Ok(vec![
+        Engine {
+            key: "redis",
+            title: "Redis",
+            bench_ref: "redis",
+            peers: &["multiplexed", "fred", "deadpool", "bb8"],
+            curve_peers: &["multiplexed", "fred", "deadpool", "bb8"],
+            target: Target::Redis(redis_url.to_string()),
+            cases: point(100_000, 100_000, 100_000, 50_000, 1_000_000, 500_000),
+            ours_note: "`statectl bench` on `state-redis` with its defaults (one multiplexed \
+                        connection per pool slot)",
+        },
+        Engine {
+            key: "postgres",
+            title: "PostgreSQL",
+            bench_ref: "postgres",
+            peers: &["connection", "pgpool", "deadpool", "pipelined"],
+            // One dedicated connection per task cannot reach 256 tasks under the server's
+            // `max_connections`.
+            curve_peers: &["pgpool", "deadpool", "pipelined"],
+            target: Target::Postgres {
+                url: base_url(),
+                psql: find_tool("psql")?,
+                id: std::process::id().to_string(),
+            },
+            cases: point(100_000, 30_000, 50_000, 20_000, 300_000, 100_000),
+            ours_note: "`statectl bench` on `state-postgres`, `pool_min = pool_max = min(tasks, \
+                        16)`, coalescing on (its default), a fresh schema per run",
+        },
+        Engine {
+            key: "redb",
+            title: "redb (commits without fsync)",
+            bench_ref: "redb",
+            peers: &["raw"],
+            curve_peers: &["raw"],
+            target: Target::Redb(scratch.join("peers.redb")),
+            cases: point(500_000, 50_000, 100_000, 50_000, 500_000, 200_000),
+            ours_note: "`statectl bench` on `redb:…?durability=eventual` (flushed every 1 s); \
+                        the peer is the raw redb API with `Durability::None` and the same \
+                        64 MiB cache, OS threads sharing one `Database`",
+        },
+    ])
+}
+
+/// One (case, tasks) cell: every client's samples, run by run in the same order.
+struct Cell {
+    case: Case,
+    tasks: u64,
+    /// Per client (ours first), one sample per run.
+    samples: Vec<Vec<Stats>>,
+}
+
+/// Entry point of `cargo xtask bench peers`.
+pub(super) fn run(root: &Path, opts: &Options) -> Result<()> {
+    let (statectl, bench_ref) = build_release(root)?;
+    let scratch = scratch_dir("peers")?;
+    let tools = Tools {
+        statectl,
+        bench_ref,
+        json: scratch.join("result.json"),
+        scratch: scratch.clone(),
+    };
+    let server = PrivateRedis::start()?;
+    println!("peers: private redis-server at {}", server.url());
+    let result = measure_all(root, &tools, &server.url(), opts);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn measure_all(root: &Path, tools: &Tools, redis_url: &str, opts: &Options) -> Result<()> {
+    let mut sections = Vec::new();
+    for engine in engines(redis_url, &tools.scratch)? {
+        let (cells, executions) = measure(&engine, tools, opts)?;
+        let md = markdown(&engine, &cells, &executions, opts);
+        println!("\n{md}");
+        let peer = best_curve_peer(&engine, &cells);
+        let curves = scaling::run(root, &engine, tools, peer, opts)?;
+        sections.push(format!("{md}\n{curves}"));
+    }
+    if opts.write && !opts.quick {
+        let body = format!(
+            "## Ours against the libraries users would pick instead\n\n{}\n\n{}",
+            machine(),
+            sections.join("\n")
+        );
+        write_section(root, "peers", &body)?;
+        println!("BENCHMARKS.md updated (section peers).");
+    } else {
+        println!("BENCHMARKS.md left unchanged (--quick or --no-write).");
+    }
+    Ok(())
+}
+
+fn measure(engine: &Engine, tools: &Tools, opts: &Options) -> Result<(Vec<Cell>, Vec<String>)> {
+    let clients = engine.clients();
+    let mut executions = vec![String::new(); clients.len()];
+    let mut cells = Vec::new();
+    for tasks in TASKS {
+        for case in &engine.cases {
+            let ops = if opts.quick {
+                (case.ops / 10).max(case.batch)
+            } else {
+                case.ops
+            };
+            let args = shape(case, ops, tasks, 64, KEYSPACE);
+            let mut samples = vec![Vec::new(); clients.len()];
+            for run in 0..opts.runs {
+                // Rotate the order: each client goes first in some run.
+                for k in 0..clients.len() {
+                    let i = (k + run) % clients.len();
+                    let sample = engine.run(tools, clients[i], &args).with_context(|| {
+                        format!("{} {} at {tasks} tasks", engine.title, clients[i])
+                    })?;
+                    let s = sample.stats;
+                    println!(
+                        "  {:<10} {:<15} {tasks:>3} tasks {:<12} run {}: {:>10.0} ops/s  p50 {:>9.1} µs  p99 {:>9.1} µs  CPU {:>6.2} µs/op",
+                        engine.key,
+                        case.label,
+                        clients[i],
+                        run + 1,
+                        s.ops_per_sec,
+                        s.p50_us,
+                        s.p99_us,
+                        s.cpu_us_per_op
+                    );
+                    samples[i].push(s);
+                    executions[i] = sample.execution;
+                }
+            }
+            cells.push(Cell {
+                case: Case {
+                    ops,
+                    ..case.clone()
+                },
+                tasks,
+                samples,
+            });
+        }
+    }
+    Ok((cells, executions))
+}
+
+impl Cell {
+    /// The peer with the highest median throughput (index into the clients, never 0).
+    fn best_peer(&self) -> usize {
+        (1..self.samples.len())
+            .max_by(|&a, &b| {
+                median(&self.samples[a])
+                    .ops_per_sec
+                    .total_cmp(&median(&self.samples[b]).ops_per_sec)
+            })
+            .unwrap_or(1)
+    }
+
+    /// Median over runs of ours ÷ the best peer's throughput in the same run.
+    fn ours_over_best(&self) -> f64 {
+        let best = self.best_peer();
+        let ratios = self.samples[0]
+            .iter()
+            .zip(&self.samples[best])
+            .filter(|(_, p)| p.ops_per_sec > 0.0)
+            .map(|(o, p)| o.ops_per_sec / p.ops_per_sec)
+            .collect();
+        median_of(ratios)
+    }
+}
+
+/// The peer the curves compare with: the best at 16 tasks over get and put (geometric
+/// mean), among those that can run at every concurrency.
+fn best_curve_peer(engine: &Engine, cells: &[Cell]) -> &'static str {
+    let clients = engine.clients();
+    let score = |peer: &str| -> f64 {
+        let i = clients.iter().position(|c| *c == peer).unwrap_or(0);
+        cells
+            .iter()
+            .filter(|c| c.tasks == TASKS[0] && matches!(c.case.workload, "get" | "put"))
+            .map(|c| median(&c.samples[i]).ops_per_sec.max(1.0).ln())
+            .sum()
+    };
+    engine
+        .curve_peers
+        .iter()
+        .copied()
+        .max_by(|a, b| score(a).total_cmp(&score(b)))
+        .unwrap_or("raw")
+}
+
+fn markdown(engine: &Engine, cells: &[Cell], executions: &[String], opts: &Options) -> String {
+    let clients = engine.clients();
+    let mut md = format!("### {}\n\n", engine.title);
+    let _ = writeln!(
+        md,
+        "64-byte values, keyspace {KEYSPACE} (filled before the read workloads), batches of \
+         100, median of {} runs per client, the clients' order rotating from run to run. \
+         Ours: {}. How each client ran (from its report):\n",
+        opts.runs, engine.ours_note
+    );
+    for (client, execution) in clients.iter().zip(executions) {
+        let _ = writeln!(md, "- `{client}`: {execution}");
+    }
+    let _ = writeln!(
+        md,
+        "\n| op | tasks | ours ops/s | best peer | its ops/s | **ours ÷ best** | ours p99 µs | its p99 µs | ours CPU µs/op | its CPU µs/op |\n\
+         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for cell in cells {
+        let best = cell.best_peer();
+        let (o, p) = (median(&cell.samples[0]), median(&cell.samples[best]));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {:.0} | **{:.2}** | {:.1} | {:.1} | {:.2} | {:.2} |",
+            cell.case.label,
+            cell.tasks,
+            o.ops_per_sec,
+            clients[best],
+            p.ops_per_sec,
+            cell.ours_over_best(),
+            o.p99_us,
+            p.p99_us,
+            o.cpu_us_per_op,
+            p.cpu_us_per_op
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n<details><summary>Every client (medians)</summary>\n\n\
+         | op | tasks | client | ops/s | p50 µs | p99 µs | CPU µs/op |\n|---|---:|---|---:|---:|---:|---:|"
+    );
+    for cell in cells {
+        for (i, client) in clients.iter().enumerate() {
+            let s = median(&cell.samples[i]);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {client} | {:.0} | {:.1} | {:.1} | {:.2} |",
+                cell.case.label, cell.tasks, s.ops_per_sec, s.p50_us, s.p99_us, s.cpu_us_per_op
+            );
+        }
+    }
+    let _ = writeln!(md, "\n</details>");
+    md
+}
