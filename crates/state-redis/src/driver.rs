@@ -125,8 +125,9 @@ impl RedisStateBackend {
     ) -> Result<Value> {
         if self.inner.config.wait.is_some() {
             // Rare and large: boxed, so that the common path's future stays small.
-            let mut replies =
-                Box::pin(self.write(what, idempotency, std::slice::from_ref(cmd))).await?;
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd.clone());
+            let mut replies = Box::pin(self.write(what, idempotency, &pipe)).await?;
             return Ok(replies.pop().unwrap_or(Value::Nil));
         }
         // A lone command goes unpipelined: in Cluster the driver then follows MOVED/ASK.
@@ -154,10 +155,11 @@ impl RedisStateBackend {
         &self,
         what: &str,
         idempotency: Idempotency,
-        cmds: &[Cmd],
+        whole: &Pipeline,
     ) -> Result<Vec<Value>> {
         let wait = self.inner.config.wait;
-        if let ([cmd], None) = (cmds, wait) {
+        let cmds: Vec<&Cmd> = whole.cmd_iter().collect();
+        if let ([cmd], None) = (cmds.as_slice(), wait) {
             return Ok(vec![self.write_one(what, idempotency, cmd).await?]);
         }
         let progress = Mutex::new(Progress {
@@ -167,20 +169,26 @@ impl RedisStateBackend {
         let sent = self
             .retry(idempotency, what, || {
                 let pending = lock(&progress).pending();
-                let mut pipe = redis::pipe();
-                for &i in &pending {
-                    if let Some(cmd) = cmds.get(i) {
-                        pipe.add_command(cmd.clone());
+                // The first attempt sends the caller's pipeline as it is (no copy of its
+                // commands); a retry, or `WAIT`, needs a pipeline of its own.
+                let partial = (pending.len() != cmds.len() || wait.is_some()).then(|| {
+                    let mut pipe = redis::pipe();
+                    for &i in &pending {
+                        if let Some(cmd) = cmds.get(i) {
+                            pipe.add_command((*cmd).clone());
+                        }
                     }
-                }
-                if let Some(w) = wait {
-                    pipe.cmd("WAIT")
-                        .arg(w.replicas)
-                        .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
-                }
+                    if let Some(w) = wait {
+                        pipe.cmd("WAIT")
+                            .arg(w.replicas)
+                            .arg(u64::try_from(w.timeout.as_millis()).unwrap_or(u64::MAX));
+                    }
+                    pipe
+                });
                 let progress = &progress;
                 async move {
-                    let mut replies = self.inner.pool.pipeline(&pipe, idempotency).await?;
+                    let pipe = partial.as_ref().unwrap_or(whole);
+                    let mut replies = self.inner.pool.pipeline(pipe, idempotency).await?;
                     let mut progress = lock(progress);
                     if wait.is_some() {
                         let acked = match replies.pop() {
@@ -309,15 +317,14 @@ impl RedisStateBackend {
     pub(crate) async fn delete_keys(&self, fulls: &[Vec<u8>]) -> Result<u64> {
         let groups = self.groups(fulls);
         let results = futures_util::stream::iter(groups.into_iter().map(|group| async move {
-            let mut cmd = redis::cmd("DEL");
+            let mut pipe = redis::pipe();
+            let cmd = pipe.cmd("DEL");
             for &i in &group {
                 if let Some(k) = fulls.get(i) {
                     cmd.arg(k);
                 }
             }
-            let replies = self
-                .write("DEL", Idempotency::NotIdempotent, &[cmd])
-                .await?;
+            let replies = self.write("DEL", Idempotency::NotIdempotent, &pipe).await?;
             first_error("DEL", self.target(), &replies)?;
             replies
                 .first()

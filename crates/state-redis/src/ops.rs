@@ -135,40 +135,50 @@ impl StateBackend for RedisStateBackend {
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
-        let mut checked = Vec::with_capacity(entries.len());
+        let mut kept_keys = Vec::with_capacity(entries.len());
+        let mut values = Vec::with_capacity(entries.len());
         for (key, value) in entries {
-            let full = self.full_key(key)?;
+            kept_keys.push(self.full_key(key)?);
             self.check_value(value)?;
-            checked.push((full, *value));
+            values.push(*value);
         }
-        // The last write of a repeated key wins, as it would one by one; groups run
-        // concurrently, so only that one is sent.
-        let mut last: HashMap<&[u8], usize> = HashMap::new();
-        for (i, (k, _)) in checked.iter().enumerate() {
-            last.insert(k.as_slice(), i);
+        let mut entry_of: Vec<usize> = (0..entries.len()).collect();
+        // One pipeline runs its SETs in order, so a repeated key ends with its last value
+        // as it would one by one. Groups run concurrently: where there are several, only
+        // the last write of a repeated key is sent.
+        let one_pipeline = !self.is_cluster() && entries.len() <= self.batch_size();
+        if !one_pipeline {
+            let mut last: HashMap<&[u8], usize> = HashMap::new();
+            for (i, k) in kept_keys.iter().enumerate() {
+                last.insert(k.as_slice(), i);
+            }
+            let keep: Vec<bool> = kept_keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| last.get(k.as_slice()) == Some(&i))
+                .collect();
+            let mut flags = keep.iter();
+            kept_keys.retain(|_| flags.next() == Some(&true));
+            let mut flags = keep.iter();
+            values.retain(|_| flags.next() == Some(&true));
+            let mut flags = keep.iter();
+            entry_of.retain(|_| flags.next() == Some(&true));
         }
-        let (kept_keys, kept): (Vec<Vec<u8>>, Vec<(usize, &[u8])>) = checked
-            .iter()
-            .enumerate()
-            .filter(|(i, (k, _))| last.get(k.as_slice()) == Some(i))
-            .map(|(i, (k, v))| (k.clone(), (i, *v)))
-            .unzip();
-        let (entry_of, values): (Vec<usize>, Vec<&[u8]>) = kept.into_iter().unzip();
         let px = self.default_px()?;
         let groups = self.groups(&kept_keys);
         let total = entries.len();
         let results = futures_util::stream::iter(groups.into_iter().map(|group| {
             let (kept_keys, values, entry_of) = (&kept_keys, &values, &entry_of);
             async move {
-                let mut cmds = Vec::with_capacity(group.len());
+                let mut pipe = redis::pipe();
                 for &g in &group {
                     let (Some(full), Some(&value)) = (kept_keys.get(g), values.get(g)) else {
                         continue;
                     };
-                    cmds.push(Self::set_cmd(full, value, px));
+                    pipe.add_command(Self::set_cmd(full, value, px));
                 }
                 let replies = self
-                    .write("batch SET", Idempotency::NotIdempotent, &cmds)
+                    .write("batch SET", Idempotency::NotIdempotent, &pipe)
                     .await?;
                 // A refused SET is reported by its entry's position; the others in its
                 // pipeline (and in other pipelines) were executed and stay written.

@@ -184,14 +184,10 @@ impl RedisStateBackend {
             let done = tx.run(entries, mode).await;
             // The ticket's work is done; deleting it also voids the WATCH of an EXEC
             // that was never sent. Deleting it again is harmless, so it may be retried.
-            let mut del = redis::cmd("DEL");
-            del.arg(restore.ticket_key(0));
+            let mut del = redis::pipe();
+            del.cmd("DEL").arg(restore.ticket_key(0));
             let _ = self
-                .write(
-                    "restore ticket",
-                    state_core::Idempotency::Idempotent,
-                    &[del],
-                )
+                .write("restore ticket", state_core::Idempotency::Idempotent, &del)
                 .await;
             drop(tx);
             return done;
