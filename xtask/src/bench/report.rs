@@ -55,7 +55,7 @@ pub(super) fn command_line(program: &str, args: &[&str]) -> String {
 }
 
 pub(super) const HEADER: &str = "# Benchmarks\n\n\
-Written by `cargo xtask bench [embedded|redis|postgres|locks|overhead|checkpoint|all]`; each \
+Written by `cargo xtask bench [embedded|redis|postgres|locks|overhead|checkpoint|compression|peers|all]`; each \
 section is replaced when that part is measured. Every number is compared with the raw engine \
 (`overhead`: with the bare backend) measured in the same run on the same machine, with the \
 same value size, keyspace, concurrency and batch size (DESIGN.md, \"Performance method\"). \

@@ -4,8 +4,10 @@
 //! - `multiplexed` (the default): the `redis` crate's one multiplexed connection, cloned
 //!   into every task, so the server sees the same pipelining as from one client.
 //! - `fred`: the `fred` crate's round-robin `Pool` of auto-pipelining clients
-//!   (`--fred-pool-size`, 8 by default as in its axum and actix examples), `TCP_NODELAY` on
-//!   as in its README; the script loaded once by `SCRIPT LOAD`, then `EVALSHA`.
+//!   (`--fred-pool-size`, 1 by default: the README's one client; its axum and actix
+//!   examples use 8, which measured slower here, each client's router task taking CPU
+//!   from the others on 2 cores), `TCP_NODELAY` on as in its README; the script loaded
+//!   once by `SCRIPT LOAD`, then `EVALSHA`.
 //! - `deadpool`: a `deadpool-redis` pool from the URL with the default config (2 × the CPU
 //!   count connections at most), one checkout per call.
 //! - `bb8`: a `bb8` pool with the default builder (10 connections at most) over
@@ -44,7 +46,7 @@ pub struct RedisArgs {
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 8,
+        default_value_t = 1,
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub fred_pool_size: u16,
