@@ -197,17 +197,25 @@ impl RedisStateBackend {
 
     /// The Redis key of `key`, after checking it.
     pub(crate) fn full_key(&self, key: &[u8]) -> Result<Vec<u8>> {
-        self.inner.config.limits.check_key(key)?;
         let mut full = Vec::with_capacity(self.prefix().len() + key.len());
+        self.full_key_into(key, &mut full)?;
+        Ok(full)
+    }
+
+    /// [`full_key`](Self::full_key) into `full` (cleared first): a batch reuses one
+    /// buffer for all of its keys.
+    pub(crate) fn full_key_into(&self, key: &[u8], full: &mut Vec<u8>) -> Result<()> {
+        self.inner.config.limits.check_key(key)?;
+        full.clear();
         full.extend_from_slice(self.prefix());
         full.extend_from_slice(key);
-        if keys::is_internal(&full) {
+        if keys::is_internal(full) {
             return Err(StateError::invalid_input(
                 "the key has the form of this backend's internal keys ({digits} then a \
                  NUL-delimited marker); use another key or a key prefix",
             ));
         }
-        Ok(full)
+        Ok(())
     }
 
     pub(crate) fn full_prefix(&self, prefix: &[u8]) -> Vec<u8> {

@@ -90,6 +90,9 @@ impl StateBackend for RedisStateBackend {
     }
 
     async fn batch_get(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
+        if !keys.is_empty() && !self.is_cluster() && keys.len() <= self.batch_size() {
+            return self.mget(keys).await;
+        }
         let fulls = keys
             .iter()
             .map(|k| self.full_key(k))
@@ -399,6 +402,32 @@ impl StateBackend for RedisStateBackend {
 }
 
 impl RedisStateBackend {
+    /// `batch_get` of at most one pipeline's keys outside Cluster: one `MGET` built in
+    /// place (the keys' prefixed forms pass through one buffer), no groups to run.
+    async fn mget(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
+        let mut cmd = redis::cmd("MGET");
+        let mut full = Vec::new();
+        for key in keys {
+            self.full_key_into(key, &mut full)?;
+            cmd.arg(&full[..]);
+        }
+        let reply = self
+            .retry(Idempotency::Idempotent, "MGET", || {
+                self.inner.pool.read(&cmd)
+            })
+            .await?;
+        let Value::Array(values) = reply else {
+            return Err(unexpected("MGET", &reply));
+        };
+        if values.len() != keys.len() {
+            return Err(unexpected("MGET", &Value::Array(values)));
+        }
+        values
+            .into_iter()
+            .map(|value| bytes_of("MGET", value))
+            .collect()
+    }
+
     async fn clear_prefix(&self, prefix: &[u8]) -> Result<u64> {
         let full_prefix = self.full_prefix(prefix);
         let mut deleted = 0;

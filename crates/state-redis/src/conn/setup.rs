@@ -1,6 +1,7 @@
 //! Building the driver's clients from a [`RedisConfig`]: addresses (TLS or not),
 //! credentials, CA certificates, and the Sentinel clients for the primary and the replicas.
 
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError,
@@ -128,7 +129,17 @@ pub(super) fn node_info(
     if let Some(pass) = &config.password {
         redis_info = redis_info.set_password(pass.expose());
     }
-    Ok(addr.into_connection_info()?.set_redis_settings(redis_info))
+    Ok(addr
+        .into_connection_info()?
+        .set_redis_settings(redis_info)
+        .set_tcp_settings(tcp_settings()))
+}
+
+/// `TCP_NODELAY` on: a multiplexed connection writes whatever its callers queued as soon as
+/// it can, and Nagle's algorithm would hold a small write back until the previous one is
+/// acknowledged (the driver leaves it off by default; fred turns it on).
+pub(super) fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 pub(super) fn build_error(target: &str, err: RedisError) -> StateError {
