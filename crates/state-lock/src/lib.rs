@@ -24,6 +24,8 @@ mod connect;
 #[cfg(feature = "redis")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod hot_path;
 mod leader;
 mod memory;
 #[cfg(feature = "postgres")]

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use state_core::{
     DistributedLock, ErrorKind, FencingToken, GuardState, Idempotency, LockGuard, Result,
-    StateBackend, StateError, StateUrl, Ttl, check_lock_name, ttl_millis,
+    StateBackend, StateError, StateUrl, Ttl, check_lock_name, new_owner_token, ttl_millis,
 };
 use state_redis::redis::Value;
 use state_redis::{RedisConfig, RedisStateBackend, Script};
+
+use crate::hot_path::name_error;
 
 /// How long `acquire` waits by default.
 const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -311,9 +313,11 @@ impl RedisDistributedLock {
         self.inner.wait_timeout
     }
 
-    /// The backend key of lock `name`, checked against the backend's key limit.
-    fn key(&self, name: &str) -> Result<Vec<u8>> {
-        let key = lock_key(&self.inner.key_prefix, name);
+    /// The backend key of lock `name`, checked against the backend's key limit, in a
+    /// buffer with room for `extra` more bytes (what the caller appends, so that one
+    /// allocation serves a whole request).
+    fn key(&self, name: &str, extra: usize) -> Result<Vec<u8>> {
+        let key = lock_key(&self.inner.key_prefix, name, extra);
         let limit = self.inner.backend.capabilities().max_key_len;
         if key.len() + FENCE_SUFFIX.len() > limit {
             return Err(StateError::invalid_input(format!(
@@ -334,34 +338,99 @@ impl RedisDistributedLock {
     /// was not, this release or the end of the lease freed it, and which one is unknown: the
     /// error says so instead of reporting `NotOwner` for a release that may have worked.
     async fn release_held(&self, name: &str, owner: &str, token: FencingToken) -> Result<bool> {
-        let key = self.key(name)?;
-        let held = format!("{owner} {}", token.0);
-        let what = format!("release of lock `{name}`");
-        let (keys, args): (&[&[u8]], &[&[u8]]) = (&[&key], &[held.as_bytes()]);
+        // One buffer: the key, then the script's argument `"<owner> <token>"`.
+        let mut digits = itoa::Buffer::new();
+        let token = digits.format(token.0).as_bytes();
+        let mut buf = self.key(name, owner.len() + 1 + token.len())?;
+        let key_len = buf.len();
+        buf.extend_from_slice(owner.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(token);
+        let (key, held) = buf.split_at(key_len);
+        let (keys, args): (&[&[u8]], &[&[u8]]) = (&[key], &[held]);
         let send = || {
-            self.inner
-                .backend
-                .eval_script(&what, Idempotency::NotIdempotent, &RELEASE, keys, args)
+            self.inner.backend.eval_script(
+                "release of a lock",
+                Idempotency::NotIdempotent,
+                &RELEASE,
+                keys,
+                args,
+            )
         };
         match send().await {
             Ok(reply) => Ok(int_reply("release", name, &reply)? == 1),
             Err(lost) if lost.outcome_unknown() => {
-                let reply = send().await?;
+                let reply = send().await.map_err(|e| name_error(e, name))?;
                 if int_reply("release", name, &reply)? == 1 {
                     return Ok(true);
                 }
                 Err(StateError::new(
                     lost.kind(),
                     format!(
-                        "{what}: the reply was lost and the lock is no longer held; this \
-                         release or the end of its lease freed it, which one is unknown"
+                        "release of lock `{name}`: the reply was lost and the lock is no \
+                         longer held; this release or the end of its lease freed it, which \
+                         one is unknown"
                     ),
                 )
                 .with_outcome_unknown()
                 .with_source(lost))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(name_error(e, name)),
         }
+    }
+
+    /// [`DistributedLock::try_acquire_as`] for an owner given as `&str` or as a `String`,
+    /// which then moves into the guard.
+    async fn acquire_as(
+        &self,
+        name: &str,
+        ttl: Duration,
+        owner: impl AsRef<str> + Into<String>,
+    ) -> Result<Option<LockGuard>> {
+        check_lock_name(name)?;
+        let mut px_digits = itoa::Buffer::new();
+        let px = px_digits.format(ttl_millis(ttl)?).as_bytes();
+        let owner_len = owner.as_ref().len();
+        if owner_len > MAX_OWNER_LEN {
+            return Err(StateError::invalid_input(format!(
+                "the owner token is {owner_len} bytes, over the limit of {MAX_OWNER_LEN}"
+            )));
+        }
+        // One buffer: the lock key, then its counter key.
+        let mut keys = self.key(name, FENCE_SUFFIX.len())?;
+        let key_len = keys.len();
+        keys.extend_from_slice(FENCE_SUFFIX);
+        // Before the request: the guard's deadline can only be earlier than the server's.
+        let started = Instant::now();
+        let reply = self
+            .inner
+            .backend
+            .eval_script(
+                "acquire of a lock",
+                // The script is idempotent for one owner: a re-send after a lost reply finds
+                // the lock held by this owner and returns the same token.
+                Idempotency::Idempotent,
+                &ACQUIRE,
+                &[&keys[..key_len], &keys],
+                &[owner.as_ref().as_bytes(), px],
+            )
+            .await
+            .map_err(|e| name_error(e, name))?;
+        if reply == Value::Nil {
+            return Ok(None);
+        }
+        let token = token_reply(name, &reply)?;
+        let state = RedisGuardState {
+            lock: self.clone(),
+            token,
+        };
+        Ok(Some(LockGuard::new(
+            name,
+            owner,
+            token,
+            deadline(started, ttl),
+            Some(Box::new(state)),
+        )))
     }
 }
 
@@ -370,8 +439,8 @@ impl RedisDistributedLock {
 /// Encoding `}` keeps the hash tag from ending inside the name (so it is never empty and
 /// always ends at our closing brace, whatever the name holds), and encoding `%` keeps the
 /// mapping one-to-one. A `{` inside the tag is harmless: only the first `{` opens it.
-fn lock_key(prefix: &[u8], name: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + name.len() + 2);
+fn lock_key(prefix: &[u8], name: &str, extra: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + name.len() + 2 + extra);
     key.extend_from_slice(prefix);
     key.push(b'{');
     for &b in name.as_bytes() {
@@ -385,7 +454,9 @@ fn lock_key(prefix: &[u8], name: &str) -> Vec<u8> {
     key
 }
 
-/// The counter key beside a lock key: the same hash tag, so the same slot.
+/// The counter key beside a lock key: the same hash tag, so the same slot. (Requests build
+/// both keys in one buffer; this is the same layout, for the tests.)
+#[cfg(test)]
 fn fence_key(lock_key: &[u8]) -> Vec<u8> {
     let mut key = lock_key.to_vec();
     key.extend_from_slice(FENCE_SUFFIX);
@@ -472,52 +543,17 @@ impl GuardState for RedisGuardState {
 
 #[async_trait]
 impl DistributedLock for RedisDistributedLock {
+    async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
+        self.acquire_as(name, ttl, new_owner_token()).await
+    }
+
     async fn try_acquire_as(
         &self,
         name: &str,
         ttl: Duration,
         owner: &str,
     ) -> Result<Option<LockGuard>> {
-        check_lock_name(name)?;
-        let px = ttl_millis(ttl)?.to_string();
-        if owner.len() > MAX_OWNER_LEN {
-            return Err(StateError::invalid_input(format!(
-                "the owner token is {} bytes, over the limit of {MAX_OWNER_LEN}",
-                owner.len()
-            )));
-        }
-        let key = self.key(name)?;
-        let fence = fence_key(&key);
-        // Before the request: the guard's deadline can only be earlier than the server's.
-        let started = Instant::now();
-        let reply = self
-            .inner
-            .backend
-            .eval_script(
-                &format!("acquire of lock `{name}`"),
-                // The script is idempotent for one owner: a re-send after a lost reply finds
-                // the lock held by this owner and returns the same token.
-                Idempotency::Idempotent,
-                &ACQUIRE,
-                &[&key, &fence],
-                &[owner.as_bytes(), px.as_bytes()],
-            )
-            .await?;
-        if reply == Value::Nil {
-            return Ok(None);
-        }
-        let token = token_reply(name, &reply)?;
-        let state = RedisGuardState {
-            lock: self.clone(),
-            token,
-        };
-        Ok(Some(LockGuard::new(
-            name,
-            owner,
-            token,
-            deadline(started, ttl),
-            Some(Box::new(state)),
-        )))
+        self.acquire_as(name, ttl, owner).await
     }
 
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<LockGuard> {
@@ -527,7 +563,7 @@ impl DistributedLock for RedisDistributedLock {
     async fn extend(&self, guard: &mut LockGuard, ttl: Duration) -> Result<()> {
         let px = ttl_millis(ttl)?.to_string();
         let name = guard.name();
-        let key = self.key(name)?;
+        let key = self.key(name, 0)?;
         let held = format!("{} {}", guard.owner(), guard.fencing_token().0);
         let started = Instant::now();
         let reply = self
@@ -561,7 +597,7 @@ impl DistributedLock for RedisDistributedLock {
 
     async fn is_locked(&self, name: &str) -> Result<bool> {
         check_lock_name(name)?;
-        let key = self.key(name)?;
+        let key = self.key(name, 0)?;
         Ok(!matches!(self.inner.backend.ttl(&key).await?, Ttl::Missing))
     }
 }
@@ -591,7 +627,7 @@ mod tests {
         ];
         for prefix in [&b"lock:"[..], b"", b"app{", b"}x", b"{tag}lock:", b"%"] {
             for name in names {
-                let key = lock_key(prefix, name);
+                let key = lock_key(prefix, name, 0);
                 assert_eq!(
                     Slot::for_key(&key),
                     Slot::for_key(fence_key(&key)),
@@ -604,15 +640,15 @@ mod tests {
 
     #[test]
     fn the_name_is_the_hash_tag_and_the_mapping_is_one_to_one() {
-        assert_eq!(lock_key(b"lock:", "jobs"), b"lock:{jobs}".to_vec());
+        assert_eq!(lock_key(b"lock:", "jobs", 0), b"lock:{jobs}".to_vec());
         assert_eq!(
-            fence_key(&lock_key(b"lock:", "jobs")),
+            fence_key(&lock_key(b"lock:", "jobs", 0)),
             b"lock:{jobs}:fence".to_vec()
         );
-        assert_eq!(lock_key(b"", "a}b%"), b"{a%7Db%25}".to_vec());
+        assert_eq!(lock_key(b"", "a}b%", 0), b"{a%7Db%25}".to_vec());
         // Distinct names, distinct keys, including names that look like escapes.
         let names = ["}", "%7D", "%257D", "%", "%25", "a:fence", "a", "a}:fence"];
-        let mut keys: Vec<Vec<u8>> = names.iter().map(|n| lock_key(b"p:", n)).collect();
+        let mut keys: Vec<Vec<u8>> = names.iter().map(|n| lock_key(b"p:", n, 0)).collect();
         keys.extend(keys.clone().iter().map(|k| fence_key(k)));
         let count = keys.len();
         keys.sort();
@@ -620,8 +656,8 @@ mod tests {
         assert_eq!(keys.len(), count, "every lock and counter key is distinct");
         // Different names spread over slots (the name is the tag).
         assert_ne!(
-            Slot::for_key(lock_key(b"lock:", "a")),
-            Slot::for_key(lock_key(b"lock:", "b"))
+            Slot::for_key(lock_key(b"lock:", "a", 0)),
+            Slot::for_key(lock_key(b"lock:", "b", 0))
         );
     }
 

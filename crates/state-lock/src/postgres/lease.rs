@@ -9,6 +9,8 @@
 //! crash-safe (the reasoning is on [`super::PostgresDistributedLock`]).
 
 use std::any::Any;
+use std::borrow::Cow;
+use std::fmt::Display;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,7 @@ use super::key::{advisory_key, pg_locks_ids};
 use super::pooler::PROBE_SETTING;
 use super::sql::{LockTable, is_creation_race, setup_sql, text_literal};
 use super::statements;
+use crate::hot_path::Doing;
 
 /// What the lock and its guards share.
 struct Shared {
@@ -70,20 +73,21 @@ struct LeaseConn {
     direct: bool,
 }
 
-/// A statement with `$n` placeholders and its values.
-struct Statement {
+/// A statement with `$n` placeholders and its values (borrowed from the caller, or owned
+/// by a release sent after the guard is gone).
+struct Statement<'a> {
     sql: Arc<str>,
-    values: Vec<Value>,
+    values: Vec<Value<'a>>,
 }
 
 /// A value of a [`Statement`]: casts in the SQL give the types both ways.
-enum Value {
-    Text(String),
+enum Value<'a> {
+    Text(Cow<'a, str>),
     Int(i64),
 }
 
-impl Statement {
-    fn new(sql: &Arc<str>, values: Vec<Value>) -> Statement {
+impl<'a> Statement<'a> {
+    fn new(sql: &Arc<str>, values: Vec<Value<'a>>) -> Statement<'a> {
         Statement {
             sql: Arc::clone(sql),
             values,
@@ -131,7 +135,7 @@ impl Statement {
         let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql)));
         for value in &self.values {
             query = match value {
-                Value::Text(text) => query.bind(text.as_str()),
+                Value::Text(text) => query.bind(&**text),
                 Value::Int(n) => query.bind(*n),
             };
         }
@@ -162,11 +166,15 @@ impl GuardState for LeaseGuard {
     fn release_on_drop(self: Box<Self>, name: &str, owner: &str) {
         // Outside a runtime nothing can talk to the server: the lease runs out on its own.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let statement = self.shared.release_statement(name, owner, self.token);
+            let statement = self.shared.release_statement(
+                Cow::Owned(name.to_owned()),
+                Cow::Owned(owner.to_owned()),
+                self.token,
+            );
             let shared = self.shared;
             handle.spawn(async move {
                 let _ = shared
-                    .run(&statement, "releasing a dropped lock guard")
+                    .run(&statement, &"releasing a dropped lock guard")
                     .await;
             });
         }
@@ -238,14 +246,14 @@ impl LeaseLock {
         name: &str,
         ttl: Duration,
         millis: u64,
-        owner: &str,
+        owner: impl AsRef<str> + Into<String>,
     ) -> Result<Option<LockGuard>> {
         let (high, low) = pg_locks_ids(advisory_key(name));
         let statement = Statement::new(
             &self.shared.acquire_sql,
             vec![
-                Value::Text(name.to_string()),
-                Value::Text(owner.to_string()),
+                Value::Text(Cow::Borrowed(name)),
+                Value::Text(Cow::Borrowed(owner.as_ref())),
                 Value::Int(i64::try_from(millis).unwrap_or(i64::MAX)),
                 // The halves as the signed int4s PostgreSQL shows in pg_locks.
                 Value::Int(i64::from(i32::from_ne_bytes(high.to_ne_bytes()))),
@@ -253,9 +261,11 @@ impl LeaseLock {
             ],
         );
         let started = Instant::now();
-        let what = format!("acquiring lock `{name}`");
+        let what = Doing::new("acquiring", name);
         // Idempotent for one owner, so a lost reply is retried with the same statement.
         let (row, _) = self.shared.run(&statement, &what).await?;
+        // It borrows the owner, which moves into the guard below.
+        drop(statement);
         let Some(row) = row else {
             return Ok(None);
         };
@@ -296,15 +306,18 @@ impl LeaseLock {
         let statement = Statement::new(
             &self.shared.extend_sql,
             vec![
-                Value::Text(guard.name().to_string()),
-                Value::Text(guard.owner().to_string()),
+                Value::Text(Cow::Borrowed(guard.name())),
+                Value::Text(Cow::Borrowed(guard.owner())),
                 Value::Int(state.token),
                 Value::Int(i64::try_from(millis).unwrap_or(i64::MAX)),
             ],
         );
         let started = Instant::now();
-        let what = format!("extending lock `{}`", guard.name());
-        match self.shared.run(&statement, &what).await? {
+        let what = Doing::new("extending", guard.name());
+        let outcome = self.shared.run(&statement, &what).await?;
+        // It borrows the guard, whose deadline moves below.
+        drop(statement);
+        match outcome {
             (Some(_), _) => {
                 guard.set_deadline(deadline_after(started, ttl));
                 Ok(())
@@ -315,9 +328,8 @@ impl LeaseLock {
     }
 
     pub(super) async fn release(&self, mut guard: LockGuard) -> Result<()> {
-        let name = guard.name().to_string();
         let token = match guard.state() {
-            None => return Err(StateError::not_owner(&name, "release")),
+            None => return Err(StateError::not_owner(guard.name(), "release")),
             Some(state) => match (state as &dyn Any).downcast_ref::<LeaseGuard>() {
                 Some(state) => state.token,
                 None => return Err(foreign_guard(&guard)),
@@ -325,8 +337,11 @@ impl LeaseLock {
         };
         // Taken first, so that Drop does not release a second time.
         drop(guard.take_state());
-        let statement = self.shared.release_statement(&name, guard.owner(), token);
-        let what = format!("releasing lock `{name}`");
+        let name = guard.name();
+        let statement =
+            self.shared
+                .release_statement(Cow::Borrowed(name), Cow::Borrowed(guard.owner()), token);
+        let what = Doing::new("releasing", name);
         match self.shared.run(&statement, &what).await? {
             (Some(row), _) => {
                 let live = row
@@ -355,16 +370,16 @@ impl LeaseLock {
                 ),
             )
             .with_outcome_unknown()),
-            (None, false) => Err(StateError::not_owner(&name, "release")),
+            (None, false) => Err(StateError::not_owner(name, "release")),
         }
     }
 
     pub(super) async fn is_locked(&self, name: &str) -> Result<bool> {
         let statement = Statement::new(
             &self.shared.is_locked_sql,
-            vec![Value::Text(name.to_string())],
+            vec![Value::Text(Cow::Borrowed(name))],
         );
-        let what = format!("checking lock `{name}`");
+        let what = Doing::new("checking", name);
         match self.shared.run(&statement, &what).await? {
             (Some(row), _) => row
                 .try_get::<bool, _>(0)
@@ -396,20 +411,25 @@ impl Attempt {
 }
 
 impl Shared {
-    fn release_statement(&self, name: &str, owner: &str, token: i64) -> Statement {
+    fn release_statement<'a>(
+        &self,
+        name: Cow<'a, str>,
+        owner: Cow<'a, str>,
+        token: i64,
+    ) -> Statement<'a> {
         Statement::new(
             &self.release_sql,
-            vec![
-                Value::Text(name.to_string()),
-                Value::Text(owner.to_string()),
-                Value::Int(token),
-            ],
+            vec![Value::Text(name), Value::Text(owner), Value::Int(token)],
         )
     }
 
     /// Runs an idempotent statement, retrying on another connection when one breaks.
     /// Returns its first row (if any) and whether an earlier attempt may have been applied.
-    async fn run(&self, statement: &Statement, what: &str) -> Result<(Option<PgRow>, bool)> {
+    async fn run(
+        &self,
+        statement: &Statement<'_>,
+        what: &(dyn Display + Sync),
+    ) -> Result<(Option<PgRow>, bool)> {
         let mut maybe_applied = false;
         let mut attempt = 0;
         loop {
@@ -428,8 +448,8 @@ impl Shared {
     /// where the connection allows it.
     async fn run_once(
         &self,
-        statement: &Statement,
-        what: &str,
+        statement: &Statement<'_>,
+        what: &(dyn Display + Sync),
         prepare: bool,
     ) -> std::result::Result<Option<PgRow>, Attempt> {
         let attempt = async {
@@ -438,7 +458,10 @@ impl Shared {
             let _slot = self.pool.slot(what).await?;
             let mut conn = match self.pool.take_free() {
                 Some(conn) => conn,
-                None => self.pool.connect(what).await?,
+                // Boxed: opening a connection (TLS included) is a future of kilobytes,
+                // which inline would make every statement's future that large, allocated
+                // and copied on each call (it showed in the lock's profile).
+                None => Box::pin(self.pool.connect(what)).await?,
             };
             match statement.fetch_optional(&mut conn, prepare).await {
                 Ok(row) => {
@@ -446,12 +469,14 @@ impl Shared {
                     Ok(row)
                 }
                 // Dropped, which closes it.
-                Err(e) if breaks_connection(&e) => Err(Attempt::Broken(convert(e, what, true))),
+                Err(e) if breaks_connection(&e) => {
+                    Err(Attempt::Broken(convert(e, &what.to_string(), true)))
+                }
                 Err(e) => {
                     // The server refused the statement and is ready for the next one.
                     self.pool.put_free(conn);
                     let race = is_creation_race(&e);
-                    Err(Attempt::Refused(convert(e, what, true), race))
+                    Err(Attempt::Refused(convert(e, &what.to_string(), true), race))
                 }
             }
         };
@@ -459,7 +484,10 @@ impl Shared {
         // connection mid-statement, which closes it: its state is unknown.
         match tokio::time::timeout(self.op_timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(Attempt::Failed(client_timeout(what, self.op_timeout))),
+            Err(_) => Err(Attempt::Failed(client_timeout(
+                &what.to_string(),
+                self.op_timeout,
+            ))),
         }
     }
 }
@@ -468,8 +496,14 @@ impl Connections {
     /// Waits (up to `acquire_timeout`) until fewer than `pool_max` connections are in use.
     async fn slot(
         &self,
-        what: &str,
+        what: &(dyn Display + Sync),
     ) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, Attempt> {
+        // A free slot needs no timer: arming and cancelling one per statement showed in
+        // the lock's profile. (A free permit is never one a queued waiter is owed: the
+        // semaphore hands released permits to its waiters first.)
+        if let Ok(permit) = self.slots.try_acquire() {
+            return Ok(permit);
+        }
         match tokio::time::timeout(self.acquire_timeout, self.slots.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed.
@@ -500,7 +534,10 @@ impl Connections {
 
     /// Opens a connection within `connect_timeout`, and reads the probe back to learn
     /// whether it reaches PostgreSQL directly.
-    async fn connect(&self, what: &str) -> std::result::Result<LeaseConn, Attempt> {
+    async fn connect(
+        &self,
+        what: &(dyn Display + Sync),
+    ) -> std::result::Result<LeaseConn, Attempt> {
         let opening = format!("{what}: opening a connection to {}", self.endpoint);
         let connect = PgConnection::connect_with(&self.options);
         let mut conn = match tokio::time::timeout(self.connect_timeout, connect).await {
@@ -546,7 +583,7 @@ mod tests {
     fn placeholders_become_literals_and_others_stay() {
         let statement = Statement::new(
             &Arc::from("SELECT $1::text, $2::int8, $12, $3, $"),
-            vec![Value::Text("a'b".to_string()), Value::Int(-5)],
+            vec![Value::Text(Cow::Borrowed("a'b")), Value::Int(-5)],
         );
         assert_eq!(
             statement.inlined(),

@@ -5,7 +5,9 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use state_core::{DistributedLock, LockGuard, Result, StateError, check_lock_name, ttl_millis};
+use state_core::{
+    DistributedLock, LockGuard, Result, StateError, check_lock_name, new_owner_token, ttl_millis,
+};
 
 use super::config::{LockMode, PostgresLockConfig};
 use super::{lease, session};
@@ -196,21 +198,38 @@ impl PostgresDistributedLock {
     }
 }
 
+impl PostgresDistributedLock {
+    /// [`DistributedLock::try_acquire_as`] for an owner given as `&str` or as a `String`,
+    /// which then moves into the guard.
+    async fn acquire_as(
+        &self,
+        name: &str,
+        ttl: Duration,
+        owner: impl AsRef<str> + Into<String>,
+    ) -> Result<Option<LockGuard>> {
+        check_lock_name(name)?;
+        let millis = ttl_millis(ttl)?;
+        check_owner(owner.as_ref())?;
+        match &self.inner {
+            Inner::Session(lock) => lock.try_acquire(name, ttl, owner).await,
+            Inner::Lease(lock) => lock.try_acquire(name, ttl, millis, owner).await,
+        }
+    }
+}
+
 #[async_trait]
 impl DistributedLock for PostgresDistributedLock {
+    async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
+        self.acquire_as(name, ttl, new_owner_token()).await
+    }
+
     async fn try_acquire_as(
         &self,
         name: &str,
         ttl: Duration,
         owner: &str,
     ) -> Result<Option<LockGuard>> {
-        check_lock_name(name)?;
-        let millis = ttl_millis(ttl)?;
-        check_owner(owner)?;
-        match &self.inner {
-            Inner::Session(lock) => lock.try_acquire(name, ttl, owner).await,
-            Inner::Lease(lock) => lock.try_acquire(name, ttl, millis, owner).await,
-        }
+        self.acquire_as(name, ttl, owner).await
     }
 
     async fn acquire(&self, name: &str, ttl: Duration) -> Result<LockGuard> {

@@ -30,6 +30,7 @@ use super::key::{advisory_key, pg_locks_ids};
 use super::pooler::{POOLER_REFUSAL, PROBE_SETTING};
 use super::sql::{LockTable, is_creation_race, setup_sql};
 use super::statements;
+use crate::hot_path::Doing;
 
 /// How many lock-free connections are kept for later acquires. Enough that an uncontended
 /// acquire + release is two round trips; a burst of holders opens (and closes) more.
@@ -170,10 +171,10 @@ impl SessionLock {
         &self,
         name: &str,
         ttl: Duration,
-        owner: &str,
+        owner: impl AsRef<str> + Into<String>,
     ) -> Result<Option<LockGuard>> {
         let key = advisory_key(name);
-        let what = format!("acquiring lock `{name}`");
+        let what = Doing::new("acquiring", name);
         // A connection that died while idle fails before it could take anything; the next
         // one is tried. Bounded: every idle connection plus one new.
         for attempt in 0..=IDLE_MAX {
@@ -185,7 +186,7 @@ impl SessionLock {
             // `session` is owned by this future: if it is dropped here (a timeout around
             // acquire, a cancelled task), the connection closes and the server frees the
             // lock if the statement had taken it.
-            let row = match self.shared.fetch(&mut session, statement, &what).await {
+            let row = match self.shared.fetch(&mut session, statement, what).await {
                 Ok(row) => row,
                 Err(Failure::Broken(_)) if reused && attempt < IDLE_MAX => continue,
                 Err(failure) => return Err(failure.into_error()),
@@ -248,8 +249,8 @@ impl SessionLock {
             .bind(Oid(high))
             .bind(Oid(low));
         let started = Instant::now();
-        let what = format!("extending lock `{name}`");
-        let row = match self.shared.fetch(session, statement, &what).await {
+        let what = Doing::new("extending", &name);
+        let row = match self.shared.fetch(session, statement, what).await {
             Ok(row) => row,
             Err(Failure::Broken(e)) => {
                 // The session is gone, and the server released the lock with it.
@@ -286,9 +287,8 @@ impl SessionLock {
     }
 
     pub(super) async fn release(&self, mut guard: LockGuard) -> Result<()> {
-        let name = guard.name().to_string();
         match guard.state() {
-            None => return Err(StateError::not_owner(&name, "release")),
+            None => return Err(StateError::not_owner(guard.name(), "release")),
             Some(state) if !(state as &dyn Any).is::<SessionGuard>() => {
                 return Err(foreign_guard(&guard));
             }
@@ -296,16 +296,17 @@ impl SessionLock {
         }
         // Taken first, so that Drop does not release a second time.
         let Some(state) = guard.take_state() else {
-            return Err(StateError::not_owner(&name, "release"));
+            return Err(StateError::not_owner(guard.name(), "release"));
         };
         let Ok(state) = (state as Box<dyn Any + Send + Sync>).downcast::<SessionGuard>() else {
             return Err(foreign_guard(&guard));
         };
+        let name = guard.name();
         let SessionGuard { key, conn, shared } = *state;
         let Some(session) = conn.into_inner() else {
-            return Err(StateError::not_owner(&name, "release"));
+            return Err(StateError::not_owner(name, "release"));
         };
-        match shared.unlock(session, key, &name).await {
+        match shared.unlock(session, key, name).await {
             Unlock::Released => Ok(()),
             Unlock::NotHeld => Err(StateError::new(
                 ErrorKind::NotOwner,
@@ -314,20 +315,20 @@ impl SessionLock {
                      the guard's connection did not hold it; the connection was closed"
                 ),
             )),
-            Unlock::Lost(e) => Err(lost(&name, "release", &e)),
+            Unlock::Lost(e) => Err(lost(name, "release", &e)),
             Unlock::Failed(e) => Err(e),
         }
     }
 
     pub(super) async fn is_locked(&self, name: &str) -> Result<bool> {
         let (high, low) = pg_locks_ids(advisory_key(name));
-        let what = format!("checking lock `{name}`");
+        let what = Doing::new("checking", name);
         for attempt in 0..=IDLE_MAX {
             let (mut session, reused) = self.shared.checkout().await?;
             let statement = sqlx::query(statements::SESSION_IS_LOCKED)
                 .bind(Oid(high))
                 .bind(Oid(low));
-            let row = match self.shared.fetch(&mut session, statement, &what).await {
+            let row = match self.shared.fetch(&mut session, statement, what).await {
                 Ok(row) => row,
                 Err(Failure::Broken(_)) if reused && attempt < IDLE_MAX => continue,
                 Err(failure) => return Err(failure.into_error()),
@@ -422,10 +423,23 @@ impl Shared {
         })
     }
 
+    /// [`connect`](Self::connect) in a future of its own on the heap. Opening a connection
+    /// (TLS included) is a future of kilobytes; inline, it made every acquire's future that
+    /// large, which each call then allocated and copied (the lock's profile showed it).
+    /// Connecting is rare; the cost of a box there is nothing beside the round trips.
+    async fn connect_boxed(&self, slot: OwnedSemaphorePermit) -> Result<Session> {
+        Box::pin(self.connect(slot)).await
+    }
+
     /// An idle connection (`true`: it was reused) or a new one. While `pool_max`
     /// connections are open, waits up to `acquire_timeout` for one to be put back idle or
     /// closed.
     async fn checkout(&self) -> Result<(Session, bool)> {
+        // The common case, an idle connection, needs neither a deadline nor a registration
+        // for wake-ups (taking and dropping one showed in the lock's profile).
+        if let Some(session) = self.pop_idle() {
+            return Ok((session, true));
+        }
         let deadline = tokio::time::Instant::now() + self.acquire_timeout;
         loop {
             // Registered before looking, so a connection put back in between still wakes us.
@@ -436,13 +450,13 @@ impl Shared {
                 return Ok((session, true));
             }
             if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-                return Ok((self.connect(slot).await?, false));
+                return Ok((self.connect_boxed(slot).await?, false));
             }
             tokio::select! {
                 slot = Arc::clone(&self.slots).acquire_owned() => {
                     // The semaphore is never closed; if it were, the next turn times out.
                     if let Ok(slot) = slot {
-                        return Ok((self.connect(slot).await?, false));
+                        return Ok((self.connect_boxed(slot).await?, false));
                     }
                 }
                 () = &mut put_back => {}
@@ -501,14 +515,19 @@ impl Shared {
         &self,
         session: &mut Session,
         statement: Statement,
-        what: &str,
+        what: Doing<'_>,
     ) -> std::result::Result<PgRow, Failure> {
         let run = statement.fetch_one(&mut session.conn);
         match tokio::time::timeout(self.op_timeout, run).await {
             Ok(Ok(row)) => Ok(row),
-            Ok(Err(e)) if breaks_connection(&e) => Err(Failure::Broken(convert(e, what, true))),
-            Ok(Err(e)) => Err(Failure::Other(convert(e, what, true))),
-            Err(_) => Err(Failure::TimedOut(client_timeout(what, self.op_timeout))),
+            Ok(Err(e)) if breaks_connection(&e) => {
+                Err(Failure::Broken(convert(e, &what.to_string(), true)))
+            }
+            Ok(Err(e)) => Err(Failure::Other(convert(e, &what.to_string(), true))),
+            Err(_) => Err(Failure::TimedOut(client_timeout(
+                &what.to_string(),
+                self.op_timeout,
+            ))),
         }
     }
 
@@ -518,8 +537,8 @@ impl Shared {
         let statement = sqlx::query(statements::SESSION_RELEASE)
             .bind(session.pid)
             .bind(key);
-        let what = format!("releasing lock `{name}`");
-        match self.fetch(&mut session, statement, &what).await {
+        let what = Doing::new("releasing", name);
+        match self.fetch(&mut session, statement, what).await {
             Ok(row) => match row.try_get::<Option<bool>, _>(0) {
                 Ok(Some(true)) => {
                     self.put_idle(session);

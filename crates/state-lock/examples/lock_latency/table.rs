@@ -1,0 +1,110 @@
+//! The Markdown table (what `cargo xtask bench locks` puts in BENCHMARKS.md) and its notes.
+
+use crate::measure::{Role, Row};
+use crate::{BLOCK, Options};
+
+/// A cycle may cost at most this many round trips.
+const ROUND_TRIP_GOAL: f64 = 2.5;
+/// Our cycle may cost at most this many times the same operations on the raw driver.
+const DRIVER_GOAL: f64 = 1.1;
+
+pub fn table(rows: &[Row], opts: &Options) -> String {
+    let mut out = header(opts);
+    for row in rows {
+        out.push_str(&line(row, driver_floor_p50(rows, row.group)));
+    }
+    if opts.notes {
+        out.push_str(NOTES);
+    }
+    out
+}
+
+fn header(opts: &Options) -> String {
+    format!(
+        "Uncontended `try_acquire` + `release` of one lock, one task, {} cycles per round, \
+         median of {} rounds (blocks of {BLOCK} round trips and {BLOCK} cycles of each lock \
+         of a server alternate; pgbench rows alternate per round). Idle cores: {}. Goals: a \
+         cycle costs at most {ROUND_TRIP_GOAL} round trips, and at most {DRIVER_GOAL} times \
+         the same statements or scripts on the raw driver, measured in the same blocks.\n\n\
+         | lock | round trip p50 / p99 (µs) | acquire+release p50 / p99 (µs) | p50 ratio | \
+         p99 ratio | goal ≤ {ROUND_TRIP_GOAL} | cycle p50 ÷ raw driver's | goal ≤ {DRIVER_GOAL} |\n\
+         |---|---:|---:|---:|---:|---|---:|---|\n",
+        opts.iterations,
+        opts.rounds,
+        if opts.poll_idle {
+            "poll (`/dev/cpu_dma_latency` held at 0)"
+        } else {
+            "the kernel's default idle states"
+        }
+    )
+}
+
+/// The cycle p50 of the raw-driver floor of `group`, if it has one.
+fn driver_floor_p50(rows: &[Row], group: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.group == group && r.role == Role::DriverFloor)
+        .map(|r| r.cycle.p50)
+}
+
+fn line(r: &Row, floor_p50: Option<f64>) -> String {
+    let (x50, x99) = (
+        r.cycle.p50 / r.round_trip.p50,
+        r.cycle.p99 / r.round_trip.p99,
+    );
+    let round_trips = if x50 <= ROUND_TRIP_GOAL && x99 <= ROUND_TRIP_GOAL {
+        "met"
+    } else if x50 <= ROUND_TRIP_GOAL {
+        "p50 met, p99 not"
+    } else {
+        "not met"
+    };
+    let vs_driver = floor_p50
+        .filter(|_| r.role != Role::DriverFloor)
+        .map(|floor| r.cycle.p50 / floor);
+    let shown = vs_driver.map_or("–".to_string(), |v| format!("{v:.2}"));
+    let driver_goal = match (r.role, vs_driver) {
+        (Role::Ours, Some(v)) if v <= DRIVER_GOAL => "met",
+        (Role::Ours, Some(_)) => "not met",
+        _ => "–",
+    };
+    format!(
+        "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {x50:.2} | {x99:.2} | {round_trips} | \
+         {shown} | {driver_goal} |\n",
+        r.label, r.round_trip.p50, r.round_trip.p99, r.cycle.p50, r.cycle.p99
+    )
+}
+
+const NOTES: &str = "\nWhat the rows show (measured on this machine, not assumed):\n\n\
+- Each server's rows are measured together: blocks of round trips and of every lock's \
+cycles alternate, each on its own connection, so they share the machine's noise. Floor rows \
+run the same lock operations without this library: the two Redis scripts on the raw `redis` \
+crate, and each PostgreSQL mode's acquire and release statements \
+(`state_lock::postgres_statements`) prepared on a plain sqlx `PgConnection`, as our lock \
+binds them. The pgbench rows run the same statements through `pgbench -M prepared`, a \
+process of its own whose `SELECT 1` is its round trip. The column \"cycle p50 ÷ raw \
+driver's\" divides a row's cycle by its server's raw-driver floor: what a library adds to \
+the same operations.\n\
+- Peers: `rslock` 0.10 is Redlock as its README uses it (`LockManager::new`, `lock`, \
+`unlock`) on one server, so its quorum is that server; it issues no fencing token (a \
+random value only), and its unlock is best effort and reports nothing. sqlx's \
+`PgAdvisoryLock` (`try_acquire` on a connection, `release_now`) is a bare \
+`pg_try_advisory_lock` / `pg_advisory_unlock` pair: no fencing token, no check that the \
+connection still reaches the backend it opened on (a pooler), the caller keeps the \
+connection. Both do less per cycle than our locks, which draw a fencing token.\n\
+- Redis: a cycle is two Lua scripts, each one round trip. `INFO commandstats` shows the \
+acquire script (owner check, fencing counter, `TIME`, `SET PX`) at about 5 µs of server \
+time and the release at 1.4 µs, against 0.1 µs for `PING`.\n\
+- PostgreSQL Session: acquire (`pg_try_advisory_lock` + `nextval`) and release \
+(`pg_advisory_unlock`) are one prepared statement each. The p99 carries the sequence's WAL \
+flush: `nextval` logs 32 values ahead, so every 32nd acquire commits with an fsync, which \
+is what keeps tokens increasing across a server crash.\n\
+- PostgreSQL Lease: acquire (an `INSERT … ON CONFLICT` upsert under a transaction-level \
+advisory lock, with `nextval`) and release (a `DELETE`) are write transactions, prepared \
+on a direct connection (through a pooler they are sent as simple queries and are slower); \
+each costs 1.5 to 2.5 times a `SELECT 1` on the server, so two of them cannot fit in 2.5 \
+round trips.\n\
+- Idle cores: with the kernel's default idle states a VM's halted vCPU takes tens of µs to \
+wake, and whether a round trip pays that depends on whether the client and the server \
+happen to run on one core; a `SELECT 1` loop and a lock loop can land differently within \
+one run, so those ratios are not comparable. With `--cpu-idle poll` both sides pay the \
+same.\n";
