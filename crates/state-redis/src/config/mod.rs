@@ -97,6 +97,7 @@ pub struct RedisConfig {
     pub(crate) pool_max: usize,
     pub(crate) retry: RetryPolicy,
     pub(crate) pipeline_batch_size: usize,
+    pub(crate) tcp_nodelay: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) wait: Option<WaitReplicas>,
@@ -123,6 +124,7 @@ impl fmt::Debug for RedisConfig {
             .field("pool_size", &(self.pool_min, self.pool_max))
             .field("retry", &self.retry)
             .field("pipeline_batch_size", &self.pipeline_batch_size)
+            .field("tcp_nodelay", &self.tcp_nodelay)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("wait", &self.wait)

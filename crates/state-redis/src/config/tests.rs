@@ -70,6 +70,11 @@ fn every_scheme_parses_with_its_parameters() -> Result<()> {
     assert_eq!(c.default_ttl, Some(Duration::from_millis(1500)));
     assert_eq!((c.pool_min, c.pool_max), (1, 4));
     assert_eq!(c.pipeline_batch_size, 7);
+    assert!(
+        c.tcp_nodelay,
+        "TCP_NODELAY is on unless the URL turns it off"
+    );
+    assert!(!RedisConfig::from_url("redis://h?tcp_nodelay=false")?.tcp_nodelay);
     assert_eq!(c.response_timeout, Duration::from_secs(2));
     assert_eq!(c.retry.max_attempts, 1);
     let c = RedisConfig::from_url("rediss://h")?;
@@ -94,6 +99,7 @@ fn contradictions_are_config_errors_naming_the_field() {
     assert!(url_err("redis+sentinel://h:26379").contains("sentinel_master"));
     assert!(url_err("redis+cluster://h:7000/3").contains("database 0"));
     assert!(url_err("redis://h?pipeline_batch_size=0").contains("pipeline_batch_size"));
+    assert!(url_err("redis://h?tcp_nodelay=yes").contains("tcp_nodelay"));
     assert!(url_err("redis://h?pool_min=5&pool_max=2").contains("pool_size"));
     assert!(url_err("redis://h?ttl=0s").contains("default_ttl"));
     assert!(url_err("redis://h/x").contains("db"));

@@ -9,7 +9,7 @@ use super::scheme::SCHEMES;
 use super::{ReadFrom, RedisConfig, WaitReplicas};
 
 /// The parameters a Redis URL may carry besides `prefix` and `ttl`.
-pub const URL_PARAMS: [&str; 14] = [
+pub const URL_PARAMS: [&str; 15] = [
     "pool_min",
     "pool_max",
     "pipeline_batch_size",
@@ -24,6 +24,7 @@ pub const URL_PARAMS: [&str; 14] = [
     "read_from",
     "wait_replicas",
     "wait_timeout",
+    "tcp_nodelay",
 ];
 
 impl RedisConfig {
@@ -35,8 +36,8 @@ impl RedisConfig {
     /// for a server that is away, 30 s by default; `0s` turns it off), `tls` (`true` or
     /// `false`: TLS to every server of a `redis+sentinel://` or `redis+cluster://` URL),
     /// `tls_ca` (path of a PEM CA file), `read_from` (`primary` or `replicas`, see
-    /// [`ReadFrom`]), `wait_replicas`, `wait_timeout`. Any other parameter is a `Config`
-    /// error.
+    /// [`ReadFrom`]), `wait_replicas`, `wait_timeout`, `tcp_nodelay` (`true` by default,
+    /// see [`RedisConfigBuilder::tcp_nodelay`]). Any other parameter is a `Config` error.
     pub fn from_url(url: &str) -> Result<RedisConfig> {
         Self::from_state_url(&StateUrl::parse(url, &SCHEMES)?)
     }
@@ -99,6 +100,17 @@ impl RedisConfigBuilder {
         }
         if let Some(d) = duration_param(url, "failover_timeout")? {
             self.retry.failover_timeout = d;
+        }
+        if let Some(nodelay) = url.param("tcp_nodelay") {
+            self.tcp_nodelay = match nodelay {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(StateError::config(format!(
+                        "parameter `tcp_nodelay`: `{other}` is not `true` or `false`"
+                    )));
+                }
+            };
         }
         if let Some(tls) = url.param("tls") {
             self.tls = Some(match tls {

@@ -132,14 +132,7 @@ pub(super) fn node_info(
     Ok(addr
         .into_connection_info()?
         .set_redis_settings(redis_info)
-        .set_tcp_settings(tcp_settings()))
-}
-
-/// `TCP_NODELAY` on: a multiplexed connection writes whatever its callers queued as soon as
-/// it can, and Nagle's algorithm would hold a small write back until the previous one is
-/// acknowledged (the driver leaves it off by default; fred turns it on).
-pub(super) fn tcp_settings() -> TcpSettings {
-    TcpSettings::default().set_nodelay(true)
+        .set_tcp_settings(TcpSettings::default().set_nodelay(config.tcp_nodelay)))
 }
 
 pub(super) fn build_error(target: &str, err: RedisError) -> StateError {
