@@ -25,6 +25,7 @@ use anyhow::Result;
 use crate::util;
 
 mod checkpoint;
+mod clients;
 mod compression;
 mod embedded;
 mod locks;

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::clients::{Engine, Tools, shape};
 use super::measure::{Case, KEYSPACE, Stats, median};
 use super::options::Options;
-use super::peers::{Engine, Tools, shape};
 use super::svg::{Panel, Series, figure};
 
 const TASKS: [u64; 5] = [1, 4, 16, 64, 256];

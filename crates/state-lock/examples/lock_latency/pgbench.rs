@@ -9,7 +9,6 @@ use std::time::Duration;
 use state_lock::{LockMode, advisory_key, postgres_statements};
 
 use crate::measure::{Role, Rounds, Row, percentiles};
-use crate::postgres_rows::key_halves;
 use crate::{Options, Result, unique};
 
 pub fn pgbench_floor(
@@ -144,4 +143,10 @@ fn transaction_latencies(dir: &Path, transactions: usize) -> Result<Vec<Duration
         .windows(2)
         .map(|w| Duration::from_micros(w[1] - w[0]))
         .collect())
+}
+
+/// The advisory key's halves as the signed int4s PostgreSQL shows in `pg_locks`, widened
+/// to int8 as our lock binds them.
+pub fn key_halves(key: i64) -> (i64, i64) {
+    (i64::from((key >> 32) as i32), i64::from(key as u32 as i32))
 }

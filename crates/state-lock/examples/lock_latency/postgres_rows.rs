@@ -13,7 +13,7 @@ use state_lock::{
 };
 
 use crate::measure::{Contender, Role, Row, Timed, measure_group};
-use crate::pgbench::pgbench_floor;
+use crate::pgbench::{key_halves, pgbench_floor};
 use crate::{Options, OursCycle, Result, TTL, unique};
 
 /// `SELECT 1` on a plain connection.
@@ -208,10 +208,4 @@ async fn driver_floor(opts: &Options, schema: &str, mode: LockMode) -> Result<Bo
             key_halves: key_halves(key),
         }),
     })
-}
-
-/// The advisory key's halves as the signed int4s PostgreSQL shows in `pg_locks`, widened
-/// to int8 as our lock binds them.
-pub fn key_halves(key: i64) -> (i64, i64) {
-    (i64::from((key >> 32) as i32), i64::from(key as u32 as i32))
 }
