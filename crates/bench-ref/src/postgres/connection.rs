@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use sqlx::{Connection, PgConnection};
 
-use super::{Described, Sql, as_bytes, err, unique_sorted};
+use super::{Described, Sql, err, sqlx_calls};
 use crate::harness::{Peer, Res, Session};
 use bench_ref::plan::Shape;
 
@@ -52,59 +52,22 @@ pub struct DedicatedSession {
 
 impl Session for DedicatedSession {
     async fn put(&mut self, key: &str, value: &[u8]) -> Res<()> {
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.put.clone()))
-            .bind(key.as_bytes())
-            .bind(value)
-            .bind(None::<serde_json::Value>)
-            .bind(None::<f64>)
-            .execute(&mut self.conn)
-            .await
-            .map_err(err("put"))?;
-        Ok(())
+        sqlx_calls::put(&mut self.conn, &self.sql, key, value).await
     }
 
     async fn get(&mut self, key: &str) -> Res<()> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.get.clone()))
-            .bind(key.as_bytes())
-            .fetch_optional(&mut self.conn)
-            .await
-            .map_err(err("get"))?;
-        std::hint::black_box(row);
-        Ok(())
+        sqlx_calls::get(&mut self.conn, &self.sql, key).await
     }
 
     async fn batch_put(&mut self, keys: &[String], value: &[u8]) -> Res<()> {
-        let keys = unique_sorted(keys);
-        let values: Vec<&[u8]> = keys.iter().map(|_| value).collect();
-        sqlx::query(sqlx::AssertSqlSafe(self.sql.batch_put.clone()))
-            .bind(&keys)
-            .bind(&values)
-            .bind(None::<f64>)
-            .execute(&mut self.conn)
-            .await
-            .map_err(err("batch put"))?;
-        Ok(())
+        sqlx_calls::batch_put(&mut self.conn, &self.sql, keys, value).await
     }
 
     async fn batch_get(&mut self, keys: &[String]) -> Res<()> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(self.sql.batch_get.clone()))
-            .bind(as_bytes(keys))
-            .fetch_all(&mut self.conn)
-            .await
-            .map_err(err("batch get"))?;
-        std::hint::black_box(rows);
-        Ok(())
+        sqlx_calls::batch_get(&mut self.conn, &self.sql, keys).await
     }
 
     async fn cas(&mut self, key: &str, old: &[u8], new: &[u8]) -> Res<bool> {
-        let done = sqlx::query(sqlx::AssertSqlSafe(self.sql.cas.clone()))
-            .bind(key.as_bytes())
-            .bind(new)
-            .bind(old)
-            .bind(None::<f64>)
-            .execute(&mut self.conn)
-            .await
-            .map_err(err("cas"))?;
-        Ok(done.rows_affected() == 1)
+        sqlx_calls::cas(&mut self.conn, &self.sql, key, old, new).await
     }
 }

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, Statement};
 
-use super::{Described, Sql, as_bytes, err, unique_sorted};
+use super::{Described, Sql, err, tokio_calls};
 use crate::harness::{Peer, Res, Session};
 use bench_ref::plan::Shape;
 
@@ -72,87 +72,37 @@ pub struct DeadpoolSession {
 }
 
 impl DeadpoolSession {
-    async fn client(&self) -> Res<deadpool_postgres::Client> {
-        self.pool.get().await.map_err(err("pool get"))
+    /// A pooled client and `sql` prepared on it (cached per connection).
+    async fn prepared(&self, sql: &str) -> Res<(deadpool_postgres::Client, Statement)> {
+        let client = self.pool.get().await.map_err(err("pool get"))?;
+        let stmt = client.prepare_cached(sql).await.map_err(err("prepare"))?;
+        Ok((client, stmt))
     }
 }
 
 impl Session for DeadpoolSession {
     async fn put(&mut self, key: &str, value: &[u8]) -> Res<()> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.put)
-            .await
-            .map_err(err("prepare put"))?;
-        client
-            .execute(
-                &stmt,
-                &[
-                    &key.as_bytes(),
-                    &value,
-                    &None::<serde_json::Value>,
-                    &None::<f64>,
-                ],
-            )
-            .await
-            .map_err(err("put"))?;
-        Ok(())
+        let (client, stmt) = self.prepared(&self.sql.put).await?;
+        tokio_calls::put(&client, &stmt, key, value).await
     }
 
     async fn get(&mut self, key: &str) -> Res<()> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.get)
-            .await
-            .map_err(err("prepare get"))?;
-        let row = client
-            .query_opt(&stmt, &[&key.as_bytes()])
-            .await
-            .map_err(err("get"))?;
-        std::hint::black_box(row);
-        Ok(())
+        let (client, stmt) = self.prepared(&self.sql.get).await?;
+        tokio_calls::get(&client, &stmt, key).await
     }
 
     async fn batch_put(&mut self, keys: &[String], value: &[u8]) -> Res<()> {
-        let keys = unique_sorted(keys);
-        let values: Vec<&[u8]> = keys.iter().map(|_| value).collect();
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.batch_put)
-            .await
-            .map_err(err("prepare batch put"))?;
-        client
-            .execute(&stmt, &[&keys, &values, &None::<f64>])
-            .await
-            .map_err(err("batch put"))?;
-        Ok(())
+        let (client, stmt) = self.prepared(&self.sql.batch_put).await?;
+        tokio_calls::batch_put(&client, &stmt, keys, value).await
     }
 
     async fn batch_get(&mut self, keys: &[String]) -> Res<()> {
-        let keys = as_bytes(keys);
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.batch_get)
-            .await
-            .map_err(err("prepare batch get"))?;
-        let rows = client
-            .query(&stmt, &[&keys])
-            .await
-            .map_err(err("batch get"))?;
-        std::hint::black_box(rows);
-        Ok(())
+        let (client, stmt) = self.prepared(&self.sql.batch_get).await?;
+        tokio_calls::batch_get(&client, &stmt, keys).await
     }
 
     async fn cas(&mut self, key: &str, old: &[u8], new: &[u8]) -> Res<bool> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.cas)
-            .await
-            .map_err(err("prepare cas"))?;
-        let done = client
-            .execute(&stmt, &[&key.as_bytes(), &new, &old, &None::<f64>])
-            .await
-            .map_err(err("cas"))?;
-        Ok(done == 1)
+        let (client, stmt) = self.prepared(&self.sql.cas).await?;
+        tokio_calls::cas(&client, &stmt, key, old, new).await
     }
 }

@@ -18,6 +18,8 @@ mod connection;
 mod deadpool;
 mod pgpool;
 mod pipelined;
+mod sqlx_calls;
+mod tokio_calls;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

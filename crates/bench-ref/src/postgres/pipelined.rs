@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Described, Sql, as_bytes, err, unique_sorted};
+use super::{Described, Sql, err, tokio_calls};
 use crate::harness::{Peer, Res, Session};
 use bench_ref::plan::Shape;
 
@@ -97,63 +97,22 @@ pub struct PipelinedSession {
 
 impl Session for PipelinedSession {
     async fn put(&mut self, key: &str, value: &[u8]) -> Res<()> {
-        let c = &*self.conn;
-        c.client
-            .execute(
-                &c.put,
-                &[
-                    &key.as_bytes(),
-                    &value,
-                    &None::<serde_json::Value>,
-                    &None::<f64>,
-                ],
-            )
-            .await
-            .map_err(err("put"))?;
-        Ok(())
+        tokio_calls::put(&self.conn.client, &self.conn.put, key, value).await
     }
 
     async fn get(&mut self, key: &str) -> Res<()> {
-        let c = &*self.conn;
-        let row = c
-            .client
-            .query_opt(&c.get, &[&key.as_bytes()])
-            .await
-            .map_err(err("get"))?;
-        std::hint::black_box(row);
-        Ok(())
+        tokio_calls::get(&self.conn.client, &self.conn.get, key).await
     }
 
     async fn batch_put(&mut self, keys: &[String], value: &[u8]) -> Res<()> {
-        let keys = unique_sorted(keys);
-        let values: Vec<&[u8]> = keys.iter().map(|_| value).collect();
-        let c = &*self.conn;
-        c.client
-            .execute(&c.batch_put, &[&keys, &values, &None::<f64>])
-            .await
-            .map_err(err("batch put"))?;
-        Ok(())
+        tokio_calls::batch_put(&self.conn.client, &self.conn.batch_put, keys, value).await
     }
 
     async fn batch_get(&mut self, keys: &[String]) -> Res<()> {
-        let keys = as_bytes(keys);
-        let c = &*self.conn;
-        let rows = c
-            .client
-            .query(&c.batch_get, &[&keys])
-            .await
-            .map_err(err("batch get"))?;
-        std::hint::black_box(rows);
-        Ok(())
+        tokio_calls::batch_get(&self.conn.client, &self.conn.batch_get, keys).await
     }
 
     async fn cas(&mut self, key: &str, old: &[u8], new: &[u8]) -> Res<bool> {
-        let c = &*self.conn;
-        let done = c
-            .client
-            .execute(&c.cas, &[&key.as_bytes(), &new, &old, &None::<f64>])
-            .await
-            .map_err(err("cas"))?;
-        Ok(done == 1)
+        tokio_calls::cas(&self.conn.client, &self.conn.cas, key, old, new).await
     }
 }
