@@ -24,6 +24,11 @@ pub trait Peer: Send + Sync + 'static {
     fn session(&self) -> impl Future<Output = Res<Self::Session>> + Send;
 }
 
+/// What a report says about how a peer ran (its pool or connection count, say).
+pub trait Described: Peer {
+    fn describe(&self, shape: &Shape) -> String;
+}
+
 /// The calls of the benchmark on one worker's handle. Reads drop their values through
 /// `black_box`, so no peer skips decoding.
 pub trait Session: Send + 'static {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use sqlx::{Connection, PgConnection};
 
-use super::{Described, Sql, err, sqlx_calls};
-use crate::harness::{Peer, Res, Session};
+use super::{Sql, err, sqlx_calls};
+use crate::harness::{Described, Peer, Res, Session};
 use bench_ref::plan::Shape;
 
 pub struct Dedicated {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Statement};
 
-use super::{Described, Sql, err, tokio_calls};
-use crate::harness::{Peer, Res, Session};
+use super::{Sql, err, tokio_calls};
+use crate::harness::{Described, Peer, Res, Session};
 use bench_ref::plan::Shape;
 
 pub struct Deadpool {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use sqlx::{Connection, PgConnection};
 
-use crate::harness::{self, Peer, Res};
+use crate::harness::{self, Described, Res};
 use bench_ref::plan::{self, Shape, ShapeArgs};
 use bench_ref::report::{OpResult, Report, redacted};
 
@@ -193,11 +193,6 @@ async fn run_ops(args: &PostgresArgs, table: &str) -> Res<(Vec<OpResult>, String
             Ok((results, peer.describe(&shape)))
         }
     }
-}
-
-/// What a report says about how a peer ran.
-trait Described: Peer {
-    fn describe(&self, shape: &Shape) -> String;
 }
 
 /// Keys of one batch write, each once and sorted: one INSERT cannot touch a row twice, and

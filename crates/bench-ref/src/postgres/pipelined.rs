@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Described, Sql, err, tokio_calls};
-use crate::harness::{Peer, Res, Session};
+use super::{Sql, err, tokio_calls};
+use crate::harness::{Described, Peer, Res, Session};
 use bench_ref::plan::Shape;
 
 /// One connection and its prepared statements.

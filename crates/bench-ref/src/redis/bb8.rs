@@ -5,8 +5,8 @@
 use bb8_redis::RedisConnectionManager;
 use bb8_redis::bb8::{Pool, PooledConnection};
 
-use super::{CAS, Described, commands, err};
-use crate::harness::{Peer, Res, Session};
+use super::{CAS, commands, err};
+use crate::harness::{Described, Peer, Res, Session};
 use bench_ref::plan::Shape;
 
 /// bb8's default `Builder::max_size` (the pool does not expose it).

@@ -3,8 +3,8 @@
 
 use deadpool_redis::{Config, Pool, Runtime};
 
-use super::{CAS, Described, commands};
-use crate::harness::{Peer, Res, Session};
+use super::{CAS, commands};
+use crate::harness::{Described, Peer, Res, Session};
 use bench_ref::plan::Shape;
 
 pub struct Deadpool {

@@ -8,8 +8,8 @@ use fred::prelude::{
     Builder, ClientLike, Config, Error, KeysInterface, LuaInterface, Pool, TcpConfig,
 };
 
-use super::{CAS, Described};
-use crate::harness::{Peer, Res, Session};
+use super::CAS;
+use crate::harness::{Described, Peer, Res, Session};
 use bench_ref::plan::Shape;
 
 fn ferr(what: &'static str) -> impl FnOnce(Error) -> String {

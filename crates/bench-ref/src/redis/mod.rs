@@ -28,7 +28,7 @@ mod multiplexed;
 use clap::{Args, ValueEnum};
 use redis::aio::MultiplexedConnection;
 
-use crate::harness::{self, Peer, Res};
+use crate::harness::{self, Described, Res};
 use bench_ref::plan::{self, ShapeArgs};
 use bench_ref::report::{OpResult, Report, redacted};
 
@@ -136,11 +136,6 @@ async fn measure<P: Described>(
 ) -> (Res<Vec<OpResult>>, String) {
     let outcome = harness::run_ops(peer, shape, workload, prefix).await;
     (outcome, peer.describe(shape))
-}
-
-/// What a report says about how a peer ran.
-trait Described: Peer {
-    fn describe(&self, shape: &plan::Shape) -> String;
 }
 
 /// Removes the run's keys (`SCAN MATCH prefix*`, `DEL`).

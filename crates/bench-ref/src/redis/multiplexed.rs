@@ -2,8 +2,8 @@
 
 use redis::aio::MultiplexedConnection;
 
-use super::{CAS, Described, err};
-use crate::harness::{Peer, Res, Session};
+use super::{CAS, err};
+use crate::harness::{Described, Peer, Res, Session};
 use bench_ref::plan::Shape;
 
 pub struct Multiplexed {
