@@ -121,15 +121,8 @@ impl StateBackend for RedisStateBackend {
         .await;
         for result in results {
             let (group, reply) = result?;
-            let Value::Array(values) = reply else {
-                return Err(unexpected("MGET", &reply));
-            };
-            if values.len() != group.len() {
-                return Err(unexpected("MGET", &Value::Array(values)));
-            }
-            for (i, value) in group.into_iter().zip(values) {
-                let value = bytes_of("MGET", value)?;
-                if let Some(slot) = out.get_mut(i) {
+            for (i, value) in group.iter().zip(mget_values(reply, group.len())?) {
+                if let Some(slot) = out.get_mut(*i) {
                     *slot = value;
                 }
             }
@@ -416,16 +409,7 @@ impl RedisStateBackend {
                 self.inner.pool.read(&cmd)
             })
             .await?;
-        let Value::Array(values) = reply else {
-            return Err(unexpected("MGET", &reply));
-        };
-        if values.len() != keys.len() {
-            return Err(unexpected("MGET", &Value::Array(values)));
-        }
-        values
-            .into_iter()
-            .map(|value| bytes_of("MGET", value))
-            .collect()
+        mget_values(reply, keys.len())
     }
 
     async fn clear_prefix(&self, prefix: &[u8]) -> Result<u64> {
@@ -447,4 +431,18 @@ impl RedisStateBackend {
         }
         Ok(deleted)
     }
+}
+
+/// The values of an `MGET` of `expected` keys, in order.
+fn mget_values(reply: Value, expected: usize) -> Result<Vec<Option<Bytes>>> {
+    let Value::Array(values) = reply else {
+        return Err(unexpected("MGET", &reply));
+    };
+    if values.len() != expected {
+        return Err(unexpected("MGET", &Value::Array(values)));
+    }
+    values
+        .into_iter()
+        .map(|value| bytes_of("MGET", value))
+        .collect()
 }
