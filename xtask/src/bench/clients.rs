@@ -59,8 +59,15 @@ pub(super) struct Sample {
 }
 
 impl Engine {
-    /// Runs `client` ("ours" or a peer) once with the shape options `shape`.
-    pub(super) fn run(&self, tools: &Tools, client: &str, shape: &[String]) -> Result<Sample> {
+    /// Runs `client` ("ours" or a peer) once: `tasks` tasks, the rest of the shape in the
+    /// options `shape` (see [`shape`]).
+    pub(super) fn run(
+        &self,
+        tools: &Tools,
+        client: &str,
+        tasks: u64,
+        shape: &[String],
+    ) -> Result<Sample> {
         let mut cmd;
         let mut schema = None;
         if client == "ours" {
@@ -69,7 +76,6 @@ impl Engine {
                 Target::Redis(url) => url.clone(),
                 Target::Postgres { url, id, .. } => {
                     let name = format!("peers_{id}_{}", unique());
-                    let tasks = tasks_of(shape);
                     let pool = tasks.min(POOL);
                     let ours = with_params(
                         url,
@@ -130,15 +136,6 @@ impl Engine {
         all.extend(self.peers);
         all
     }
-}
-
-fn tasks_of(shape: &[String]) -> u64 {
-    shape
-        .iter()
-        .position(|a| a == "--concurrency")
-        .and_then(|i| shape.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
 }
 
 /// The options of one case at `tasks` tasks and `value_size`-byte values.

@@ -89,9 +89,12 @@ fn measure(engine: &Engine, tools: &Tools, opts: &Options) -> Result<(Vec<Cell>,
                 // Rotate the order: each client goes first in some run.
                 for k in 0..clients.len() {
                     let i = (k + run) % clients.len();
-                    let sample = engine.run(tools, clients[i], &args).with_context(|| {
-                        format!("{} {} at {tasks} tasks", engine.title, clients[i])
-                    })?;
+                    let sample =
+                        engine
+                            .run(tools, clients[i], tasks, &args)
+                            .with_context(|| {
+                                format!("{} {} at {tasks} tasks", engine.title, clients[i])
+                            })?;
                     let s = sample.stats;
                     println!(
                         "  {:<10} {:<15} {tasks:>3} tasks {:<12} run {}: {:>10.0} ops/s  p50 {:>9.1} µs  p99 {:>9.1} µs  CPU {:>6.2} µs/op",

@@ -144,7 +144,7 @@ fn point(
         };
         for client in order {
             let s = engine
-                .run(tools, client, &args)
+                .run(tools, client, tasks, &args)
                 .with_context(|| {
                     format!(
                         "{} {client}: {} at {tasks} tasks, {size} B",
