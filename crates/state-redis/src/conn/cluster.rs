@@ -27,7 +27,7 @@ use redis::{ConnectionInfo, RedisError, TlsCertificates, TlsMode};
 use state_core::StateError;
 use tokio::sync::OnceCell;
 
-use super::setup::{build_error, node_info};
+use super::setup::{build_error, node_info, tcp_settings};
 use super::{Node, single::timeout_error};
 use crate::config::RedisConfig;
 
@@ -65,7 +65,8 @@ impl ClusterConns {
             .map_err(|e| build_error(target, e))?;
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(config.connect_timeout)
-            .response_timeout(config.response_timeout);
+            .response_timeout(config.response_timeout)
+            .tcp_settings(tcp_settings(config));
         builder = match set {
             // The driver follows MOVED/ASK and reconnects to a node; our RetryPolicy
             // governs everything else on top.

@@ -78,7 +78,8 @@ fn sentinel_client(
         server_type,
     )
     .map_err(|e| build_error(target, e))?
-    .set_client_to_redis_db(config.db);
+    .set_client_to_redis_db(config.db)
+    .set_client_to_redis_tcp_settings(tcp_settings(config));
     if let Some(user) = &config.username {
         builder = builder.set_client_to_redis_username(user);
     }
@@ -132,7 +133,15 @@ pub(super) fn node_info(
     Ok(addr
         .into_connection_info()?
         .set_redis_settings(redis_info)
-        .set_tcp_settings(TcpSettings::default().set_nodelay(config.tcp_nodelay)))
+        .set_tcp_settings(tcp_settings(config)))
+}
+
+/// The socket options of every data-node connection, whichever client dials it
+/// (standalone, Cluster or Sentinel): the driver's defaults with `TCP_NODELAY` as
+/// configured. Cluster and Sentinel clients do not take them from a node's
+/// `ConnectionInfo`, so each builder is given them too.
+pub(super) fn tcp_settings(config: &RedisConfig) -> TcpSettings {
+    TcpSettings::default().set_nodelay(config.tcp_nodelay)
 }
 
 pub(super) fn build_error(target: &str, err: RedisError) -> StateError {
