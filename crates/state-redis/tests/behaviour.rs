@@ -165,6 +165,97 @@ async fn pool_size_opens_min_then_round_robins_up_to_max() -> TestResult {
     Ok(())
 }
 
+/// Our connections write through a stream of our own (held writes, see `conn/corked.rs`)
+/// and run a task we spawn: many callers on one connection must each get their own reply,
+/// and dropping the backend must close the socket, as the driver's own connections do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_serves_many_callers_and_closes_when_dropped() -> TestResult {
+    let server = local().await;
+    let config = RedisConfig::builder()
+        .url(server.url())
+        .pool_size(1, 1)
+        .build()?;
+    let backend = RedisStateBackend::new(config).await?;
+    let callers = (0..64u32).map(|caller| {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            for round in 0..50u32 {
+                let key = format!("caller:{caller}");
+                let value = format!("{caller}/{round}");
+                backend.put(key.as_bytes(), value.as_bytes()).await?;
+                let read = backend.get(key.as_bytes()).await?;
+                assert_eq!(read.as_deref(), Some(value.as_bytes()), "caller {caller}");
+            }
+            Ok::<(), state_core::StateError>(())
+        })
+    });
+    for caller in futures_util::future::join_all(callers).await {
+        caller??;
+    }
+    assert_eq!(backend.server_info().await?[0].connected_clients, 1);
+    drop(backend);
+    // Only the `INFO` connection of redis-cli is left once our socket is closed.
+    let mut clients = String::new();
+    for _ in 0..50 {
+        clients = server.cli(&["INFO", "clients"]).await?;
+        if clients.lines().any(|l| l.trim() == "connected_clients:1") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the dropped backend's connection is still open after 5 s: {clients}");
+}
+
+/// A connection given up on (a write to a paused server timed out with most of its bytes
+/// still unsent) is closed at once, not left open until the server reads again: once the
+/// pool has forgotten it and no request uses it, its task stops, as for the driver's own
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_connection_closes_while_its_reply_is_still_owed() -> TestResult {
+    let server = local().await;
+    let config = RedisConfig::builder()
+        .url(server.url())
+        .pool_size(1, 1)
+        .response_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300))
+        .build()?;
+    let backend = RedisStateBackend::new(config).await?;
+    backend.put(b"warm", b"up").await?;
+    let in_use = established_to(server.port())?;
+    server.pause()?;
+    // More than the socket buffers hold: the connection's task is still writing it.
+    let unanswered = backend.put(b"k", &vec![7u8; 32 << 20]).await;
+    let mut open = in_use;
+    for _ in 0..50 {
+        open = established_to(server.port())?;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.resume()?;
+    assert_eq!(in_use, 1, "the backend's one connection");
+    assert!(unanswered.is_err(), "a paused server answered");
+    assert_eq!(open, 0, "the timed-out connection is still open after 5 s");
+    Ok(())
+}
+
+/// Established TCP connections (IPv4) to the local `port`, from any process.
+fn established_to(port: u16) -> std::io::Result<usize> {
+    const ESTABLISHED: &str = "01";
+    let remote = format!(":{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2).is_some_and(|r| r.ends_with(&remote))
+                && fields.get(3) == Some(&ESTABLISHED)
+        })
+        .count())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_batch_size_sets_the_commands_per_round_trip() -> TestResult {
     let server = local().await;

@@ -245,12 +245,11 @@ impl RedisConfigBuilder {
     }
 
     /// `TCP_NODELAY` on the connections (on by default, as in fred, Lettuce and Jedis): a
-    /// request goes out as soon as it is queued, and a request that spans two writes never
-    /// waits out the server's delayed ACK. Off lets Nagle's algorithm merge the small writes
-    /// of many concurrent callers into fewer packets: on a CPU-bound 2-core host, paired
-    /// runs of point gets and puts measured 1.2–1.8× the throughput with it off at 64 tasks,
-    /// and two thirds at 16 (BENCHMARKS.md, "Ours against the libraries users would pick
-    /// instead").
+    /// request that spans two writes never waits out the server's delayed ACK. Small
+    /// writes of many concurrent callers are merged without Nagle's algorithm: a standalone
+    /// or Sentinel connection holds a small write for one turn of the scheduler while the
+    /// server still owes it replies, so that the other ready callers' requests go out in
+    /// the same write (a lone caller never waits). Off lets Nagle merge them as well.
     pub fn tcp_nodelay(mut self, on: bool) -> Self {
         self.tcp_nodelay = on;
         self

@@ -11,10 +11,15 @@
 //! replica: for Sentinel a second set of slots dialled to the replicas the Sentinels list,
 //! for Cluster a third set of cluster connections that route reads to replicas.
 //!
+//! Standalone and Sentinel connections over plain TCP are opened by us, on a stream that
+//! merges the small writes of concurrent callers ([`corked`]); TLS, Unix sockets and
+//! Cluster connections are opened by the driver.
+//!
 //! Every send reports, with its error, whether the request may have reached the server
 //! ([`Failure`]): that is what the retry rule of `state_core::RetryPolicy` decides on.
 
 mod cluster;
+mod corked;
 mod exact;
 mod replicas;
 mod setup;
@@ -23,7 +28,7 @@ mod single;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisError, Value};
@@ -36,7 +41,7 @@ use cluster::{ClusterConns, ConnSet};
 use exact::{ask_of, follow_ask, one_by_one};
 use replicas::ReplicaSlots;
 use setup::{build_error, node_info, open_client, sentinel_dial};
-use single::{Dial, Dialer, Slot};
+use single::{Dial, Dialer, Open, Slot};
 
 /// One server of the deployment, for commands that must visit each (SCAN, INFO).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +106,8 @@ enum Kind {
 /// A connection taken from the pool for one request.
 enum Conn {
     Single {
-        conn: MultiplexedConnection,
+        open: Open,
         slot: usize,
-        generation: u64,
         /// From the replica slots: a broken one is forgotten there.
         replica: bool,
     },
@@ -235,15 +239,11 @@ impl Pool {
                     exact: exact_set,
                 })
             }
-            Kind::Single { slots, .. } => {
-                let (generation, conn) = slots.get(index)?.current()?;
-                Some(Conn::Single {
-                    conn,
-                    slot: index,
-                    generation,
-                    replica: false,
-                })
-            }
+            Kind::Single { slots, .. } => Some(Conn::Single {
+                open: slots.get(index)?.current()?,
+                slot: index,
+                replica: false,
+            }),
         }
     }
 
@@ -268,14 +268,13 @@ impl Pool {
                 let Some(slot) = slots.get(index) else {
                     return Err(Failure::before_send(internal("no such pool slot")));
                 };
-                let (generation, conn) = slot
+                let open = slot
                     .get_or_dial(dialer)
                     .await
                     .map_err(Failure::before_send)?;
                 Ok(Conn::Single {
-                    conn,
+                    open,
                     slot: index,
-                    generation,
                     replica: false,
                 })
             }
@@ -293,9 +292,8 @@ impl Pool {
             },
             Conn::Single {
                 slot,
-                generation,
+                open,
                 replica,
-                ..
             },
         ) = (&self.kind, conn)
         {
@@ -304,7 +302,7 @@ impl Pool {
                 _ => slots,
             };
             if let Some(slot) = slots.get(*slot) {
-                slot.forget(*generation);
+                slot.forget(open.generation);
             }
         }
     }
@@ -325,7 +323,7 @@ impl Pool {
     ) -> std::result::Result<Value, Failure> {
         let mut conn = self.conn(idempotency).await?;
         let result = match &mut conn {
-            Conn::Single { conn, .. } => conn.req_packed_command(cmd).await,
+            Conn::Single { open, .. } => open.conn.req_packed_command(cmd).await,
             Conn::Cluster { conn, exact } => {
                 let reply = conn.req_packed_command(cmd).await;
                 match ask_of(&reply).filter(|_| *exact) {
@@ -347,7 +345,7 @@ impl Pool {
     ) -> std::result::Result<Vec<Value>, Failure> {
         let mut conn = self.conn(idempotency).await?;
         let result = match &mut conn {
-            Conn::Single { conn, .. } => run_pipeline(conn, pipe).await,
+            Conn::Single { open, .. } => run_pipeline(&mut open.conn, pipe).await,
             Conn::Cluster { conn, exact } if *exact && !pipe.is_transaction() => {
                 Box::pin(one_by_one(conn, pipe)).await
             }
@@ -371,7 +369,7 @@ impl Pool {
                 conn.route_command(cmd.clone(), RoutingInfo::SingleNode(route))
                     .await
             }
-            Conn::Single { conn, .. } => conn.req_packed_command(cmd).await,
+            Conn::Single { open, .. } => open.conn.req_packed_command(cmd).await,
         };
         self.settle(&conn, result.and_then(lift))
     }
@@ -391,7 +389,7 @@ impl Pool {
                 conn.route_pipeline(pipe.clone(), 0, pipe.len(), route)
                     .await
             }
-            Conn::Single { conn, .. } => run_pipeline(conn, pipe).await,
+            Conn::Single { open, .. } => run_pipeline(&mut open.conn, pipe).await,
         };
         self.settle(&conn, result)
     }

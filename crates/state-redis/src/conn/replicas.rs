@@ -79,12 +79,11 @@ impl Pool {
                         }
                     },
                 };
-                let (generation, mut conn) = open;
-                let reply = conn.req_packed_command(cmd).await;
+                let mut open = open;
+                let reply = open.conn.req_packed_command(cmd).await;
                 let conn = Conn::Single {
-                    conn,
+                    open,
                     slot: index,
-                    generation,
                     replica: true,
                 };
                 self.settle(&conn, reply)

@@ -4,15 +4,20 @@
 //! For Sentinel every dial asks the Sentinels where the primary is now, so a failover is
 //! found by the next request after the old connection broke.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Value};
+
+use super::corked::Corked;
 
 use crate::config::RedisConfig;
+
+/// A new connection, and its task if we spawned it (see [`Open`]).
+pub(super) type Dialled = (MultiplexedConnection, Option<ConnTask>);
 
 /// How a slot reaches its server.
 pub(super) struct Dialer {
@@ -38,22 +43,39 @@ pub(super) enum Dial {
 
 #[derive(Default)]
 pub(super) struct Slot {
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<Open>>,
     dialing: tokio::sync::Mutex<()>,
     generation: AtomicU64,
 }
 
+/// A slot's open connection, with its generation. Requests use clones; when the slot has
+/// forgotten the connection and the last request using it is done, the connection's task
+/// stops and its socket closes (as the driver does for the connections it spawns itself).
+#[derive(Clone)]
+pub(super) struct Open {
+    pub(super) generation: u64,
+    pub(super) conn: MultiplexedConnection,
+    _task: Option<Arc<ConnTask>>,
+}
+
+/// The task that drives a connection we opened ourselves ([`Dialer::open`]), stopped when
+/// dropped.
+pub(super) struct ConnTask(tokio::task::AbortHandle);
+
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Slot {
-    /// The open connection and its generation, if any: the hot path, with no await.
-    pub(super) fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+    /// The open connection, if any: the hot path, with no await.
+    pub(super) fn current(&self) -> Option<Open> {
         lock(&self.current).clone()
     }
 
     /// The open connection, dialling one (only one task dials a slot at a time).
-    pub(super) async fn get_or_dial(
-        &self,
-        dialer: &Dialer,
-    ) -> Result<(u64, MultiplexedConnection), RedisError> {
+    pub(super) async fn get_or_dial(&self, dialer: &Dialer) -> Result<Open, RedisError> {
         if let Some(open) = self.current() {
             return Ok(open);
         }
@@ -61,16 +83,23 @@ impl Slot {
         if let Some(open) = self.current() {
             return Ok(open);
         }
-        let conn = dialer.dial().await?;
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *lock(&self.current) = Some((generation, conn.clone()));
-        Ok((generation, conn))
+        let (conn, task) = dialer.dial().await?;
+        let open = Open {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            conn,
+            _task: task.map(Arc::new),
+        };
+        *lock(&self.current) = Some(open.clone());
+        Ok(open)
     }
 
     /// Forgets the connection of `generation` (a newer one is kept).
     pub(super) fn forget(&self, generation: u64) {
         let mut current = lock(&self.current);
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if current
+            .as_ref()
+            .is_some_and(|open| open.generation == generation)
+        {
             *current = None;
         }
     }
@@ -94,7 +123,7 @@ impl Dialer {
     /// name, a primary that is missing, not a primary, or refusing connections is a
     /// failover in progress, `MASTERDOWN` (retryable); a name no Sentinel knows is a
     /// configuration error (`MasterNameNotFoundBySentinel`).
-    pub(super) async fn dial(&self) -> Result<MultiplexedConnection, RedisError> {
+    pub(super) async fn dial(&self) -> Result<Dialled, RedisError> {
         let client = match &self.how {
             Dial::Direct(client) => client.clone(),
             Dial::Sentinel {
@@ -108,15 +137,10 @@ impl Dialer {
                     tokio::time::timeout(self.connect_timeout, client.async_get_client()).await
                 };
                 let failure = match found {
-                    Ok(Ok(client)) => {
-                        match client
-                            .get_multiplexed_async_connection_with_config(&self.config)
-                            .await
-                        {
-                            Ok(conn) => return Ok(conn),
-                            Err(err) => err,
-                        }
-                    }
+                    Ok(Ok(client)) => match self.open(&client).await {
+                        Ok(conn) => return Ok(conn),
+                        Err(err) => err,
+                    },
                     Ok(Err(err)) => err,
                     Err(_) => timeout_error(),
                 };
@@ -130,9 +154,35 @@ impl Dialer {
                     .map_err(|_| timeout_error())??
             }
         };
-        client
-            .get_multiplexed_async_connection_with_config(&self.config)
+        self.open(&client).await
+    }
+
+    /// Connects to `client`'s server. Over plain TCP we open the socket ourselves, to put
+    /// [`Corked`] under the multiplexed connection; TLS and Unix sockets go through the
+    /// driver's own dialling.
+    async fn open(&self, client: &Client) -> Result<Dialled, RedisError> {
+        let info = client.get_connection_info();
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
+            return Ok((conn, None));
+        };
+        let handshake = async {
+            let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            socket.set_nodelay(info.tcp_settings().nodelay())?;
+            let (conn, driver) = MultiplexedConnection::new_with_config(
+                info.redis_settings(),
+                Corked::new(socket),
+                self.config.clone(),
+            )
+            .await?;
+            let task = ConnTask(tokio::spawn(driver).abort_handle());
+            Ok::<_, RedisError>((conn, Some(task)))
+        };
+        tokio::time::timeout(self.connect_timeout, handshake)
             .await
+            .map_err(|_| timeout_error())?
     }
 
     /// What a failure to reach the primary means, by asking the Sentinels directly
