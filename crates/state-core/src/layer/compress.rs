@@ -21,7 +21,10 @@
 //! Any other stored value is the value itself: what was written before the layer was
 //! switched on, or by a client without it, reads back unchanged. A value the layer writes
 //! is compressed when it is at least the threshold long and the frame is smaller than the
-//! value (random data stays as it is); otherwise it is stored as is, unless it begins with
+//! value (random data stays as it is; from 16 KiB on, 4 KiB from its middle are compressed
+//! first, and a value whose sample saves under 3 % is not compressed whole: a guess, which
+//! can leave a value with an incompressible middle uncompressed); otherwise it is stored
+//! as is, unless it begins with
 //! the magic `C5 53 5A`: such a value is stored in a `00` frame, so that it cannot be taken
 //! for a frame when read back. (The one ambiguity left is a value written without the layer
 //! that begins with the magic: it is read as a frame. Random bytes do so once in 16.7
@@ -79,6 +82,14 @@ const ZSTD: u8 = 2;
 /// lz4 expands at most about 255-fold (one length byte stands for 255 bytes): a header
 /// claiming more is damaged, and is refused before any memory is set aside for it.
 const LZ4_MAX_RATIO: usize = 255;
+/// Values at least this long are probed before they are compressed whole ([`PROBE_LEN`]).
+const PROBE_FROM: usize = 16 * 1024;
+/// The probe: this many bytes from the middle of the value, compressed alone. If they do
+/// not shrink by [`PROBE_MIN_SAVING`] percent, the value is stored as it is, without
+/// compressing all of it to find out (random or already-compressed data: zstd spends most
+/// of a put's time on 16 KiB of it).
+const PROBE_LEN: usize = 4 * 1024;
+const PROBE_MIN_SAVING: usize = 3;
 /// How often a compare-and-swap retries on the stored bytes while the value keeps the
 /// expected content under a changing encoding (other writers racing it).
 const CAS_ATTEMPTS: usize = 8;
@@ -208,8 +219,12 @@ impl Codec {
         self.encode(value)
     }
 
-    /// The compressed frame of `value`, if it is smaller than `value`.
+    /// The compressed frame of `value`, if it is smaller than `value` and a probe of a
+    /// large value says it is worth trying.
     fn compress(&self, value: &[u8]) -> Option<Vec<u8>> {
+        if self.looks_incompressible(value) {
+            return None;
+        }
         let algorithm = match self.layer.algorithm {
             Algorithm::Lz4 => LZ4,
             Algorithm::Zstd { .. } => ZSTD,
@@ -228,6 +243,26 @@ impl Codec {
             Algorithm::Zstd { level } => frame.extend_from_slice(&zstd_compress(value, level)?),
         }
         (frame.len() < value.len()).then_some(frame)
+    }
+
+    /// Whether a large `value`'s middle [`PROBE_LEN`] bytes compress by less than
+    /// [`PROBE_MIN_SAVING`] percent. Only a guess: a value it lets through is still stored
+    /// as it is when compressing it whole saves nothing.
+    fn looks_incompressible(&self, value: &[u8]) -> bool {
+        if value.len() < PROBE_FROM {
+            return false;
+        }
+        let start = (value.len() - PROBE_LEN) / 2;
+        let Some(sample) = value.get(start..start + PROBE_LEN) else {
+            return false;
+        };
+        let packed = match self.layer.algorithm {
+            Algorithm::Lz4 => lz4_flex::block::compress(sample).len(),
+            Algorithm::Zstd { level } => {
+                zstd_compress(sample, level).map_or(PROBE_LEN, |z| z.len())
+            }
+        };
+        packed * 100 > PROBE_LEN * (100 - PROBE_MIN_SAVING)
     }
 
     /// The value `stored` holds under `key`.

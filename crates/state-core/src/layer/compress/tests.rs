@@ -271,3 +271,35 @@ async fn limits_apply_to_the_value_before_compression() -> Result<()> {
     backend.put(b"k", &text(1000)).await?;
     Ok(())
 }
+
+#[test]
+fn only_large_values_are_probed_and_only_incompressible_ones_skip_compression() {
+    for layer in layers() {
+        let codec = Codec {
+            layer,
+            limits: Limits::default(),
+        };
+        assert!(
+            codec.looks_incompressible(&random(PROBE_FROM, 5)),
+            "{layer:?}"
+        );
+        assert!(
+            codec.looks_incompressible(&random(256 << 10, 6)),
+            "{layer:?}"
+        );
+        assert!(!codec.looks_incompressible(&text(PROBE_FROM)), "{layer:?}");
+        assert!(
+            !codec.looks_incompressible(&random(PROBE_FROM - 1, 5)),
+            "{layer:?}: below the probe size the whole value is tried"
+        );
+        // Compressible text around a random middle: the probe's guess is to store it as is.
+        let mut mixed = text(64 << 10);
+        let middle = (mixed.len() - PROBE_LEN) / 2;
+        mixed[middle..middle + PROBE_LEN].copy_from_slice(&random(PROBE_LEN, 8));
+        assert!(codec.looks_incompressible(&mixed), "{layer:?}");
+        assert!(
+            matches!(codec.encode(&mixed), Ok(Cow::Borrowed(_))),
+            "{layer:?}"
+        );
+    }
+}
