@@ -150,7 +150,8 @@ async fn time_block(
 
 /// Runs `rounds` rounds of `iterations` round trips and of `iterations` cycles of every
 /// contender, and gives one row per contender; all rows share the round trip. A round is
-/// [`SESSIONS`] sessions on fresh connections; within one, blocks of every side alternate,
+/// [`SESSIONS`] sessions, each side on fresh connections where it can reconnect (see
+/// [`Timed::reconnect`]); within one, blocks of every side alternate,
 /// and the side that starts a pass rotates, so none always follows the same other.
 pub async fn measure_group(
     group: &'static str,

@@ -22,9 +22,10 @@ pub fn table(rows: &[Row], opts: &Options) -> String {
 fn header(opts: &Options) -> String {
     format!(
         "Uncontended `try_acquire` + `release` of one lock, one task, {} cycles per round, \
-         median of {} rounds (each round {SESSIONS} sessions on fresh connections; blocks of \
-         {BLOCK} round trips and {BLOCK} cycles of each lock of a server alternate, the first \
-         of each pass rotating; pgbench rows alternate per round). Idle cores: {}. Goals: a \
+         median of {} rounds (each round {SESSIONS} sessions, PostgreSQL's on fresh \
+         connections; blocks of {BLOCK} round trips and {BLOCK} cycles of each lock of a \
+         server alternate, the first of each pass rotating; pgbench rows alternate per \
+         round). Idle cores: {}. Goals: a \
          cycle costs at most {ROUND_TRIP_GOAL} round trips, and at most {DRIVER_GOAL} times \
          the same statements or scripts on the raw driver, measured in the same blocks (the \
          median of the rounds' ratios, their range in brackets).\n\n\
