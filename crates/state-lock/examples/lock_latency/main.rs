@@ -7,8 +7,10 @@
 //!     [--no-notes]
 //! ```
 //! Per server, each round alternates blocks of round trips (`PING`, `SELECT 1`) and of
-//! each lock's cycles (so all see the same machine noise); the report gives the median over
-//! rounds of each p50 and p99. Beside our locks: floor rows, the same lock operations
+//! each lock's cycles (so all see the same machine noise), over several sessions (the
+//! PostgreSQL ones on fresh connections, so no side keeps one server process's luck for a
+//! whole run); the report gives the median over rounds of each p50 and p99, and of each
+//! round's ratio to the floor. Beside our locks: floor rows, the same lock operations
 //! without our library (the Redis scripts on the raw `redis` crate, each PostgreSQL mode's
 //! statements on a plain sqlx connection and through `pgbench -M prepared`, which must be
 //! installed), and peers (`rslock`, sqlx's `PgAdvisoryLock`). The PostgreSQL locks work in

@@ -1,5 +1,7 @@
 //! The measuring loop: one round trip and several lock cycles against one server, timed in
-//! alternating blocks so that every side sees the same machine noise.
+//! alternating blocks so that every side sees the same machine noise, on connections
+//! opened afresh several times per round so that no side keeps a lucky or unlucky server
+//! process for a whole run.
 
 use std::time::{Duration, Instant};
 
@@ -7,11 +9,26 @@ use async_trait::async_trait;
 
 use crate::{BLOCK, Options, Result};
 
+/// Sessions per round: every side reconnects at the start of each. A connection's server
+/// process keeps its luck for as long as it lives (which core it shares with whom, what
+/// it wakes from): with one connection per side for a whole run, two sides sending the
+/// same statements measured 0.65 to 1.57 times each other's p50 from run to run.
+pub const SESSIONS: usize = 5;
+
+/// Untimed calls of every side after it reconnects: prepared statements, pools, scripts.
+const WARM_UP: usize = 20;
+
 /// Something timed once per iteration: a round trip, or one acquire + release.
 #[async_trait(?Send)]
 pub trait Timed {
     /// Runs once; `i` counts the calls (for a lock name per call, if one wants it).
     async fn run(&mut self, i: usize) -> Result<()>;
+
+    /// Replaces its connections with new ones (new server processes), where it owns them;
+    /// by default it keeps what it has.
+    async fn reconnect(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a row measures, which decides the columns it gets.
@@ -76,6 +93,8 @@ pub struct Row {
     pub group: &'static str,
     pub round_trip: Percentiles,
     pub cycle: Percentiles,
+    /// Each round's cycle p50, for ratios paired round by round.
+    pub round_cycle_p50s: Vec<f64>,
 }
 
 /// Each round's p50 and p99 of both sides, summarised as a [`Row`] of medians.
@@ -100,6 +119,7 @@ impl Rounds {
             label,
             role,
             group,
+            round_cycle_p50s: self.c50.clone(),
             round_trip: Percentiles {
                 p50: median(self.rt50),
                 p99: median(self.rt99),
@@ -129,37 +149,27 @@ async fn time_block(
 }
 
 /// Runs `rounds` rounds of `iterations` round trips and of `iterations` cycles of every
-/// contender, in alternating blocks (round trips, then each contender in turn), and gives
-/// one row per contender; all rows share the round trip.
+/// contender, and gives one row per contender; all rows share the round trip. A round is
+/// [`SESSIONS`] sessions, each side on fresh connections where it can reconnect (see
+/// [`Timed::reconnect`]); within one, blocks of every side alternate,
+/// and the side that starts a pass rotates, so none always follows the same other.
 pub async fn measure_group(
     group: &'static str,
     opts: &Options,
-    round_trip: &mut dyn Timed,
+    round_trip: &mut (dyn Timed + 'static),
     mut contenders: Vec<Contender>,
 ) -> Result<Vec<Row>> {
-    let mut calls = vec![0usize; contenders.len() + 1];
-    // Warm-up: connections, prepared statements, scripts.
-    let mut warm = Vec::with_capacity(BLOCK);
-    time_block(round_trip, BLOCK, &mut calls[0], &mut warm).await?;
-    for (c, n) in contenders.iter_mut().zip(&mut calls[1..]) {
-        time_block(c.cycle.as_mut(), BLOCK, n, &mut warm).await?;
-    }
-    let mut rounds: Vec<Rounds> = contenders.iter().map(|_| Rounds::default()).collect();
+    let mut sides: Vec<&mut (dyn Timed + 'static)> = std::iter::once(&mut *round_trip)
+        .chain(contenders.iter_mut().map(|c| c.cycle.as_mut()))
+        .collect();
+    let mut calls = vec![0usize; sides.len()];
+    let mut rounds: Vec<Rounds> = (1..sides.len()).map(|_| Rounds::default()).collect();
     for _ in 0..opts.rounds {
-        let mut rts = Vec::with_capacity(opts.iterations);
-        let mut cycles: Vec<Vec<Duration>> = contenders
-            .iter()
-            .map(|_| Vec::with_capacity(opts.iterations))
-            .collect();
-        while rts.len() < opts.iterations {
-            time_block(round_trip, BLOCK, &mut calls[0], &mut rts).await?;
-            for ((c, n), samples) in contenders.iter_mut().zip(&mut calls[1..]).zip(&mut cycles) {
-                time_block(c.cycle.as_mut(), BLOCK, n, samples).await?;
-            }
-        }
-        let rt = percentiles(rts);
-        for (r, samples) in rounds.iter_mut().zip(cycles) {
-            r.push(rt, percentiles(samples));
+        let samples = measure_round(&mut sides, &mut calls, opts.iterations).await?;
+        let mut samples = samples.into_iter();
+        let rt = percentiles(samples.next().unwrap_or_default());
+        for (r, side) in rounds.iter_mut().zip(samples) {
+            r.push(rt, percentiles(side));
         }
     }
     Ok(contenders
@@ -167,4 +177,34 @@ pub async fn measure_group(
         .zip(rounds)
         .map(|(c, r)| r.into_row(c.label, c.role, group))
         .collect())
+}
+
+/// One round: each side's `iterations` (rounded up to whole blocks) latencies, over
+/// [`SESSIONS`] sessions.
+async fn measure_round(
+    sides: &mut [&mut (dyn Timed + 'static)],
+    calls: &mut [usize],
+    iterations: usize,
+) -> Result<Vec<Vec<Duration>>> {
+    let mut samples: Vec<Vec<Duration>> = sides
+        .iter()
+        .map(|_| Vec::with_capacity(iterations + BLOCK))
+        .collect();
+    let mut pass = 0;
+    for session in 1..=SESSIONS {
+        let mut warm = Vec::with_capacity(WARM_UP);
+        for (side, n) in sides.iter_mut().zip(calls.iter_mut()) {
+            side.reconnect().await?;
+            time_block(&mut **side, WARM_UP, n, &mut warm).await?;
+        }
+        let until = iterations * session / SESSIONS;
+        while samples[0].len() < until {
+            for k in 0..sides.len() {
+                let s = (pass + k) % sides.len();
+                time_block(&mut *sides[s], BLOCK, &mut calls[s], &mut samples[s]).await?;
+            }
+            pass += 1;
+        }
+    }
+    Ok(samples)
 }

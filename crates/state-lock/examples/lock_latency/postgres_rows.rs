@@ -18,6 +18,7 @@ use crate::{Options, OursCycle, Result, TTL, unique};
 
 /// `SELECT 1` on a plain connection.
 struct SelectOne {
+    url: String,
     conn: PgConnection,
 }
 
@@ -32,11 +33,42 @@ impl Timed for SelectOne {
         }
         Ok(())
     }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        reconnect(&mut self.conn, &self.url).await
+    }
+}
+
+/// Closes `conn` (telling the server) after opening its replacement on `url`.
+async fn reconnect(conn: &mut PgConnection, url: &str) -> Result<()> {
+    let fresh = PgConnection::connect(url).await?;
+    std::mem::replace(conn, fresh).close().await?;
+    Ok(())
+}
+
+/// Our lock, reopened (a new pool, so new connections) at each reconnect.
+struct OursReopened {
+    config: PostgresLockConfig,
+    cycle: OursCycle,
+}
+
+#[async_trait(?Send)]
+impl Timed for OursReopened {
+    async fn run(&mut self, i: usize) -> Result<()> {
+        self.cycle.run(i).await
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        let lock = PostgresDistributedLock::with_config(self.config.clone()).await?;
+        self.cycle.lock = Arc::new(lock);
+        Ok(())
+    }
 }
 
 /// Session mode's floor: its acquire and release statements, prepared (sqlx's default),
 /// with the same parameters our lock binds.
 struct SessionStatements {
+    url: String,
     conn: PgConnection,
     acquire: String,
     pid: i32,
@@ -65,11 +97,24 @@ impl Timed for SessionStatements {
         }
         Ok(())
     }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        reconnect(&mut self.conn, &self.url).await?;
+        self.pid = backend_pid(&mut self.conn).await?;
+        Ok(())
+    }
+}
+
+async fn backend_pid(conn: &mut PgConnection) -> Result<i32> {
+    Ok(sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await?)
 }
 
 /// Lease mode's floor: its acquire and release statements, prepared, with the same
 /// parameter types our lock binds.
 struct LeaseStatements {
+    url: String,
     conn: PgConnection,
     acquire: String,
     release: String,
@@ -102,10 +147,15 @@ impl Timed for LeaseStatements {
         }
         Ok(())
     }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        reconnect(&mut self.conn, &self.url).await
+    }
 }
 
 /// sqlx's own session advisory lock: `try_acquire` on a connection, then `release_now`.
 struct SqlxAdvisory {
+    url: String,
     conn: PgConnection,
     lock: PgAdvisoryLock,
 }
@@ -120,6 +170,10 @@ impl Timed for SqlxAdvisory {
             }
             Either::Right(_) => Err("PgAdvisoryLock found an uncontended lock busy".into()),
         }
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        reconnect(&mut self.conn, &self.url).await
     }
 }
 
@@ -147,13 +201,16 @@ async fn postgres_in(opts: &Options, schema: &str) -> Result<Vec<Row>> {
             .with_schema(schema)
             .with_mode(mode);
         let ours: Arc<dyn DistributedLock> =
-            Arc::new(PostgresDistributedLock::with_config(config).await?);
+            Arc::new(PostgresDistributedLock::with_config(config.clone()).await?);
         let mode_name = mode.as_str();
         let mut contenders = vec![
             Contender::new(
                 format!("PostgreSQL, {mode_name} mode"),
                 Role::Ours,
-                OursCycle::new(ours, "uncontended"),
+                OursReopened {
+                    config,
+                    cycle: OursCycle::new(ours, "uncontended"),
+                },
             ),
             Contender {
                 label: format!(
@@ -168,12 +225,14 @@ async fn postgres_in(opts: &Options, schema: &str) -> Result<Vec<Row>> {
                 "PostgreSQL: sqlx 0.9 `PgAdvisoryLock` (session lock; no fencing token)",
                 Role::Peer,
                 SqlxAdvisory {
+                    url: opts.postgres.clone(),
                     conn: PgConnection::connect(&opts.postgres).await?,
                     lock: PgAdvisoryLock::new(unique("sqlx_advisory")),
                 },
             ));
         }
         let mut select_one = SelectOne {
+            url: opts.postgres.clone(),
             conn: PgConnection::connect(&opts.postgres).await?,
         };
         rows.extend(measure_group(group, opts, &mut select_one, contenders).await?);
@@ -189,10 +248,9 @@ async fn driver_floor(opts: &Options, schema: &str, mode: LockMode) -> Result<Bo
     let key = advisory_key(&name);
     Ok(match mode {
         LockMode::Session => {
-            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                .fetch_one(&mut conn)
-                .await?;
+            let pid = backend_pid(&mut conn).await?;
             Box::new(SessionStatements {
+                url: opts.postgres.clone(),
                 conn,
                 acquire: postgres_statements::session_acquire(schema),
                 pid,
@@ -200,6 +258,7 @@ async fn driver_floor(opts: &Options, schema: &str, mode: LockMode) -> Result<Bo
             })
         }
         LockMode::Lease => Box::new(LeaseStatements {
+            url: opts.postgres.clone(),
             conn,
             acquire: postgres_statements::lease_acquire(schema),
             release: postgres_statements::lease_release(schema),
