@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use sqlx::postgres::PgRow;
 use sqlx::{Row, SqlSafeStr};
 use state_core::{Entry, Idempotency, Limits, Result, RetryPolicy, StateError};
@@ -124,14 +125,13 @@ impl PostgresStateBackend {
                 |_| {
                     counters.shard().retries.fetch_add(1, Ordering::Relaxed);
                 },
+                // Not an `async move` block around `op()`: that would hold the attempt
+                // twice (captured, and moved into the timeout), doubling the future that
+                // every operation carries and copies.
                 || {
-                    let attempt = op();
-                    async move {
-                        match tokio::time::timeout(deadline, attempt).await {
-                            Ok(result) => result,
-                            Err(_) => Err(client_timeout(what, deadline)),
-                        }
-                    }
+                    tokio::time::timeout(deadline, op()).map(move |timed| {
+                        timed.unwrap_or_else(|_| Err(client_timeout(what, deadline)))
+                    })
                 },
             )
             .await
