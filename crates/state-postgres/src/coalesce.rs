@@ -292,7 +292,7 @@ impl PostgresStateBackend {
             let value = self
                 .run("get", Idempotency::Idempotent, || self.read_one(key))
                 .await?;
-            return Ok(vec![value.map(Bytes::from)]);
+            return Ok(vec![value]);
         }
         let rows = self
             .run("get", Idempotency::Idempotent, move || async move {

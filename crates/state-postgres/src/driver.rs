@@ -222,11 +222,11 @@ impl PostgresStateBackend {
     }
 
     /// One attempt of a single-key read (the `get` statement).
-    pub(crate) async fn read_one(&self, full: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub(crate) async fn read_one(&self, full: &[u8]) -> Result<Option<Bytes>> {
         let mut c = self.read_checkout().await?;
         let query = sqlx::query(self.inner.sql.get.clone()).bind(full);
         match c.fetch_optional("get", query).await? {
-            Some(row) => Ok(Some(decode::<Vec<u8>>(&row, 0, "get")?)),
+            Some(row) => Ok(Some(take_bytes(row, 0, "get")?)),
             None => Ok(None),
         }
     }
@@ -261,7 +261,7 @@ pub(crate) fn place_by_ordinal(
 ) -> Result<()> {
     for row in rows {
         let ordinal: i64 = decode(&row, 0, what)?;
-        let value: Vec<u8> = decode(&row, 1, what)?;
+        let value = take_bytes(row, 1, what)?;
         let slot = usize::try_from(ordinal - 1)
             .ok()
             .and_then(|i| out.get_mut(i))
@@ -270,9 +270,34 @@ pub(crate) fn place_by_ordinal(
                     "{what}: the server returned a position outside the request"
                 ))
             })?;
-        *slot = Some(Bytes::from(value));
+        *slot = Some(value);
     }
     Ok(())
+}
+
+/// Column `index` of `row`, a non-null bytea, as `Bytes` that share the row's buffer:
+/// copying a large value out of the row was a fifth of a get's cost (callgrind, 16 KiB
+/// values). The `Bytes` keep the row alive; a row holds only its own message, so this
+/// costs no more memory than the copy.
+pub(crate) fn take_bytes(row: PgRow, index: usize, what: &str) -> Result<Bytes> {
+    // Checked here, with the column's type, so that `as_ref` below cannot fail.
+    row.try_get::<&[u8], _>(index)
+        .map_err(|e| convert(e, what, true))?;
+    Ok(Bytes::from_owner(RowColumn { row, index }))
+}
+
+/// A bytea column of a row, owned: the storage of [`take_bytes`]'s `Bytes`.
+struct RowColumn {
+    row: PgRow,
+    index: usize,
+}
+
+impl AsRef<[u8]> for RowColumn {
+    fn as_ref(&self) -> &[u8] {
+        // `take_bytes` decoded this column before wrapping it, so this does not fail;
+        // an empty value is the no-panic answer if it ever did.
+        self.row.try_get(self.index).unwrap_or_default()
+    }
 }
 
 pub(crate) fn decode<T>(row: &PgRow, index: usize, what: &str) -> Result<T>
