@@ -26,6 +26,27 @@ pub(crate) const CHUNK_ROWS: usize = 1000;
 /// Key and value bytes per batch statement.
 pub(crate) const CHUNK_BYTES: usize = 16 * 1024 * 1024;
 
+/// Full keys, end to end in one buffer, with where each ends.
+pub(crate) struct FullKeys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl FullKeys {
+    /// Each key as a slice of the buffer, in order (binds as `bytea[]`).
+    pub fn slices(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let key = self.bytes.get(start..end).unwrap_or_default();
+                start = end;
+                key
+            })
+            .collect()
+    }
+}
+
 /// The state shared by a backend's clones, its streams and its reaper.
 pub(crate) struct Inner {
     pub config: PostgresConfig,
@@ -102,6 +123,23 @@ impl PostgresStateBackend {
         let mut full = Vec::with_capacity(self.inner.prefix.len() + key.len());
         full.extend_from_slice(&self.inner.prefix);
         full.extend_from_slice(key);
+        full
+    }
+
+    /// The full keys of `keys` in one buffer: a batch costs two allocations instead of
+    /// one per key (a tenth of a 100-key batch_get's own instructions went to them).
+    pub(crate) fn full_keys(&self, keys: &[&[u8]]) -> FullKeys {
+        let prefix = &self.inner.prefix[..];
+        let total = keys.iter().map(|k| prefix.len() + k.len()).sum();
+        let mut full = FullKeys {
+            bytes: Vec::with_capacity(total),
+            ends: Vec::with_capacity(keys.len()),
+        };
+        for key in keys {
+            full.bytes.extend_from_slice(prefix);
+            full.bytes.extend_from_slice(key);
+            full.ends.push(full.bytes.len());
+        }
         full
     }
 
@@ -296,7 +334,12 @@ impl AsRef<[u8]> for RowColumn {
     fn as_ref(&self) -> &[u8] {
         // `take_bytes` decoded this column before wrapping it, so this does not fail;
         // an empty value is the no-panic answer if it ever did.
-        self.row.try_get(self.index).unwrap_or_default()
+        // Raw bytes, without decoding again through the type check already passed.
+        self.row
+            .try_get_raw(self.index)
+            .ok()
+            .and_then(|value| value.as_bytes().ok())
+            .unwrap_or_default()
     }
 }
 

@@ -99,8 +99,8 @@ impl StateBackend for PostgresStateBackend {
         }
         let mut out: Vec<Option<Bytes>> = vec![None; keys.len()];
         for (chunk_index, chunk) in keys.chunks(CHUNK_ROWS).enumerate() {
-            let full: Vec<Vec<u8>> = chunk.iter().map(|k| self.full_key(k)).collect();
-            let full = &full;
+            let buffer = self.full_keys(chunk);
+            let full = &buffer.slices();
             let rows = self
                 .run("batch_get", Idempotency::Idempotent, move || async move {
                     let mut c = self.read_checkout().await?;
@@ -179,8 +179,8 @@ impl StateBackend for PostgresStateBackend {
         }
         let mut deleted = 0;
         for chunk in keys.chunks(CHUNK_ROWS) {
-            let full: Vec<Vec<u8>> = chunk.iter().map(|k| self.full_key(k)).collect();
-            let full = &full;
+            let buffer = self.full_keys(chunk);
+            let full = &buffer.slices();
             deleted += self
                 .run(
                     "batch_delete",
