@@ -19,33 +19,13 @@ use crate::config::PostgresConfig;
 use crate::conn::{Checkout, ConnSet};
 use crate::error::{client_timeout, convert};
 use crate::sql::{Names, Statements, upper_bound};
+use crate::values::{FullKeys, take_bytes};
 
 /// Rows per batch statement: big enough to amortise the round trip, small enough to keep
 /// one statement's arrays modest.
 pub(crate) const CHUNK_ROWS: usize = 1000;
 /// Key and value bytes per batch statement.
 pub(crate) const CHUNK_BYTES: usize = 16 * 1024 * 1024;
-
-/// Full keys, end to end in one buffer, with where each ends.
-pub(crate) struct FullKeys {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl FullKeys {
-    /// Each key as a slice of the buffer, in order (binds as `bytea[]`).
-    pub fn slices(&self) -> Vec<&[u8]> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let key = self.bytes.get(start..end).unwrap_or_default();
-                start = end;
-                key
-            })
-            .collect()
-    }
-}
 
 /// The state shared by a backend's clones, its streams and its reaper.
 pub(crate) struct Inner {
@@ -288,59 +268,6 @@ pub(crate) fn time_to_micros(at: SystemTime) -> Result<i64> {
             .map(|m| -m),
     };
     out.ok_or_else(|| StateError::invalid_input("an expiry time is outside the supported range"))
-}
-
-/// Puts each row of the `batch_get` statement, (1-based position in the request, value),
-/// at its position in `out`.
-pub(crate) fn place_by_ordinal(
-    rows: Vec<PgRow>,
-    out: &mut [Option<Bytes>],
-    what: &str,
-) -> Result<()> {
-    for row in rows {
-        let ordinal: i64 = decode(&row, 0, what)?;
-        let value = take_bytes(row, 1, what)?;
-        let slot = usize::try_from(ordinal - 1)
-            .ok()
-            .and_then(|i| out.get_mut(i))
-            .ok_or_else(|| {
-                StateError::corrupt(format!(
-                    "{what}: the server returned a position outside the request"
-                ))
-            })?;
-        *slot = Some(value);
-    }
-    Ok(())
-}
-
-/// Column `index` of `row`, a non-null bytea, as `Bytes` that share the row's buffer:
-/// copying a large value out of the row was a fifth of a get's cost (callgrind, 16 KiB
-/// values). The `Bytes` keep the row alive; a row holds only its own message, so this
-/// costs no more memory than the copy.
-pub(crate) fn take_bytes(row: PgRow, index: usize, what: &str) -> Result<Bytes> {
-    // Checked here, with the column's type, so that `as_ref` below cannot fail.
-    row.try_get::<&[u8], _>(index)
-        .map_err(|e| convert(e, what, true))?;
-    Ok(Bytes::from_owner(RowColumn { row, index }))
-}
-
-/// A bytea column of a row, owned: the storage of [`take_bytes`]'s `Bytes`.
-struct RowColumn {
-    row: PgRow,
-    index: usize,
-}
-
-impl AsRef<[u8]> for RowColumn {
-    fn as_ref(&self) -> &[u8] {
-        // `take_bytes` decoded this column before wrapping it, so this does not fail;
-        // an empty value is the no-panic answer if it ever did.
-        // Raw bytes, without decoding again through the type check already passed.
-        self.row
-            .try_get_raw(self.index)
-            .ok()
-            .and_then(|value| value.as_bytes().ok())
-            .unwrap_or_default()
-    }
 }
 
 pub(crate) fn decode<T>(row: &PgRow, index: usize, what: &str) -> Result<T>

@@ -10,7 +10,7 @@ use state_core::{
     StateBackend, StateError, Stats, Ttl, stream, ttl_millis,
 };
 
-use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode, place_by_ordinal};
+use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode};
 use crate::import::Chunk;
 use crate::pager::{Pager, PagerKind};
 
@@ -97,19 +97,10 @@ impl StateBackend for PostgresStateBackend {
         for key in keys {
             self.inner.limits.check_key(key)?;
         }
-        let mut out: Vec<Option<Bytes>> = vec![None; keys.len()];
-        for (chunk_index, chunk) in keys.chunks(CHUNK_ROWS).enumerate() {
-            let buffer = self.full_keys(chunk);
-            let full = &buffer.slices();
-            let rows = self
-                .run("batch_get", Idempotency::Idempotent, move || async move {
-                    let mut c = self.read_checkout().await?;
-                    let query = sqlx::query(self.inner.sql.batch_get.clone()).bind(full);
-                    c.fetch_all("batch_get", query).await
-                })
-                .await?;
-            let chunk_out = out.get_mut(chunk_index * CHUNK_ROWS..).unwrap_or_default();
-            place_by_ordinal(rows, chunk_out, "batch_get")?;
+        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(CHUNK_ROWS) {
+            let full = self.full_keys(chunk);
+            out.extend(self.read_values("batch_get", &full.slices()).await?);
         }
         Ok(out)
     }

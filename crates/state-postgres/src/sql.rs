@@ -120,6 +120,8 @@ pub(crate) struct Statements {
     pub put_fenced: SqlStr,
     pub ttl: SqlStr,
     pub batch_get: SqlStr,
+    /// Every value of `$1` in order, NULL where absent or expired, as one `bytea[]`.
+    pub batch_get_array: SqlStr,
     pub batch_put: SqlStr,
     pub batch_put_ttl: SqlStr,
     pub batch_delete: SqlStr,
@@ -202,6 +204,12 @@ impl Statements {
                 "SELECT k.ord, s.value FROM unnest($1::bytea[]) WITH ORDINALITY AS k(key, ord) \
                  JOIN {e} s ON s.key = k.key \
                  WHERE s.expires_at IS NULL OR s.expires_at > now()"
+            )),
+            // LEFT JOIN: one element per requested key (a key matches at most one row).
+            batch_get_array: sql(format!(
+                "SELECT array_agg(s.value ORDER BY k.ord) \
+                 FROM unnest($1::bytea[]) WITH ORDINALITY AS k(key, ord) \
+                 LEFT JOIN {e} s ON s.key = k.key AND {LIVE}"
             )),
             batch_put: sql(format!(
                 "INSERT INTO {e} AS s (key, value, metadata, expires_at) \
