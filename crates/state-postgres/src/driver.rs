@@ -19,7 +19,7 @@ use crate::config::PostgresConfig;
 use crate::conn::{Checkout, ConnSet};
 use crate::error::{client_timeout, convert};
 use crate::sql::{Names, Statements, upper_bound};
-use crate::values::{FullKeys, take_bytes};
+use crate::values::{FullKeys, ValueSizes, take_bytes};
 
 /// Rows per batch statement: big enough to amortise the round trip, small enough to keep
 /// one statement's arrays modest.
@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     pub replicas: Vec<ConnSet>,
     /// Round robin over `replicas`.
     pub next_replica: std::sync::atomic::AtomicUsize,
+    /// The recent size of the values batch reads found, which picks their statement.
+    pub value_sizes: ValueSizes,
     pub prefix: Bytes,
     pub default_ttl_ms: Option<f64>,
     pub limits: Limits,
