@@ -14,6 +14,7 @@ use crate::conn::{ConnSet, ServerInfo};
 use crate::driver::{Inner, PostgresStateBackend};
 use crate::migrate::{self, AppliedMigration};
 use crate::sql::{Names, Statements};
+use crate::values::ValueSizes;
 
 impl PostgresStateBackend {
     /// Opens the backend: checks the config, finds the server (the first host, or the
@@ -82,6 +83,7 @@ impl PostgresStateBackend {
             conns,
             replicas,
             next_replica: std::sync::atomic::AtomicUsize::new(0),
+            value_sizes: ValueSizes::default(),
             prefix: Bytes::copy_from_slice(config.key_prefix()),
             default_ttl_ms,
             limits: config.limits(),

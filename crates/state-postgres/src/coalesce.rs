@@ -43,7 +43,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::coalescer::{Call, Coalescer, GetCall, PutCall, Reply};
-use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, Inner, PostgresStateBackend, place_by_ordinal};
+use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, Inner, PostgresStateBackend};
 
 impl Coalescer {
     /// Starts the dispatcher of `backend` on the current runtime; `None` when
@@ -292,18 +292,9 @@ impl PostgresStateBackend {
             let value = self
                 .run("get", Idempotency::Idempotent, || self.read_one(key))
                 .await?;
-            return Ok(vec![value.map(Bytes::from)]);
+            return Ok(vec![value]);
         }
-        let rows = self
-            .run("get", Idempotency::Idempotent, move || async move {
-                let mut c = self.checkout().await?;
-                let query = sqlx::query(self.inner.sql.batch_get.clone()).bind(keys);
-                c.fetch_all("get", query).await
-            })
-            .await?;
-        let mut out = vec![None; keys.len()];
-        place_by_ordinal(rows, &mut out, "get")?;
-        Ok(out)
+        self.read_values("get", keys).await
     }
 
     async fn put_group(&self, calls: Vec<PutCall>) {

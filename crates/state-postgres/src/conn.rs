@@ -431,16 +431,29 @@ impl Drop for Checkout<'_> {
 impl Checkout<'_> {
     async fn ensure_open(&mut self) -> Result<()> {
         let epoch = self.set.epoch.load(Ordering::Relaxed);
+        if self.slot.conn.is_some() && self.is_fresh(epoch) {
+            return Ok(());
+        }
+        // Boxed: a connect's state is kilobytes, and it would otherwise be carried (and
+        // copied on every move) by the future of every operation, which almost never
+        // needs it.
+        Box::pin(self.check_or_reopen(epoch)).await
+    }
+
+    /// Whether the slot's connection was checked since the last failure anywhere in the
+    /// set, and used recently enough to need no ping.
+    fn is_fresh(&self, epoch: u64) -> bool {
         let idle_too_long = self
             .slot
             .last_used
             .is_none_or(|t| t.elapsed() > IDLE_PING_AFTER);
-        let fresh = self.slot.epoch == epoch && !idle_too_long;
+        self.slot.epoch == epoch && !idle_too_long
+    }
+
+    /// Pings a suspect connection, and opens a new one if it is gone or does not answer.
+    async fn check_or_reopen(&mut self, epoch: u64) -> Result<()> {
         let slot = &mut *self.slot;
         if let Some(conn) = slot.conn.as_mut() {
-            if fresh {
-                return Ok(());
-            }
             // Suspect: another connection broke since this one was last checked.
             self.dirty = true;
             let alive = matches!(

@@ -20,6 +20,7 @@ mod point;
 mod seen;
 mod sql;
 mod stats;
+mod values;
 
 use std::sync::Arc;
 

@@ -10,9 +10,10 @@ use state_core::{
     StateBackend, StateError, Stats, Ttl, stream, ttl_millis,
 };
 
-use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode, place_by_ordinal};
+use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode};
 use crate::import::Chunk;
 use crate::pager::{Pager, PagerKind};
+use crate::values::FullKeys;
 
 #[async_trait]
 impl StateBackend for PostgresStateBackend {
@@ -97,19 +98,10 @@ impl StateBackend for PostgresStateBackend {
         for key in keys {
             self.inner.limits.check_key(key)?;
         }
-        let mut out: Vec<Option<Bytes>> = vec![None; keys.len()];
-        for (chunk_index, chunk) in keys.chunks(CHUNK_ROWS).enumerate() {
-            let full: Vec<Vec<u8>> = chunk.iter().map(|k| self.full_key(k)).collect();
-            let full = &full;
-            let rows = self
-                .run("batch_get", Idempotency::Idempotent, move || async move {
-                    let mut c = self.read_checkout().await?;
-                    let query = sqlx::query(self.inner.sql.batch_get.clone()).bind(full);
-                    c.fetch_all("batch_get", query).await
-                })
-                .await?;
-            let chunk_out = out.get_mut(chunk_index * CHUNK_ROWS..).unwrap_or_default();
-            place_by_ordinal(rows, chunk_out, "batch_get")?;
+        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(CHUNK_ROWS) {
+            let full = self.full_keys(chunk);
+            out.extend(self.read_values("batch_get", &full.slices()).await?);
         }
         Ok(out)
     }
@@ -119,26 +111,28 @@ impl StateBackend for PostgresStateBackend {
             self.inner.limits.check_entry(key, value)?;
         }
         // Later writes of a key win, as in sequence. Keys go in sorted order so that
-        // concurrent batches lock rows in one order and cannot deadlock one another.
-        let mut latest: std::collections::BTreeMap<Vec<u8>, &[u8]> = Default::default();
+        // concurrent batches lock rows in one order and cannot deadlock one another; with
+        // one prefix before every key, the user keys sort as the full keys do.
+        let mut latest: std::collections::BTreeMap<&[u8], &[u8]> = Default::default();
         for (key, value) in entries {
-            latest.insert(self.full_key(key), value);
+            latest.insert(key, value);
         }
-        let mut chunks: Vec<(Vec<Vec<u8>>, Vec<&[u8]>)> = Vec::new();
-        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut chunks: Vec<(FullKeys, Vec<&[u8]>)> = Vec::new();
+        let mut keys: Vec<&[u8]> = Vec::new();
         let mut values: Vec<&[u8]> = Vec::new();
         let mut bytes = 0;
-        for (full, value) in latest {
+        for (key, value) in latest {
             if keys.len() >= CHUNK_ROWS || bytes >= CHUNK_BYTES {
-                chunks.push((std::mem::take(&mut keys), std::mem::take(&mut values)));
+                chunks.push((self.full_keys(&keys), std::mem::take(&mut values)));
+                keys.clear();
                 bytes = 0;
             }
-            bytes += full.len() + value.len();
-            keys.push(full);
+            bytes += self.inner.prefix.len() + key.len() + value.len();
+            keys.push(key);
             values.push(value);
         }
         if !keys.is_empty() {
-            chunks.push((keys, values));
+            chunks.push((self.full_keys(&keys), values));
         }
         let ttl_ms = self.inner.default_ttl_ms;
         let chunks = &chunks;
@@ -153,7 +147,7 @@ impl StateBackend for PostgresStateBackend {
                 }
                 for (keys, values) in chunks {
                     let query = sqlx::query(self.inner.sql.batch_put.clone())
-                        .bind(keys)
+                        .bind(keys.slices())
                         .bind(values)
                         .bind(ttl_ms);
                     if let Err(err) = c.execute("batch_put", query).await {
@@ -179,8 +173,8 @@ impl StateBackend for PostgresStateBackend {
         }
         let mut deleted = 0;
         for chunk in keys.chunks(CHUNK_ROWS) {
-            let full: Vec<Vec<u8>> = chunk.iter().map(|k| self.full_key(k)).collect();
-            let full = &full;
+            let buffer = self.full_keys(chunk);
+            let full = &buffer.slices();
             deleted += self
                 .run(
                     "batch_delete",

@@ -38,10 +38,8 @@ impl PostgresStateBackend {
 
     /// A get as its own statement.
     pub(crate) async fn read_point(&self, full: &[u8]) -> Result<Option<Bytes>> {
-        let value = self
-            .run("get", Idempotency::Idempotent, || self.read_one(full))
-            .await?;
-        Ok(value.map(Bytes::from))
+        self.run("get", Idempotency::Idempotent, || self.read_one(full))
+            .await
     }
 
     /// `put` and `put_with_ttl`: through the coalescer when there is one and every
