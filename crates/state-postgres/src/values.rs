@@ -1,10 +1,16 @@
-//! Values out of rows without copying them, and the batch read: one row holding every
-//! value as a `bytea[]`, instead of one row per key.
+//! Values out of rows, and the batch read: one row holding every value as a `bytea[]`,
+//! instead of one row per key.
 //!
 //! Why one row: sqlx hands each row through its row stream (a yield, a `PgRow`, type
 //! checks per column), which cost a 100-key batch_get about twice what the same read
 //! costs tokio-postgres (callgrind). An array arrives as one row and is cut here into
-//! `Bytes` that share its buffer.
+//! values.
+//!
+//! Every value is copied out of its row. A `Bytes` sharing the row's buffer would save
+//! the copy, but sqlx cuts each message out of its connection's read buffer, so a value
+//! the application keeps would keep that whole allocation alive (8 KiB or far more, for
+//! a value of a few bytes): memory that grows with what callers hold, not with what they
+//! read.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -119,8 +125,10 @@ fn values_of_array(row: PgRow, n: usize, what: &str) -> Result<Vec<Option<Bytes>
             "{what}: the server did not answer with a binary bytea array"
         )));
     }
-    let array = Bytes::from_owner(RowColumn { row, index: 0 });
-    bytea_array(&array, n).ok_or_else(|| {
+    let array = value
+        .as_bytes()
+        .map_err(|e| convert(sqlx::Error::Decode(e), what, true))?;
+    bytea_array(array, n).ok_or_else(|| {
         StateError::corrupt(format!(
             "{what}: the server's array is malformed or does not hold {n} values"
         ))
@@ -131,7 +139,7 @@ fn values_of_array(row: PgRow, n: usize, what: &str) -> Result<Vec<Option<Bytes>
 /// flags, element type, then per dimension its length and lower bound, then each element
 /// as a length, -1 for NULL, and its bytes) into slices of `array`; `None` unless it is
 /// well formed and holds exactly `n` elements.
-fn bytea_array(array: &Bytes, n: usize) -> Option<Vec<Option<Bytes>>> {
+fn bytea_array(array: &[u8], n: usize) -> Option<Vec<Option<Bytes>>> {
     let mut at = 0;
     let int = |at: &mut usize| -> Option<i32> {
         let bytes = array.get(*at..at.checked_add(4)?)?;
@@ -160,7 +168,7 @@ fn bytea_array(array: &Bytes, n: usize) -> Option<Vec<Option<Bytes>>> {
         if end > array.len() {
             return None;
         }
-        out.push(Some(array.slice(at..end)));
+        out.push(Some(Bytes::copy_from_slice(array.get(at..end)?)));
         at = end;
     }
     (at == array.len()).then_some(out)
@@ -176,7 +184,7 @@ pub(crate) fn place_by_ordinal(
     for row in rows {
         let ordinal: i64 = decode(&row, 0, what)?;
         let value = take_bytes(row, 1, what)?;
-        let slot = usize::try_from(ordinal - 1)
+        let slot = usize::try_from(ordinal.saturating_sub(1))
             .ok()
             .and_then(|i| out.get_mut(i))
             .ok_or_else(|| {
@@ -189,33 +197,12 @@ pub(crate) fn place_by_ordinal(
     Ok(())
 }
 
-/// Column `index` of `row`, a non-null bytea, as `Bytes` that share the row's buffer:
-/// copying a large value out of the row was a fifth of a get's cost (callgrind, 16 KiB
-/// values). The `Bytes` keep the row alive; a row holds only its own message, so this
-/// costs no more memory than the copy.
+/// Column `index` of `row`, a non-null bytea, copied out (see the module's note).
 pub(crate) fn take_bytes(row: PgRow, index: usize, what: &str) -> Result<Bytes> {
-    // Checked here, with the column's type, so that `as_ref` below cannot fail.
-    row.try_get::<&[u8], _>(index)
+    let value = row
+        .try_get::<&[u8], _>(index)
         .map_err(|e| convert(e, what, true))?;
-    Ok(Bytes::from_owner(RowColumn { row, index }))
-}
-
-/// A column of a row, owned, as raw bytes: the storage of the `Bytes` above.
-struct RowColumn {
-    row: PgRow,
-    index: usize,
-}
-
-impl AsRef<[u8]> for RowColumn {
-    fn as_ref(&self) -> &[u8] {
-        // Read raw, past the checks already passed before wrapping: it does not fail, and
-        // an empty slice is the no-panic answer if it ever did.
-        self.row
-            .try_get_raw(self.index)
-            .ok()
-            .and_then(|value| value.as_bytes().ok())
-            .unwrap_or_default()
-    }
+    Ok(Bytes::copy_from_slice(value))
 }
 
 /// Full keys, end to end in one buffer, with where each ends: a batch costs two
