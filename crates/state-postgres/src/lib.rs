@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod batch_read;
 mod coalesce;
 mod coalescer;
 mod config;

@@ -1,10 +1,6 @@
-//! Values out of rows, and the batch read: one row holding every value as a `bytea[]`,
-//! instead of one row per key.
-//!
-//! Why one row: sqlx hands each row through its row stream (a yield, a `PgRow`, type
-//! checks per column), which cost a 100-key batch_get about twice what the same read
-//! costs tokio-postgres (callgrind). An array arrives as one row and is cut here into
-//! values.
+//! Values out of rows: a bytea column, or the `bytea[]` row of a batch read
+//! ([`batch_read`](crate::batch_read)), cut here into values; which of the two forms a
+//! batch read takes ([`ValueSizes`]); full keys of a batch in one buffer ([`FullKeys`]).
 //!
 //! Every value is copied out of its row. A `Bytes` sharing the row's buffer would save
 //! the copy, but sqlx cuts each message out of its connection's read buffer, so a value
@@ -17,60 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use sqlx::postgres::{PgRow, PgValueFormat};
 use sqlx::{Postgres, Row, Type};
-use state_core::{Idempotency, Result, StateError};
+use state_core::{Result, StateError};
 
-use crate::driver::{PostgresStateBackend, decode};
 use crate::error::convert;
 
 /// SQLSTATE `program_limit_exceeded`: here, values too large together for one array.
 const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-
-impl PostgresStateBackend {
-    /// The values of `keys` (full keys, duplicates allowed), in order, in one statement.
-    pub(crate) async fn read_values(
-        &self,
-        what: &'static str,
-        keys: &[&[u8]],
-    ) -> Result<Vec<Option<Bytes>>> {
-        if !self.inner.value_sizes.small() {
-            let values = self.read_rows(what, keys).await?;
-            self.inner.value_sizes.record(&values);
-            return Ok(values);
-        }
-        let array = self
-            .run(what, Idempotency::Idempotent, move || async move {
-                let mut c = self.read_checkout().await?;
-                let query = sqlx::query(self.inner.sql.batch_get_array.clone()).bind(keys);
-                c.fetch_one(what, query).await
-            })
-            .await;
-        match array {
-            Ok(row) => {
-                let values = values_of_array(row, keys.len(), what)?;
-                self.inner.value_sizes.record(&values);
-                Ok(values)
-            }
-            // More than an array can hold (1 GB): a row per key. A read, so sending it
-            // again is harmless.
-            Err(err) if is_program_limit(&err) => self.read_rows(what, keys).await,
-            Err(err) => Err(err),
-        }
-    }
-
-    /// [`read_values`](Self::read_values) as one row per key found.
-    async fn read_rows(&self, what: &'static str, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
-        let rows = self
-            .run(what, Idempotency::Idempotent, move || async move {
-                let mut c = self.read_checkout().await?;
-                let query = sqlx::query(self.inner.sql.batch_get.clone()).bind(keys);
-                c.fetch_all(what, query).await
-            })
-            .await?;
-        let mut out = vec![None; keys.len()];
-        place_by_ordinal(rows, &mut out, what)?;
-        Ok(out)
-    }
-}
 
 /// Above this mean value size, batch reads take a row per key: the server builds an
 /// array by copying every value into it, which for 16 KiB values cost more server time
@@ -88,12 +36,12 @@ pub(crate) struct ValueSizes {
 
 impl ValueSizes {
     /// Whether the values read lately were small enough for the array statement.
-    fn small(&self) -> bool {
+    pub(crate) fn small(&self) -> bool {
         self.mean.load(Ordering::Relaxed) <= ARRAY_MAX_MEAN
     }
 
     /// Folds the mean size of `values` found into the running mean (weight 1/8).
-    fn record(&self, values: &[Option<Bytes>]) {
+    pub(crate) fn record(&self, values: &[Option<Bytes>]) {
         let (bytes, found) = values.iter().flatten().fold((0usize, 0usize), |(b, n), v| {
             (b.saturating_add(v.len()), n + 1)
         });
@@ -107,7 +55,7 @@ impl ValueSizes {
     }
 }
 
-fn is_program_limit(err: &StateError) -> bool {
+pub(crate) fn is_program_limit(err: &StateError) -> bool {
     std::error::Error::source(err)
         .and_then(|source| source.downcast_ref::<sqlx::Error>())
         .and_then(|err| err.as_database_error())
@@ -116,7 +64,7 @@ fn is_program_limit(err: &StateError) -> bool {
 }
 
 /// The `n` values of the `batch_get_array` row, each a slice of the row's buffer.
-fn values_of_array(row: PgRow, n: usize, what: &str) -> Result<Vec<Option<Bytes>>> {
+pub(crate) fn values_of_array(row: PgRow, n: usize, what: &str) -> Result<Vec<Option<Bytes>>> {
     let value = row.try_get_raw(0).map_err(|e| convert(e, what, true))?;
     let is_binary_bytea_array = value.format() == PgValueFormat::Binary
         && <Vec<&[u8]> as Type<Postgres>>::compatible(&sqlx::ValueRef::type_info(&value));
@@ -172,29 +120,6 @@ fn bytea_array(array: &[u8], n: usize) -> Option<Vec<Option<Bytes>>> {
         at = end;
     }
     (at == array.len()).then_some(out)
-}
-
-/// Puts each row of the `batch_get` statement, (1-based position in the request, value),
-/// at its position in `out`.
-pub(crate) fn place_by_ordinal(
-    rows: Vec<PgRow>,
-    out: &mut [Option<Bytes>],
-    what: &str,
-) -> Result<()> {
-    for row in rows {
-        let ordinal: i64 = decode(&row, 0, what)?;
-        let value = take_bytes(row, 1, what)?;
-        let slot = usize::try_from(ordinal.saturating_sub(1))
-            .ok()
-            .and_then(|i| out.get_mut(i))
-            .ok_or_else(|| {
-                StateError::corrupt(format!(
-                    "{what}: the server returned a position outside the request"
-                ))
-            })?;
-        *slot = Some(value);
-    }
-    Ok(())
 }
 
 /// Column `index` of `row`, a non-null bytea, copied out (see the module's note).
