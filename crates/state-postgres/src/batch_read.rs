@@ -20,11 +20,17 @@ impl PostgresStateBackend {
         what: &'static str,
         keys: &[&[u8]],
     ) -> Result<Vec<Option<Bytes>>> {
-        if !self.inner.value_sizes.small() {
-            let values = self.read_rows(what, keys).await?;
-            self.inner.value_sizes.record(&values);
-            return Ok(values);
-        }
+        let values = if self.inner.value_sizes.small() {
+            self.read_array(what, keys).await?
+        } else {
+            self.read_rows(what, keys).await?
+        };
+        self.inner.value_sizes.record(&values);
+        Ok(values)
+    }
+
+    /// [`read_values`](Self::read_values) as one row holding a `bytea[]`.
+    async fn read_array(&self, what: &'static str, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
         let array = self
             .run(what, Idempotency::Idempotent, move || async move {
                 let mut c = self.read_checkout().await?;
@@ -33,11 +39,7 @@ impl PostgresStateBackend {
             })
             .await;
         match array {
-            Ok(row) => {
-                let values = values_of_array(row, keys.len(), what)?;
-                self.inner.value_sizes.record(&values);
-                Ok(values)
-            }
+            Ok(row) => values_of_array(row, keys.len(), what),
             // More than an array can hold (1 GB): a row per key. A read, so sending it
             // again is harmless.
             Err(err) if is_program_limit(&err) => self.read_rows(what, keys).await,

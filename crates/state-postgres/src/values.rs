@@ -134,13 +134,28 @@ pub(crate) fn take_bytes(row: PgRow, index: usize, what: &str) -> Result<Bytes> 
 /// allocations instead of one per key (a tenth of a 100-key batch_get's own
 /// instructions went to them).
 pub(crate) struct FullKeys {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) ends: Vec<usize>,
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 impl FullKeys {
+    /// `prefix` before each of `keys`.
+    pub(crate) fn new(prefix: &[u8], keys: &[&[u8]]) -> FullKeys {
+        let total = keys.iter().map(|k| prefix.len() + k.len()).sum();
+        let mut full = FullKeys {
+            bytes: Vec::with_capacity(total),
+            ends: Vec::with_capacity(keys.len()),
+        };
+        for key in keys {
+            full.bytes.extend_from_slice(prefix);
+            full.bytes.extend_from_slice(key);
+            full.ends.push(full.bytes.len());
+        }
+        full
+    }
+
     /// Each key as a slice of the buffer, in order (binds as `bytea[]`).
-    pub fn slices(&self) -> Vec<&[u8]> {
+    pub(crate) fn slices(&self) -> Vec<&[u8]> {
         let mut start = 0;
         self.ends
             .iter()

@@ -87,7 +87,8 @@ const PROBE_FROM: usize = 16 * 1024;
 /// The probe: this many bytes from the middle of the value, compressed alone. If they do
 /// not shrink by [`PROBE_MIN_SAVING`] percent, the value is stored as it is, without
 /// compressing all of it to find out (random or already-compressed data: zstd spends most
-/// of a put's time on 16 KiB of it).
+/// of a put's time on 16 KiB of it). Compressible values pay for it: their sample is
+/// compressed twice, a quarter more work at 16 KiB, under 2 % at 256 KiB.
 const PROBE_LEN: usize = 4 * 1024;
 const PROBE_MIN_SAVING: usize = 3;
 /// How often a compare-and-swap retries on the stored bytes while the value keeps the
