@@ -165,9 +165,10 @@ async fn pool_size_opens_min_then_round_robins_up_to_max() -> TestResult {
     Ok(())
 }
 
-/// Our connections write through a stream of our own (held writes, see `conn/corked.rs`)
-/// and run a task we spawn: many callers on one connection must each get their own reply,
-/// and dropping the backend must close the socket, as the driver's own connections do.
+/// Our connections write through a stream of our own (Nagle's algorithm, `TCP_NODELAY` for
+/// the rest of a partial write, see `conn/nagle.rs`) and run a task we spawn: many callers on one connection must each get their own reply, whatever mix of
+/// write sizes they make, and dropping the backend must close the socket, as the driver's
+/// own connections do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_serves_many_callers_and_closes_when_dropped() -> TestResult {
     let server = local().await;
@@ -181,10 +182,16 @@ async fn one_connection_serves_many_callers_and_closes_when_dropped() -> TestRes
         tokio::spawn(async move {
             for round in 0..50u32 {
                 let key = format!("caller:{caller}");
-                let value = format!("{caller}/{round}");
-                backend.put(key.as_bytes(), value.as_bytes()).await?;
+                // One caller in eight writes values longer than a loopback segment (64 KiB)
+                // among the small ones: packets of both sizes, and writes the kernel may
+                // take in parts.
+                let mut value = format!("{caller}/{round}/").into_bytes();
+                if caller % 8 == 0 {
+                    value.resize(100 << 10, b'v');
+                }
+                backend.put(key.as_bytes(), &value).await?;
                 let read = backend.get(key.as_bytes()).await?;
-                assert_eq!(read.as_deref(), Some(value.as_bytes()), "caller {caller}");
+                assert_eq!(read.as_deref(), Some(&value[..]), "caller {caller}");
             }
             Ok::<(), state_core::StateError>(())
         })

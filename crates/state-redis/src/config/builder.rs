@@ -34,7 +34,7 @@ pub struct RedisConfigBuilder {
     pub(super) pool: (usize, usize),
     pub(super) retry: RetryPolicy,
     pub(super) pipeline_batch_size: usize,
-    pub(super) tcp_nodelay: bool,
+    pub(super) tcp_nodelay: Option<bool>,
     pub(super) connect_timeout: Duration,
     pub(super) response_timeout: Duration,
     pub(super) wait: Option<WaitReplicas>,
@@ -61,7 +61,7 @@ impl Default for RedisConfigBuilder {
             pool: (1, 1),
             retry: RetryPolicy::default(),
             pipeline_batch_size: 100,
-            tcp_nodelay: true,
+            tcp_nodelay: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             wait: None,
@@ -244,14 +244,16 @@ impl RedisConfigBuilder {
         self
     }
 
-    /// `TCP_NODELAY` on the connections (on by default, as in fred, Lettuce and Jedis): a
-    /// request that spans two writes never waits out the server's delayed ACK. Small
-    /// writes of many concurrent callers are merged without Nagle's algorithm: a standalone
-    /// or Sentinel connection holds a small write for one turn of the scheduler while the
-    /// server still owes it replies, so that the other ready callers' requests go out in
-    /// the same write (a lone caller never waits). Off lets Nagle merge them as well.
+    /// `TCP_NODELAY` on every write (`true`, as fred, Lettuce and Jedis do) or on none
+    /// (`false`, Nagle's algorithm merges small writes, as the `redis` crate does). Unset,
+    /// the default, standalone and Sentinel connections over plain TCP on Linux use Nagle
+    /// with one exception: the rest of a write the kernel took only in part goes with
+    /// `TCP_NODELAY`. Concurrent callers' requests then share packets, and no request waits
+    /// out the server's delayed ACK (`conn/nagle.rs` says why). TLS, Unix-socket and Cluster
+    /// connections, opened by the driver, and every connection on other systems, then use
+    /// `TCP_NODELAY`.
     pub fn tcp_nodelay(mut self, on: bool) -> Self {
-        self.tcp_nodelay = on;
+        self.tcp_nodelay = Some(on);
         self
     }
 

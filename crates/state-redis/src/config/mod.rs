@@ -97,7 +97,7 @@ pub struct RedisConfig {
     pub(crate) pool_max: usize,
     pub(crate) retry: RetryPolicy,
     pub(crate) pipeline_batch_size: usize,
-    pub(crate) tcp_nodelay: bool,
+    pub(crate) tcp_nodelay: Option<bool>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) wait: Option<WaitReplicas>,

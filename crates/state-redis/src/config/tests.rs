@@ -70,11 +70,10 @@ fn every_scheme_parses_with_its_parameters() -> Result<()> {
     assert_eq!(c.default_ttl, Some(Duration::from_millis(1500)));
     assert_eq!((c.pool_min, c.pool_max), (1, 4));
     assert_eq!(c.pipeline_batch_size, 7);
-    assert!(
-        c.tcp_nodelay,
-        "TCP_NODELAY is on unless the URL turns it off"
-    );
-    assert!(!RedisConfig::from_url("redis://h?tcp_nodelay=false")?.tcp_nodelay);
+    assert_eq!(c.tcp_nodelay, None, "unset: switched per write");
+    let nodelay = |url| RedisConfig::from_url(url).map(|c| c.tcp_nodelay);
+    assert_eq!(nodelay("redis://h?tcp_nodelay=false")?, Some(false));
+    assert_eq!(nodelay("redis://h?tcp_nodelay=true")?, Some(true));
     assert_eq!(c.response_timeout, Duration::from_secs(2));
     assert_eq!(c.retry.max_attempts, 1);
     let c = RedisConfig::from_url("rediss://h")?;

@@ -36,7 +36,7 @@ impl RedisConfig {
     /// for a server that is away, 30 s by default; `0s` turns it off), `tls` (`true` or
     /// `false`: TLS to every server of a `redis+sentinel://` or `redis+cluster://` URL),
     /// `tls_ca` (path of a PEM CA file), `read_from` (`primary` or `replicas`, see
-    /// [`ReadFrom`]), `wait_replicas`, `wait_timeout`, `tcp_nodelay` (`true` by default,
+    /// [`ReadFrom`]), `wait_replicas`, `wait_timeout`, `tcp_nodelay` (unset by default,
     /// see [`RedisConfigBuilder::tcp_nodelay`]). Any other parameter is a `Config` error.
     pub fn from_url(url: &str) -> Result<RedisConfig> {
         Self::from_state_url(&StateUrl::parse(url, &SCHEMES)?)
@@ -103,8 +103,8 @@ impl RedisConfigBuilder {
         }
         if let Some(nodelay) = url.param("tcp_nodelay") {
             self.tcp_nodelay = match nodelay {
-                "true" => true,
-                "false" => false,
+                "true" => Some(true),
+                "false" => Some(false),
                 other => {
                     return Err(StateError::config(format!(
                         "parameter `tcp_nodelay`: `{other}` is not `true` or `false`"

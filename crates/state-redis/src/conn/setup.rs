@@ -136,12 +136,12 @@ pub(super) fn node_info(
         .set_tcp_settings(tcp_settings(config)))
 }
 
-/// The socket options of every data-node connection, whichever client dials it
-/// (standalone, Cluster or Sentinel): the driver's defaults with `TCP_NODELAY` as
-/// configured. Cluster and Sentinel clients do not take them from a node's
-/// `ConnectionInfo`, so each builder is given them too.
+/// The socket options of the data-node connections the driver dials (Cluster, TLS, Unix
+/// sockets): the driver's defaults with `TCP_NODELAY` as configured, on when unset (Nagle
+/// without its stalls needs a stream of our own, see `nagle.rs`). Cluster and Sentinel clients do not
+/// take them from a node's `ConnectionInfo`, so each builder is given them too.
 pub(super) fn tcp_settings(config: &RedisConfig) -> TcpSettings {
-    TcpSettings::default().set_nodelay(config.tcp_nodelay)
+    TcpSettings::default().set_nodelay(config.tcp_nodelay.unwrap_or(true))
 }
 
 pub(super) fn build_error(target: &str, err: RedisError) -> StateError {

@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Value};
 
-use super::corked::Corked;
+use super::nagle::NagleForSmallWrites;
 
 use crate::config::RedisConfig;
 
@@ -24,6 +24,7 @@ pub(super) struct Dialer {
     how: Dial,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
+    tcp_nodelay: Option<bool>,
 }
 
 pub(super) enum Dial {
@@ -113,6 +114,7 @@ impl Dialer {
                 .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(Some(config.response_timeout)),
             connect_timeout: config.connect_timeout,
+            tcp_nodelay: config.tcp_nodelay,
         }
     }
 
@@ -158,8 +160,8 @@ impl Dialer {
     }
 
     /// Connects to `client`'s server. Over plain TCP we open the socket ourselves, to put
-    /// [`Corked`] under the multiplexed connection; TLS and Unix sockets go through the
-    /// driver's own dialling.
+    /// [`NagleForSmallWrites`] under the multiplexed connection; TLS and Unix sockets go
+    /// through the driver's own dialling.
     async fn open(&self, client: &Client) -> Result<Dialled, RedisError> {
         let info = client.get_connection_info();
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
@@ -170,10 +172,9 @@ impl Dialer {
         };
         let handshake = async {
             let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            socket.set_nodelay(info.tcp_settings().nodelay())?;
             let (conn, driver) = MultiplexedConnection::new_with_config(
                 info.redis_settings(),
-                Corked::new(socket),
+                NagleForSmallWrites::new(socket, self.tcp_nodelay)?,
                 self.config.clone(),
             )
             .await?;
