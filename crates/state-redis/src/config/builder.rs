@@ -251,7 +251,10 @@ impl RedisConfigBuilder {
     /// `TCP_NODELAY`. Concurrent callers' requests then share packets, and no request waits
     /// out the server's delayed ACK (`conn/nagle.rs` says why). TLS, Unix-socket and Cluster
     /// connections, opened by the driver, and every connection on other systems, then use
-    /// `TCP_NODELAY`.
+    /// `TCP_NODELAY`. The price: a request made while an earlier short one is unanswered
+    /// waits for that answer (at most one round trip) instead of going at once, which more
+    /// than pays for itself under load but can lengthen the latency of two or three
+    /// concurrent callers; `true` is for them.
     pub fn tcp_nodelay(mut self, on: bool) -> Self {
         self.tcp_nodelay = Some(on);
         self
