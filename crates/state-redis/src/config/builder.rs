@@ -246,15 +246,13 @@ impl RedisConfigBuilder {
 
     /// `TCP_NODELAY` on every write (`true`, as fred, Lettuce and Jedis do) or on none
     /// (`false`, Nagle's algorithm merges small writes, as the `redis` crate does). Unset,
-    /// the default, standalone and Sentinel connections over plain TCP on Linux use Nagle
-    /// with one exception: the rest of a write the kernel took only in part goes with
-    /// `TCP_NODELAY`. Concurrent callers' requests then share packets, and no request waits
-    /// out the server's delayed ACK (`conn/nagle.rs` says why). TLS, Unix-socket and Cluster
-    /// connections, opened by the driver, and every connection on other systems, then use
-    /// `TCP_NODELAY`. The price: a request made while an earlier short one is unanswered
-    /// waits for that answer (at most one round trip) instead of going at once, which more
-    /// than pays for itself under load but can lengthen the latency of two or three
-    /// concurrent callers; `true` is for them.
+    /// the default, standalone and Sentinel connections over plain TCP on Linux decide by
+    /// load: with 12 or more requests waiting for replies on a connection, Nagle merges the
+    /// callers' writes into shared packets (until fewer than 8 wait); with fewer, each
+    /// write goes at once. The rest of a write the kernel took only in part always goes at
+    /// once, so no request waits out the server's delayed ACK (`conn/nagle.rs` says why).
+    /// TLS, Unix-socket and Cluster connections, opened by the driver, and every connection
+    /// on other systems, then use `TCP_NODELAY`.
     pub fn tcp_nodelay(mut self, on: bool) -> Self {
         self.tcp_nodelay = Some(on);
         self

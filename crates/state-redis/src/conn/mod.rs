@@ -323,7 +323,7 @@ impl Pool {
     ) -> std::result::Result<Value, Failure> {
         let mut conn = self.conn(idempotency).await?;
         let result = match &mut conn {
-            Conn::Single { open, .. } => open.conn.req_packed_command(cmd).await,
+            Conn::Single { open, .. } => open.query(cmd).await,
             Conn::Cluster { conn, exact } => {
                 let reply = conn.req_packed_command(cmd).await;
                 match ask_of(&reply).filter(|_| *exact) {
@@ -345,7 +345,7 @@ impl Pool {
     ) -> std::result::Result<Vec<Value>, Failure> {
         let mut conn = self.conn(idempotency).await?;
         let result = match &mut conn {
-            Conn::Single { open, .. } => run_pipeline(&mut open.conn, pipe).await,
+            Conn::Single { open, .. } => open.pipeline(pipe).await,
             Conn::Cluster { conn, exact } if *exact && !pipe.is_transaction() => {
                 Box::pin(one_by_one(conn, pipe)).await
             }
@@ -369,7 +369,7 @@ impl Pool {
                 conn.route_command(cmd.clone(), RoutingInfo::SingleNode(route))
                     .await
             }
-            Conn::Single { open, .. } => open.conn.req_packed_command(cmd).await,
+            Conn::Single { open, .. } => open.query(cmd).await,
         };
         self.settle(&conn, result.and_then(lift))
     }
@@ -389,7 +389,7 @@ impl Pool {
                 conn.route_pipeline(pipe.clone(), 0, pipe.len(), route)
                     .await
             }
-            Conn::Single { open, .. } => run_pipeline(&mut open.conn, pipe).await,
+            Conn::Single { open, .. } => open.pipeline(pipe).await,
         };
         self.settle(&conn, result)
     }

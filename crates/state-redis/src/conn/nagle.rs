@@ -1,76 +1,136 @@
-//! A plain TCP connection to a data node on which the kernel merges the small writes of
-//! concurrent callers (Nagle's algorithm), with `TCP_NODELAY` only for the rest of a write
-//! the kernel took in part.
+//! A plain TCP connection to a data node on which, under load, the kernel merges the
+//! writes of concurrent callers (Nagle's algorithm), and which otherwise sends each write
+//! at once (`TCP_NODELAY`).
 //!
-//! Why writes may wait: under load, concurrent callers each queue one small request, and
-//! the multiplexed connection flushes after each. With `TCP_NODELAY` that is one packet and
+//! Why merge under load: concurrent callers each queue one small request, and the
+//! multiplexed connection flushes after each. With `TCP_NODELAY` that is one packet and
 //! one server `read` per request. With Nagle's algorithm the kernel sends a write at once
 //! when nothing it sent is waiting for an acknowledgement, and otherwise holds it, merging
-//! the writes made meanwhile: the first request after a quiet spell goes at once, and the
-//! requests that arrive while the server works go out together. This module replaced
-//! holding small writes in user space for a turn of the scheduler, which left both the
-//! client and the server idle between batches: at 16 tasks it made two to three times the
-//! context switches and about a third fewer gets per second (BENCHMARKS.md, notes on the
-//! peer numbers).
+//! the writes made meanwhile: the first request after a quiet spell goes at once, and those
+//! that arrive while the server works go out together. This module replaced holding small
+//! writes in user space for a turn of the scheduler, which left both the client and the
+//! server idle between batches: at 16 tasks it made two to three times the context
+//! switches and about a third fewer gets per second (BENCHMARKS.md, notes on the peer
+//! numbers).
 //!
-//! Why that never waits out a delayed ACK: Nagle's algorithm stalls when it holds the end
-//! of a request while the server, holding only its start, has nothing to answer and delays
-//! its acknowledgement (40 ms on Linux). Linux holds a packet shorter than a segment only
-//! while an earlier such packet is unacknowledged (Minshall's variant). The multiplexed
-//! connection writes whole requests, so when a write is taken whole, the last and only
-//! short packet of what the kernel queued ends where a request ends: the server can answer
-//! it, and its answer acknowledges the packet and releases the next. So a held write waits
-//! at most for the server's answer to requests it already has whole. A write the kernel
-//! takes only in part breaks that (its short packet may end inside a request): its rest
-//! goes with `TCP_NODELAY`, which also sends whatever the kernel holds.
+//! Why only under load: a held write waits for the server's answer to an earlier one. With
+//! few requests in flight that wait is most of the round trip, and the merge saves little:
+//! at 8 tasks Nagle did 80k gets/s against 124k without it, at 16 tasks 205k against 150k.
+//! So the connection counts the requests waiting for replies ([`Load`]) and merges from
+//! [`MERGE_FROM`] of them until they fall below [`MERGE_UNTIL_BELOW`] (two bounds, so that
+//! it does not switch back and forth).
+//!
+//! Why merging never waits out a delayed ACK: Nagle's algorithm stalls when it holds the
+//! end of a request while the server, holding only its start, has nothing to answer and
+//! delays its acknowledgement (40 ms on Linux). Linux holds a packet shorter than a segment
+//! only while an earlier such packet is unacknowledged (Minshall's variant). The
+//! multiplexed connection writes whole requests, so when a write is taken whole, the last
+//! and only short packet of what the kernel queued ends where a request ends: the server
+//! can answer it, and its answer acknowledges the packet and releases the next. So a held
+//! write waits at most for the server's answer to requests it already has whole. A write
+//! the kernel takes only in part breaks that (its short packet may end inside a request):
+//! its rest goes with `TCP_NODELAY`, which also sends whatever the kernel holds.
 //!
 //! Other systems hold a short packet while *any* packet is unacknowledged, the tail of a
 //! request longer than a segment included, so there connections keep `TCP_NODELAY` on.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A TCP stream with Nagle's algorithm on, except for the rest of a partial write.
-pub(super) struct NagleForSmallWrites {
+/// Requests waiting for replies from which a connection merges writes.
+const MERGE_FROM: usize = 12;
+
+/// Requests waiting for replies below which a merging connection sends at once again.
+const MERGE_UNTIL_BELOW: usize = 8;
+
+/// The requests of one connection that wait for their replies, counted by the callers.
+#[derive(Debug, Default)]
+pub(super) struct Load(AtomicUsize);
+
+impl Load {
+    /// Counts one request as waiting until the returned guard is dropped.
+    pub(super) fn waiting(&self) -> Waiting<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Waiting(self)
+    }
+
+    fn now(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One request counted in a [`Load`], for as long as it lives.
+pub(super) struct Waiting<'a>(&'a Load);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A TCP stream with Nagle's algorithm on while its connection is loaded, except for the
+/// rest of a partial write.
+pub(super) struct NagleUnderLoad {
     inner: TcpStream,
     /// `TCP_NODELAY` as configured, if it was: then it stays as it is.
     forced: Option<bool>,
+    load: Arc<Load>,
+    /// Whether writes go through Nagle's algorithm now (the connection is loaded).
+    merging: bool,
     /// Whether `TCP_NODELAY` is on now.
     nodelay: bool,
     /// The last write was partial: its rest goes with `TCP_NODELAY`.
     unfinished: bool,
 }
 
-impl NagleForSmallWrites {
-    /// Takes over `socket`. `nodelay` is the configured `tcp_nodelay`: `None` switches as
-    /// above (on Linux; elsewhere it is `Some(true)`), `Some(on)` keeps `TCP_NODELAY` `on`.
-    pub(super) fn new(socket: TcpStream, nodelay: Option<bool>) -> io::Result<Self> {
+impl NagleUnderLoad {
+    /// Takes over `socket`, whose callers count their requests in `load`. `nodelay` is
+    /// the configured `tcp_nodelay`: `None` switches as above (on Linux; elsewhere it is
+    /// `Some(true)`), `Some(on)` keeps `TCP_NODELAY` `on`.
+    pub(super) fn new(
+        socket: TcpStream,
+        nodelay: Option<bool>,
+        load: Arc<Load>,
+    ) -> io::Result<Self> {
         let forced = if cfg!(target_os = "linux") {
             nodelay
         } else {
             Some(nodelay.unwrap_or(true))
         };
-        let nodelay = forced.unwrap_or(false);
+        let nodelay = forced.unwrap_or(true);
         socket.set_nodelay(nodelay)?;
-        Ok(NagleForSmallWrites {
+        Ok(NagleUnderLoad {
             inner: socket,
             forced,
+            load,
+            merging: false,
             nodelay,
             unfinished: false,
         })
     }
 
     /// Whether the next write should go with `TCP_NODELAY`.
-    fn wants_nodelay(&self) -> bool {
-        self.forced.unwrap_or(self.unfinished)
+    fn wants_nodelay(&mut self) -> bool {
+        if let Some(forced) = self.forced {
+            return forced;
+        }
+        let waiting = self.load.now();
+        if waiting >= MERGE_FROM {
+            self.merging = true;
+        } else if waiting < MERGE_UNTIL_BELOW {
+            self.merging = false;
+        }
+        self.unfinished || !self.merging
     }
 }
 
-impl AsyncWrite for NagleForSmallWrites {
+impl AsyncWrite for NagleUnderLoad {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -95,7 +155,7 @@ impl AsyncWrite for NagleForSmallWrites {
     }
 }
 
-impl AsyncRead for NagleForSmallWrites {
+impl AsyncRead for NagleUnderLoad {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -118,29 +178,37 @@ mod tests {
         Ok((client, server))
     }
 
-    /// Nagle for whole writes, `TCP_NODELAY` for the rest of a partial one: a write larger
-    /// than both socket buffers is taken in parts while nobody reads, and its bytes still
-    /// arrive whole and in order.
+    /// `TCP_NODELAY` until enough requests wait, Nagle until few do, and the rest of a
+    /// partial write at once: a write larger than both socket buffers is taken in parts
+    /// while nobody reads, and every byte still arrives in order.
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn whole_writes_use_nagle_and_the_rest_of_a_partial_one_goes_at_once() -> io::Result<()> {
+    async fn merges_under_load_and_sends_the_rest_of_a_partial_write_at_once() -> io::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let (client, mut server) = pair(&listener).await?;
-        client.set_nodelay(true)?;
-        let mut stream = NagleForSmallWrites::new(client, None)?;
-        assert!(!stream.inner.nodelay()?, "opens with Nagle");
+        let load = Arc::new(Load::default());
+        let mut stream = NagleUnderLoad::new(client, None, load.clone())?;
+        let nodelay = |s: &NagleUnderLoad| s.inner.nodelay();
+        assert!(nodelay(&stream)?, "opens sending at once");
 
-        stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+        let mut waiting: Vec<Waiting<'_>> = (0..MERGE_FROM - 1).map(|_| load.waiting()).collect();
+        stream.write_all(b"a").await?;
+        assert!(nodelay(&stream)?, "{} waiting: at once", MERGE_FROM - 1);
+        waiting.push(load.waiting());
+        stream.write_all(b"b").await?;
+        assert!(!nodelay(&stream)?, "{MERGE_FROM} waiting: Nagle");
+        waiting.truncate(MERGE_UNTIL_BELOW);
+        stream.write_all(b"c").await?;
         assert!(
-            !stream.unfinished && !stream.inner.nodelay()?,
-            "a whole write: Nagle"
+            !nodelay(&stream)?,
+            "{MERGE_UNTIL_BELOW} waiting: still Nagle"
         );
 
         let large = vec![b'x'; 32 << 20];
         let reader = tokio::spawn(async move {
             // Nothing is read until the writer has had to wait for buffer space.
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let mut got = vec![0; 14 + (32 << 20)];
+            let mut got = vec![0; 5 + (32 << 20)];
             server.read_exact(&mut got).await.map(|_| got)
         });
         let written =
@@ -149,30 +217,36 @@ mod tests {
             written < large.len(),
             "32 MiB taken whole although nobody reads"
         );
-        assert!(stream.unfinished);
         stream.write_all(&large[written..]).await?;
-        assert!(
-            stream.nodelay && stream.inner.nodelay()?,
-            "the rest went at once"
-        );
+        assert!(nodelay(&stream)?, "the rest of a partial write: at once");
+        stream.write_all(b"d").await?;
+        assert!(!nodelay(&stream)?, "the next whole write: Nagle again");
 
-        stream.write_all(b"x").await?;
+        waiting.truncate(MERGE_UNTIL_BELOW - 1);
+        stream.write_all(b"e").await?;
         assert!(
-            !stream.inner.nodelay()?,
-            "the next whole write: Nagle again"
+            nodelay(&stream)?,
+            "{} waiting: at once",
+            MERGE_UNTIL_BELOW - 1
         );
+        drop(waiting);
+        assert_eq!(load.now(), 0, "every guard uncounted");
+
         let got = reader.await.map_err(io::Error::other)??;
-        assert_eq!(&got[..14], b"*1\r\n$4\r\nPING\r\n");
-        assert!(got[14..].iter().all(|&b| b == b'x'));
+        assert_eq!(&got[..3], b"abc");
+        assert!(got[3..3 + (32 << 20)].iter().all(|&b| b == b'x'));
+        assert_eq!(&got[3 + (32 << 20)..], b"de");
         Ok(())
     }
 
     #[tokio::test]
     async fn a_configured_tcp_nodelay_holds_for_every_write() -> io::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let load = Arc::new(Load::default());
+        let _waiting: Vec<_> = (0..MERGE_FROM).map(|_| load.waiting()).collect();
         for on in [true, false] {
             let (client, _server) = pair(&listener).await?;
-            let mut stream = NagleForSmallWrites::new(client, Some(on))?;
+            let mut stream = NagleUnderLoad::new(client, Some(on), load.clone())?;
             for len in [1, 1 << 20] {
                 stream.write_all(&vec![b'x'; len]).await?;
                 assert_eq!(stream.inner.nodelay()?, on, "tcp_nodelay={on}, {len} bytes");

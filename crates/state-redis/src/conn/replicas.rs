@@ -80,7 +80,7 @@ impl Pool {
                     },
                 };
                 let mut open = open;
-                let reply = open.conn.req_packed_command(cmd).await;
+                let reply = open.query(cmd).await;
                 let conn = Conn::Single {
                     open,
                     slot: index,

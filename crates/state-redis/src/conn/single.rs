@@ -8,16 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use redis::aio::ConnectionLike;
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, RedisError, RedisResult, Value,
+};
 
-use super::nagle::NagleForSmallWrites;
+use super::nagle::{Load, NagleUnderLoad};
 
 use crate::config::RedisConfig;
 
-/// A new connection, and its task if we spawned it (see [`Open`]).
-pub(super) type Dialled = (MultiplexedConnection, Option<ConnTask>);
+/// A new connection, its task if we spawned it (see [`Open`]), and the count of its
+/// requests waiting for replies.
+pub(super) type Dialled = (MultiplexedConnection, Option<ConnTask>, Arc<Load>);
 
 /// How a slot reaches its server.
 pub(super) struct Dialer {
@@ -55,7 +59,9 @@ pub(super) struct Slot {
 #[derive(Clone)]
 pub(super) struct Open {
     pub(super) generation: u64,
-    pub(super) conn: MultiplexedConnection,
+    conn: MultiplexedConnection,
+    /// Its requests waiting for replies, which decide how it writes (see `nagle.rs`).
+    load: Arc<Load>,
     _task: Option<Arc<ConnTask>>,
 }
 
@@ -66,6 +72,20 @@ pub(super) struct ConnTask(tokio::task::AbortHandle);
 impl Drop for ConnTask {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+impl Open {
+    /// Sends one command, counted as waiting until its reply (or its caller's end).
+    pub(super) async fn query(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let _waiting = self.load.waiting();
+        self.conn.req_packed_command(cmd).await
+    }
+
+    /// Sends a pipeline, counted as one request waiting until its replies.
+    pub(super) async fn pipeline(&mut self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        let _waiting = self.load.waiting();
+        super::run_pipeline(&mut self.conn, pipe).await
     }
 }
 
@@ -84,10 +104,11 @@ impl Slot {
         if let Some(open) = self.current() {
             return Ok(open);
         }
-        let (conn, task) = dialer.dial().await?;
+        let (conn, task, load) = dialer.dial().await?;
         let open = Open {
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             conn,
+            load,
             _task: task.map(Arc::new),
         };
         *lock(&self.current) = Some(open.clone());
@@ -160,7 +181,7 @@ impl Dialer {
     }
 
     /// Connects to `client`'s server. Over plain TCP we open the socket ourselves, to put
-    /// [`NagleForSmallWrites`] under the multiplexed connection; TLS and Unix sockets go
+    /// [`NagleUnderLoad`] under the multiplexed connection; TLS and Unix sockets go
     /// through the driver's own dialling.
     async fn open(&self, client: &Client) -> Result<Dialled, RedisError> {
         let info = client.get_connection_info();
@@ -168,18 +189,19 @@ impl Dialer {
             let conn = client
                 .get_multiplexed_async_connection_with_config(&self.config)
                 .await?;
-            return Ok((conn, None));
+            return Ok((conn, None, Arc::default()));
         };
         let handshake = async {
+            let load = Arc::new(Load::default());
             let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             let (conn, driver) = MultiplexedConnection::new_with_config(
                 info.redis_settings(),
-                NagleForSmallWrites::new(socket, self.tcp_nodelay)?,
+                NagleUnderLoad::new(socket, self.tcp_nodelay, load.clone())?,
                 self.config.clone(),
             )
             .await?;
             let task = ConnTask(tokio::spawn(driver).abort_handle());
-            Ok::<_, RedisError>((conn, Some(task)))
+            Ok::<_, RedisError>((conn, Some(task), load))
         };
         tokio::time::timeout(self.connect_timeout, handshake)
             .await
