@@ -70,7 +70,7 @@ fn every_scheme_parses_with_its_parameters() -> Result<()> {
     assert_eq!(c.default_ttl, Some(Duration::from_millis(1500)));
     assert_eq!((c.pool_min, c.pool_max), (1, 4));
     assert_eq!(c.pipeline_batch_size, 7);
-    assert_eq!(c.tcp_nodelay, None, "unset: switched per write");
+    assert_eq!(c.tcp_nodelay, None, "unset: switched by load");
     let nodelay = |url| RedisConfig::from_url(url).map(|c| c.tcp_nodelay);
     assert_eq!(nodelay("redis://h?tcp_nodelay=false")?, Some(false));
     assert_eq!(nodelay("redis://h?tcp_nodelay=true")?, Some(true));

@@ -12,8 +12,9 @@
 //! for Cluster a third set of cluster connections that route reads to replicas.
 //!
 //! Standalone and Sentinel connections over plain TCP are opened by us, on a stream that
-//! lets the kernel merge the small writes of concurrent callers and sends large ones at
-//! once ([`nagle`]); TLS, Unix sockets and Cluster connections are opened by the driver.
+//! lets the kernel merge the writes of concurrent callers while many requests wait, and
+//! sends each at once otherwise ([`nagle`]); TLS, Unix sockets and Cluster connections are
+//! opened by the driver.
 //!
 //! Every send reports, with its error, whether the request may have reached the server
 //! ([`Failure`]): that is what the retry rule of `state_core::RetryPolicy` decides on.

@@ -138,8 +138,9 @@ pub(super) fn node_info(
 
 /// The socket options of the data-node connections the driver dials (Cluster, TLS, Unix
 /// sockets): the driver's defaults with `TCP_NODELAY` as configured, on when unset (Nagle
-/// without its stalls needs a stream of our own, see `nagle.rs`). Cluster and Sentinel clients do not
-/// take them from a node's `ConnectionInfo`, so each builder is given them too.
+/// without its stalls needs a stream of our own, see `nagle.rs`). Cluster and Sentinel
+/// clients do not take them from a node's `ConnectionInfo`, so each builder is given them
+/// too.
 pub(super) fn tcp_settings(config: &RedisConfig) -> TcpSettings {
     TcpSettings::default().set_nodelay(config.tcp_nodelay.unwrap_or(true))
 }

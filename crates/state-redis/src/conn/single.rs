@@ -19,9 +19,15 @@ use super::nagle::{Load, NagleUnderLoad};
 
 use crate::config::RedisConfig;
 
-/// A new connection, its task if we spawned it (see [`Open`]), and the count of its
-/// requests waiting for replies.
-pub(super) type Dialled = (MultiplexedConnection, Option<ConnTask>, Arc<Load>);
+/// A new connection, with what we keep of its socket if we opened it ourselves.
+pub(super) type Dialled = (MultiplexedConnection, Option<OwnSocket>);
+
+/// A connection we opened ourselves ([`Dialer::open`]): the task driving it, and the count
+/// of its requests waiting for replies, which decides how it writes (see `nagle.rs`).
+pub(super) struct OwnSocket {
+    task: ConnTask,
+    load: Arc<Load>,
+}
 
 /// How a slot reaches its server.
 pub(super) struct Dialer {
@@ -60,8 +66,8 @@ pub(super) struct Slot {
 pub(super) struct Open {
     pub(super) generation: u64,
     conn: MultiplexedConnection,
-    /// Its requests waiting for replies, which decide how it writes (see `nagle.rs`).
-    load: Arc<Load>,
+    /// Its requests waiting for replies, counted on our own sockets only.
+    load: Option<Arc<Load>>,
     _task: Option<Arc<ConnTask>>,
 }
 
@@ -78,13 +84,13 @@ impl Drop for ConnTask {
 impl Open {
     /// Sends one command, counted as waiting until its reply (or its caller's end).
     pub(super) async fn query(&mut self, cmd: &Cmd) -> RedisResult<Value> {
-        let _waiting = self.load.waiting();
+        let _waiting = self.load.as_deref().map(Load::waiting);
         self.conn.req_packed_command(cmd).await
     }
 
     /// Sends a pipeline, counted as one request waiting until its replies.
     pub(super) async fn pipeline(&mut self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
-        let _waiting = self.load.waiting();
+        let _waiting = self.load.as_deref().map(Load::waiting);
         super::run_pipeline(&mut self.conn, pipe).await
     }
 }
@@ -104,7 +110,8 @@ impl Slot {
         if let Some(open) = self.current() {
             return Ok(open);
         }
-        let (conn, task, load) = dialer.dial().await?;
+        let (conn, own) = dialer.dial().await?;
+        let (task, load) = own.map(|own| (own.task, own.load)).unzip();
         let open = Open {
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             conn,
@@ -189,7 +196,7 @@ impl Dialer {
             let conn = client
                 .get_multiplexed_async_connection_with_config(&self.config)
                 .await?;
-            return Ok((conn, None, Arc::default()));
+            return Ok((conn, None));
         };
         let handshake = async {
             let load = Arc::new(Load::default());
@@ -201,7 +208,7 @@ impl Dialer {
             )
             .await?;
             let task = ConnTask(tokio::spawn(driver).abort_handle());
-            Ok::<_, RedisError>((conn, Some(task), load))
+            Ok::<_, RedisError>((conn, Some(OwnSocket { task, load })))
         };
         tokio::time::timeout(self.connect_timeout, handshake)
             .await
