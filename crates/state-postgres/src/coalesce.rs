@@ -1,5 +1,6 @@
-//! Coalescing: concurrent point `get`s, `put`s and `put_with_ttl`s sent as the set-based
-//! statements of the batch operations, the way Redis clients auto-pipeline.
+//! Coalescing: concurrent point `get`s, `put`s, `put_with_ttl`s and `compare_and_swap`s
+//! sent as set-based statements (those of the batch operations, and a swap of many rows),
+//! the way Redis clients auto-pipeline.
 //!
 //! Why: a statement costs the server 15-20 µs of CPU (and the client its sqlx round trip)
 //! whatever it carries, so 16 tasks issuing one statement per call saturate a small
@@ -29,8 +30,13 @@
 //! not be driven at all), runs the operation itself, uncoalesced: it never hangs. A
 //! cancelled caller drops its receiver, and the dispatcher leaves its call out of the next
 //! statement if that has not started yet.
+//!
+//! Compare-and-swaps form two kinds of group, swaps (an expected value) and inserts (none),
+//! each one statement, and a group names each key once: a second call on a key waits for
+//! the next group, since one statement cannot write a row twice, and its outcome depends
+//! on the first. The statement's answer says, key by key, which calls wrote.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -38,11 +44,10 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use state_core::{Idempotency, Result, StateError};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::coalescer::{Call, Coalescer, GetCall, PutCall, Reply};
+use crate::coalescer::{Call, CasCall, Coalescer, GetCall, PutCall};
 use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, Inner, PostgresStateBackend};
 
 impl Coalescer {
@@ -62,8 +67,10 @@ impl Coalescer {
             slots: slots.clone(),
             gets: Group::default(),
             puts: Group::default(),
+            swaps: Group::default(),
+            inserts: Group::default(),
             held: None,
-            puts_first: false,
+            arrivals: 0,
         };
         runtime.spawn(dispatcher.run());
         Some(Coalescer {
@@ -78,6 +85,11 @@ impl Coalescer {
 struct Group<T> {
     calls: Vec<T>,
     bytes: usize,
+    /// When the first call came (the dispatcher's count of calls): the group holding the
+    /// oldest call goes out first.
+    since: u64,
+    /// The calls' keys, for the groups that name a key once (compare-and-swaps).
+    keys: HashSet<Bytes>,
 }
 
 impl<T> Default for Group<T> {
@@ -85,6 +97,8 @@ impl<T> Default for Group<T> {
         Group {
             calls: Vec::new(),
             bytes: 0,
+            since: 0,
+            keys: HashSet::new(),
         }
     }
 }
@@ -94,10 +108,68 @@ impl<T> Group<T> {
         self.calls.len() >= CHUNK_ROWS || self.bytes >= CHUNK_BYTES
     }
 
+    fn push(&mut self, call: T, bytes: usize, arrival: u64) {
+        if self.calls.is_empty() {
+            self.since = arrival;
+        }
+        self.bytes += bytes;
+        self.calls.push(call);
+    }
+
+    /// When the group's oldest call came; `None` when it is empty.
+    fn since(&self) -> Option<u64> {
+        (!self.calls.is_empty()).then_some(self.since)
+    }
+
     fn take(&mut self) -> Vec<T> {
         self.bytes = 0;
+        self.keys.clear();
         std::mem::take(&mut self.calls)
     }
+}
+
+impl Group<CasCall> {
+    /// Adds `call` unless the group is full or already names its key (it is handed back).
+    fn try_push(&mut self, call: CasCall, arrival: u64) -> Option<CasCall> {
+        if self.is_full() || self.keys.contains(&call.key) {
+            return Some(call);
+        }
+        self.keys.insert(call.key.clone());
+        let bytes = call.key.len() + call.new.len() + call.expected.as_ref().map_or(0, Bytes::len);
+        self.push(call, bytes, arrival);
+        None
+    }
+}
+
+/// A call whose caller may have given up waiting for it.
+trait Awaited {
+    fn abandoned(&self) -> bool;
+}
+
+impl Awaited for GetCall {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+impl Awaited for PutCall {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+impl Awaited for CasCall {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Get,
+    Put,
+    Swap,
+    Insert,
 }
 
 /// A group's statement; it gives its slot back when done.
@@ -112,10 +184,15 @@ struct Dispatcher {
     slots: Arc<Semaphore>,
     gets: Group<GetCall>,
     puts: Group<PutCall>,
-    /// A call not yet in a group (its group was full, or nothing else was waiting).
+    /// Compare-and-swaps with an expected value.
+    swaps: Group<CasCall>,
+    /// Compare-and-swaps expecting the key absent.
+    inserts: Group<CasCall>,
+    /// A call not yet in a group (its group was full or named its key, or nothing else
+    /// was waiting).
     held: Option<Call>,
-    /// Whether the puts' group holds the oldest call, so goes out first.
-    puts_first: bool,
+    /// Calls gathered so far, the groups' clock.
+    arrivals: u64,
 }
 
 impl Dispatcher {
@@ -195,11 +272,25 @@ impl Dispatcher {
     }
 
     fn is_idle(&self) -> bool {
-        self.held.is_none() && self.gets.calls.is_empty() && self.puts.calls.is_empty()
+        self.held.is_none() && self.oldest().is_none()
+    }
+
+    /// The kind of the group holding the oldest call, if any holds one.
+    fn oldest(&self) -> Option<Kind> {
+        [
+            (Kind::Get, self.gets.since()),
+            (Kind::Put, self.puts.since()),
+            (Kind::Swap, self.swaps.since()),
+            (Kind::Insert, self.inserts.since()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, since)| Some((kind, since?)))
+        .min_by_key(|&(_, since)| since)
+        .map(|(kind, _)| kind)
     }
 
     /// Moves the held call and then queued ones into the groups, until the queue is empty
-    /// or a call's group is full (that call is held for the next round).
+    /// or a call cannot join its group (that call is held for the next round).
     fn gather(&mut self) {
         loop {
             let call = match self.held.take() {
@@ -214,26 +305,29 @@ impl Dispatcher {
                     }
                 },
             };
-            let idle = self.gets.calls.is_empty() && self.puts.calls.is_empty();
-            match call {
-                Call::Get(call) if self.gets.is_full() => {
-                    self.held = Some(Call::Get(call));
-                    return;
-                }
-                Call::Put(call) if self.puts.is_full() => {
-                    self.held = Some(Call::Put(call));
-                    return;
-                }
+            let arrival = self.arrivals;
+            self.arrivals += 1;
+            let refused = match call {
+                Call::Get(call) if self.gets.is_full() => Some(Call::Get(call)),
+                Call::Put(call) if self.puts.is_full() => Some(Call::Put(call)),
                 Call::Get(call) => {
-                    self.puts_first &= !idle;
-                    self.gets.bytes += call.key.len();
-                    self.gets.calls.push(call);
+                    let bytes = call.key.len();
+                    self.gets.push(call, bytes, arrival);
+                    None
                 }
                 Call::Put(call) => {
-                    self.puts_first |= idle;
-                    self.puts.bytes += call.key.len() + call.value.len();
-                    self.puts.calls.push(call);
+                    let bytes = call.key.len() + call.value.len();
+                    self.puts.push(call, bytes, arrival);
+                    None
                 }
+                Call::Cas(call) if call.expected.is_some() => {
+                    self.swaps.try_push(call, arrival).map(Call::Cas)
+                }
+                Call::Cas(call) => self.inserts.try_push(call, arrival).map(Call::Cas),
+            };
+            if refused.is_some() {
+                self.held = refused;
+                return;
             }
         }
     }
@@ -241,119 +335,60 @@ impl Dispatcher {
     /// The statement, holding `slot`, for the group with the oldest call; `None` (and the
     /// slot freed) when every caller of that group gave up or the backend is gone.
     fn next_statement(&mut self, slot: OwnedSemaphorePermit) -> Option<Statement> {
-        let puts = !self.puts.calls.is_empty() && (self.puts_first || self.gets.calls.is_empty());
-        self.puts_first = !puts;
-        // Calls whose callers gave up (a timeout, a dropped future) are not sent. With the
-        // backend gone, the calls are dropped unanswered: any caller left runs its own.
-        if puts {
-            let mut calls = self.puts.take();
-            calls.retain(|call| !call.reply.is_closed());
-            let backend = self.backend().filter(|_| !calls.is_empty())?;
-            Some(Box::pin(async move {
-                backend.put_group(calls).await;
-                slot
-            }))
-        } else {
-            let mut calls = self.gets.take();
-            calls.retain(|call| !call.reply.is_closed());
-            let backend = self.backend().filter(|_| !calls.is_empty())?;
-            Some(Box::pin(async move {
-                backend.get_group(calls).await;
-                slot
-            }))
+        match self.oldest()? {
+            Kind::Get => {
+                let calls = self.gets.take();
+                self.statement(calls, slot, |backend, calls| async move {
+                    backend.get_group(calls).await;
+                })
+            }
+            Kind::Put => {
+                let calls = self.puts.take();
+                self.statement(calls, slot, |backend, calls| async move {
+                    backend.put_group(calls).await;
+                })
+            }
+            Kind::Swap => {
+                let calls = self.swaps.take();
+                self.statement(calls, slot, |backend, calls| async move {
+                    backend.cas_group(calls).await;
+                })
+            }
+            Kind::Insert => {
+                let calls = self.inserts.take();
+                self.statement(calls, slot, |backend, calls| async move {
+                    backend.cas_group(calls).await;
+                })
+            }
         }
+    }
+
+    /// `run` of the calls still awaited, as a statement holding `slot`. Calls whose
+    /// callers gave up (a timeout, a dropped future) are not sent. With the backend gone,
+    /// the calls are dropped unanswered: any caller left runs its own.
+    fn statement<T, F, Fut>(
+        &self,
+        mut calls: Vec<T>,
+        slot: OwnedSemaphorePermit,
+        run: F,
+    ) -> Option<Statement>
+    where
+        T: Awaited,
+        F: FnOnce(PostgresStateBackend, Vec<T>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        calls.retain(|call| !call.abandoned());
+        let backend = self.backend().filter(|_| !calls.is_empty())?;
+        let run = run(backend, calls);
+        Some(Box::pin(async move {
+            run.await;
+            slot
+        }))
     }
 
     /// The backend, for the time a statement runs.
     fn backend(&self) -> Option<PostgresStateBackend> {
         let inner = self.backend.upgrade()?;
         Some(PostgresStateBackend { inner })
-    }
-}
-
-impl PostgresStateBackend {
-    async fn get_group(&self, calls: Vec<GetCall>) {
-        let keys: Vec<&[u8]> = calls.iter().map(|call| &call.key[..]).collect();
-        match self.read_many(&keys).await {
-            Ok(values) => {
-                for (call, value) in calls.into_iter().zip(values) {
-                    // A caller that left does not need its answer.
-                    let _ = call.reply.send(Ok(value));
-                }
-            }
-            Err(err) => share(err, calls.into_iter().map(|call| call.reply)),
-        }
-    }
-
-    /// One statement reading `keys` (full keys, duplicates allowed), in order.
-    async fn read_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
-        if let [key] = keys {
-            // A lone call takes the point statement, cheaper for the server than a join.
-            let value = self
-                .run("get", Idempotency::Idempotent, || self.read_one(key))
-                .await?;
-            return Ok(vec![value]);
-        }
-        self.read_values("get", keys).await
-    }
-
-    async fn put_group(&self, calls: Vec<PutCall>) {
-        // Every call is answered only once the statement has committed (autocommit).
-        match self.write_many(&calls).await {
-            Ok(()) => {
-                for call in calls {
-                    let _ = call.reply.send(Ok(()));
-                }
-            }
-            Err(err) => share(err, calls.into_iter().map(|call| call.reply)),
-        }
-    }
-
-    /// One statement writing every call, as `put` writes one row.
-    async fn write_many(&self, calls: &[PutCall]) -> Result<()> {
-        if let [call] = calls {
-            return self
-                .run("put", Idempotency::NotIdempotent, || {
-                    self.write_one("put", &call.key, &call.value, &None, call.ttl_ms)
-                })
-                .await;
-        }
-        // The later call of a key wins. Sorted keys lock rows in one order, so concurrent
-        // statements (and batch_put, sorted too) cannot deadlock one another.
-        let mut latest: BTreeMap<&[u8], &PutCall> = BTreeMap::new();
-        for call in calls {
-            latest.insert(&call.key, call);
-        }
-        let keys: Vec<&[u8]> = latest.keys().copied().collect();
-        let values: Vec<&[u8]> = latest.values().map(|call| &call.value[..]).collect();
-        let ttls: Vec<Option<f64>> = latest.values().map(|call| call.ttl_ms).collect();
-        let (keys, values, ttls) = (&keys, &values, &ttls);
-        self.run("put", Idempotency::NotIdempotent, move || async move {
-            let mut c = self.checkout().await?;
-            let query = sqlx::query(self.inner.sql.batch_put_ttl.clone())
-                .bind(keys)
-                .bind(values)
-                .bind(ttls);
-            c.execute("put", query).await?;
-            Ok(())
-        })
-        .await
-    }
-}
-
-/// Gives every caller of a failed statement the error: the original to one, copies with
-/// the same kind, message and outcome to the others (the driver's source is not `Clone`).
-fn share<T>(err: StateError, replies: impl Iterator<Item = Reply<T>>) {
-    let mut replies = replies.peekable();
-    while let Some(reply) = replies.next() {
-        if replies.peek().is_none() {
-            let _ = reply.send(Err(err));
-            return;
-        }
-        let mut copy = StateError::new(err.kind(), err.message());
-        if err.outcome_unknown() {
-            copy = copy.with_outcome_unknown();
-        }
-        let _ = reply.send(Err(copy));
     }
 }

@@ -23,9 +23,18 @@ pub(crate) struct PutCall {
     pub reply: Reply<()>,
 }
 
+/// A `compare_and_swap`: `new` at `key` if it holds `expected` (`None`: if it is absent).
+pub(crate) struct CasCall {
+    pub key: Bytes,
+    pub expected: Option<Bytes>,
+    pub new: Bytes,
+    pub reply: Reply<bool>,
+}
+
 pub(crate) enum Call {
     Get(GetCall),
     Put(PutCall),
+    Cas(CasCall),
 }
 
 /// The callers' side: the statement slots and a channel to the dispatcher task.
@@ -61,6 +70,25 @@ impl Coalescer {
             key,
             value,
             ttl_ms,
+            reply,
+        }))?;
+        answer.await.ok()
+    }
+
+    /// Swaps in `new` at full key `key` if it holds `expected`, as `compare_and_swap`
+    /// does, or `None` when the dispatcher cannot serve the call and the caller must run
+    /// it directly.
+    pub async fn compare_and_swap(
+        &self,
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Bytes,
+    ) -> Option<Result<bool>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Call::Cas(CasCall {
+            key,
+            expected,
+            new,
             reply,
         }))?;
         answer.await.ok()

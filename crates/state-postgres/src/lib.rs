@@ -13,6 +13,7 @@ mod driver;
 mod error;
 mod export;
 mod extras;
+mod groups;
 mod import;
 mod migrate;
 mod ops;

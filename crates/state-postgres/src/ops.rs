@@ -245,28 +245,7 @@ impl StateBackend for PostgresStateBackend {
         if let Some(expected) = expected {
             self.inner.limits.check_value(expected)?;
         }
-        let ttl_ms = self.inner.default_ttl_ms;
-        let full = &self.full_key(key)[..];
-        self.run(
-            "compare_and_swap",
-            Idempotency::NotIdempotent,
-            move || async move {
-                let mut c = self.checkout().await?;
-                let query = match expected {
-                    None => sqlx::query(self.inner.sql.set_if_absent.clone())
-                        .bind(full)
-                        .bind(new)
-                        .bind(ttl_ms),
-                    Some(expected) => sqlx::query(self.inner.sql.swap.clone())
-                        .bind(full)
-                        .bind(new)
-                        .bind(expected)
-                        .bind(ttl_ms),
-                };
-                Ok(c.execute("compare_and_swap", query).await?.rows_affected() == 1)
-            },
-        )
-        .await
+        self.cas_point(key, expected, new).await
     }
 
     async fn put_fenced(&self, key: &[u8], value: &[u8], token: FencingToken) -> Result<()> {

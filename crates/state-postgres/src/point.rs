@@ -69,4 +69,62 @@ impl PostgresStateBackend {
             None => self.upsert(what, key, value, None, ttl_ms).await,
         }
     }
+
+    /// `compare_and_swap` (limits checked): through the coalescer when there is one and
+    /// every statement slot is busy.
+    pub(crate) async fn cas_point(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool> {
+        let full = self.full_key(key);
+        let Some(coalescer) = &self.inner.coalescer else {
+            return self.cas_one(&full, expected, new).await;
+        };
+        if let Some(_slot) = coalescer.try_slot() {
+            return self.cas_one(&full, expected, new).await;
+        }
+        let call = coalescer.compare_and_swap(
+            Bytes::from(full.clone()),
+            expected.map(Bytes::copy_from_slice),
+            Bytes::copy_from_slice(new),
+        );
+        match call.await {
+            Some(result) => result,
+            None => self.cas_one(&full, expected, new).await,
+        }
+    }
+
+    /// A `compare_and_swap` of full key `full` as its own statement.
+    pub(crate) async fn cas_one(
+        &self,
+        full: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool> {
+        let ttl_ms = self.inner.default_ttl_ms;
+        // Not re-sent after a lost reply: the first attempt may have swapped, and the
+        // second would then find the new value and report a failed swap.
+        self.run(
+            "compare_and_swap",
+            Idempotency::NotIdempotent,
+            move || async move {
+                let mut c = self.checkout().await?;
+                let query = match expected {
+                    None => sqlx::query(self.inner.sql.set_if_absent.clone())
+                        .bind(full)
+                        .bind(new)
+                        .bind(ttl_ms),
+                    Some(expected) => sqlx::query(self.inner.sql.swap.clone())
+                        .bind(full)
+                        .bind(new)
+                        .bind(expected)
+                        .bind(ttl_ms),
+                };
+                Ok(c.execute("compare_and_swap", query).await?.rows_affected() == 1)
+            },
+        )
+        .await
+    }
 }

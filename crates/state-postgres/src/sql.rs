@@ -117,6 +117,12 @@ pub(crate) struct Statements {
     pub get_and_delete: SqlStr,
     pub set_if_absent: SqlStr,
     pub swap: SqlStr,
+    /// `set_if_absent` of every `(key, value)` of `$1`, `$2` (distinct keys), returning the
+    /// keys it wrote.
+    pub set_if_absent_many: SqlStr,
+    /// `swap` of every `(key, new, expected)` of `$1`, `$2`, `$3` (distinct keys),
+    /// returning the keys it wrote.
+    pub swap_many: SqlStr,
     pub put_fenced: SqlStr,
     pub ttl: SqlStr,
     pub batch_get: SqlStr,
@@ -180,6 +186,25 @@ impl Statements {
                 "UPDATE {e} SET value = $2, metadata = NULL, \
                  expires_at = now() + $4::float8 * interval '1 millisecond', updated_at = now() \
                  WHERE key = $1 AND value = $3 AND {LIVE}"
+            )),
+            // The coalesced forms of the two above: one row per call, keys distinct and
+            // sorted, so that rows are locked in key order (an insert takes its rows in the
+            // order given; the update's plan, a nested loop over the array, does too).
+            set_if_absent_many: sql(format!(
+                "INSERT INTO {e} AS s (key, value, metadata, expires_at) \
+                 SELECT u.k, u.v, NULL, now() + $3::float8 * interval '1 millisecond' \
+                 FROM unnest($1::bytea[], $2::bytea[]) AS u(k, v) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, metadata = NULL, \
+                 expires_at = EXCLUDED.expires_at, created_at = now(), updated_at = now() \
+                 WHERE s.expires_at IS NOT NULL AND s.expires_at <= now() \
+                 RETURNING s.key"
+            )),
+            swap_many: sql(format!(
+                "UPDATE {e} AS s SET value = u.n, metadata = NULL, \
+                 expires_at = now() + $4::float8 * interval '1 millisecond', updated_at = now() \
+                 FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) AS u(k, n, x) \
+                 WHERE s.key = u.k AND s.value = u.x AND (s.expires_at IS NULL OR s.expires_at > now()) \
+                 RETURNING s.key"
             )),
             // The fence row is locked and raised to the highest token in one step; the value
             // is written only when our token is that highest one.

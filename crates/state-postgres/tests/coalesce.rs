@@ -425,3 +425,143 @@ fn a_backend_serves_other_runtimes_and_outlives_its_own() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Counters incremented by read-then-swap loops from many tasks, through one statement
+/// slot: every swap reported as done happened exactly once (the totals match), and the
+/// swaps went out grouped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_compare_and_swaps_count_exactly_once() {
+    const COUNTERS: u64 = 16;
+    const TASKS: u64 = 32;
+    const INCREMENTS: u64 = 25;
+    /// Swaps one increment may try before the test gives up on it.
+    const ATTEMPTS: u32 = 1000;
+    common::in_schema("co_cas", |schema| async move {
+        let backend = Arc::new(open(&schema, Some(1)).await);
+        let counted = counted(&backend);
+        let before = counted.stats().await;
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let backend = counted.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lost = 0u64;
+                for i in 0..INCREMENTS {
+                    let key = format!("counter:{}", (task + i) % COUNTERS);
+                    let mut attempts = 0;
+                    loop {
+                        // Counters start absent: the first swap of each is an insert.
+                        let current = backend.get(key.as_bytes()).await?;
+                        let next = current.as_deref().map_or(0, count) + 1;
+                        let swapped = backend
+                            .compare_and_swap(
+                                key.as_bytes(),
+                                current.as_deref(),
+                                &next.to_be_bytes(),
+                            )
+                            .await?;
+                        if swapped {
+                            break;
+                        }
+                        lost += 1;
+                        attempts += 1;
+                        assert!(attempts < ATTEMPTS, "{key}: {attempts} swaps lost in a row");
+                    }
+                }
+                Ok::<u64, StateError>(lost)
+            }));
+        }
+        let lost: u64 = join(tasks).await.into_iter().sum();
+        let mut total = 0;
+        for counter in 0..COUNTERS {
+            let value = backend.get(format!("counter:{counter}").as_bytes()).await?;
+            total += value.as_deref().map_or(0, count);
+        }
+        assert_eq!(total, TASKS * INCREMENTS, "increments lost or doubled");
+        let after = counted.stats().await;
+        let operations = after.operations - before.operations;
+        let statements = queries(&after) - queries(&before);
+        eprintln!("{operations} operations ({lost} lost swaps) in {statements} statements");
+        assert!(
+            statements * 2 <= operations,
+            "{operations} operations took {statements} statements: nothing was coalesced"
+        );
+        Ok::<(), StateError>(())
+    })
+    .await;
+}
+
+fn count(value: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(value) {
+        Ok(bytes) => u64::from_be_bytes(bytes),
+        Err(_) => panic!("a counter holds {value:?}"),
+    }
+}
+
+/// Two swaps of one key from the same value, and two inserts of one absent key, queued
+/// together behind a blocked statement: one of each pair wins, as if they ran in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swaps_naming_a_key_twice_take_turns() {
+    common::in_schema("co_casdup", |schema| async move {
+        let backend = Arc::new(open(&schema, Some(1)).await);
+        backend.put(b"blocker", b"0").await?;
+        backend.put(b"dup", b"old").await?;
+        let mut locker = match sqlx::PgConnection::connect(&common::url().await).await {
+            Ok(c) => c,
+            Err(e) => panic!("cannot connect: {e}"),
+        };
+        let lock = format!(
+            "BEGIN; SELECT 1 FROM \"{schema}\".state_entries \
+             WHERE key = convert_to('blocker', 'UTF8') FOR UPDATE"
+        );
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+            .execute(&mut locker)
+            .await
+        {
+            panic!("cannot lock the row: {e}");
+        }
+        let cas = |key: &'static [u8], expected: Option<&'static [u8]>, new: &'static [u8]| {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.compare_and_swap(key, expected, new).await })
+        };
+        let blocked = cas(b"blocker", Some(b"0"), b"1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut queued = Vec::new();
+        for (key, expected, new) in [
+            (&b"dup"[..], Some(&b"old"[..]), &b"a"[..]),
+            (b"dup", Some(b"old"), b"b"),
+            (b"fresh", None, b"a"),
+            (b"fresh", None, b"b"),
+            (b"other", None, b"x"),
+        ] {
+            queued.push(cas(key, expected, new));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Err(e) = sqlx::raw_sql("COMMIT").execute(&mut locker).await {
+            panic!("cannot release the lock: {e}");
+        }
+        assert_eq!(join(vec![blocked]).await, vec![true]);
+        let won = join(queued).await;
+        assert_eq!(
+            won[0] as u8 + won[1] as u8,
+            1,
+            "two swaps from one value: {won:?}"
+        );
+        assert_eq!(
+            won[2] as u8 + won[3] as u8,
+            1,
+            "two inserts of one key: {won:?}"
+        );
+        assert!(won[4], "the insert of a key named once lost: {won:?}");
+        let dup = backend.get(b"dup").await?;
+        let expected: &[u8] = if won[0] { b"a" } else { b"b" };
+        assert_eq!(dup.as_deref(), Some(expected));
+        let fresh = backend.get(b"fresh").await?;
+        let expected: &[u8] = if won[2] { b"a" } else { b"b" };
+        assert_eq!(fresh.as_deref(), Some(expected));
+        assert_eq!(backend.get(b"other").await?.as_deref(), Some(&b"x"[..]));
+        let _ = locker.close().await;
+        Ok::<(), StateError>(())
+    })
+    .await;
+}

@@ -149,21 +149,23 @@ impl PostgresConfig {
     }
 
     /// Coalescing of concurrent point operations: at most `max_in_flight` statements
-    /// serve `get`, `put` and `put_with_ttl` at once (default 2, capped at `pool_max`; URL
-    /// parameter `coalesce=N`; 0 turns it off).
+    /// serve `get`, `put`, `put_with_ttl` and `compare_and_swap` at once (default 2, capped
+    /// at `pool_max`; URL parameter `coalesce=N`; 0 turns it off).
     ///
     /// A call that finds one of those slots free is its own statement, sent at once, as
     /// without coalescing. Calls made while every slot is busy wait in a queue, and a
     /// background task sends all of them together as one set-based statement (the SQL of
-    /// `batch_get` and `batch_put`) as soon as a slot frees, like a Redis client's
-    /// auto-pipelining: no timer. Each statement runs after all its calls were made and
+    /// `batch_get` and `batch_put`, or an `UPDATE`/`INSERT` over the swaps' arrays) as
+    /// soon as a slot frees, like a Redis client's auto-pipelining: no timer. A
+    /// statement names a key once: a second swap of a key waits for the next one. Each statement runs after all its calls were made and
     /// before any is answered, so reads and writes stay linearizable; a put is
     /// acknowledged once its statement committed, and a statement's error is the error of
     /// every call in it.
     ///
     /// What it buys: fewer statements when many tasks share the backend. On a 2-core
     /// machine with 16 tasks, point gets went from about 0.75x of `pgbench -M prepared -c
-    /// 16` to 1.1-1.3x, and puts from 0.95x to 1.3-1.45x. What it costs: a call that has
+    /// 16` to 1.1-1.3x, and puts from 0.95x to 1.3-1.45x; compare-and-swaps went from
+    /// about 0.95x of one sqlx connection per task to 1.3x (16 tasks) and 2.8x (64). What it costs: a call that has
     /// to queue pays a hop to that task and back, and point operations use at most
     /// `max_in_flight` connections (the others stay free for everything else), so with
     /// few concurrent callers a low value can cost throughput: with 4 tasks, 2 slots were
