@@ -312,10 +312,11 @@ impl StateBackend for RedbBackend {
         }
         let txn = read::begin(&self.store.db)?;
         let table = read::data_table(&txn)?;
-        let mut now = read::Now::default();
-        keys.iter()
-            .map(|key| self.with_full_key(key, |full| read::get(&table, full, &mut now)))
-            .collect()
+        let found = keys
+            .iter()
+            .map(|key| self.with_full_key(key, |full| read::lookup(&table, full)))
+            .collect::<Result<Vec<_>>>()?;
+        read::live_values(&found)
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {

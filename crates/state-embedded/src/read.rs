@@ -3,7 +3,7 @@
 use std::ops::Bound;
 
 use bytes::Bytes;
-use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use redb::{AccessGuard, Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
 use state_core::{Entry, Result};
 
 use crate::error::redb;
@@ -25,10 +25,41 @@ pub(crate) fn data_table(txn: &ReadTransaction) -> Result<ReadTable> {
 /// The live value of `full`. The clock is read only for a record that has an expiry: a
 /// point read of a persistent key costs exactly what a raw redb read does, plus the copy.
 pub(crate) fn get(table: &ReadTable, full: &[u8], now: &mut Now) -> Result<Option<Bytes>> {
-    let Some(guard) = table.get(full).map_err(|e| redb("read a record", e))? else {
-        return Ok(None);
-    };
-    let rec = Record::decode(guard.value())?;
+    match table.get(full).map_err(|e| redb("read a record", e))? {
+        Some(guard) => live_value(guard.value(), now),
+        None => Ok(None),
+    }
+}
+
+/// A stored record found by [`lookup`], its bytes not read yet.
+pub(crate) type Found = AccessGuard<'static, &'static [u8]>;
+
+/// The stored record of `full`, if any, for [`live_values`] to decode.
+pub(crate) fn lookup(table: &ReadTable, full: &[u8]) -> Result<Option<Found>> {
+    table.get(full).map_err(|e| redb("read a record", e))
+}
+
+/// The live values of records found by [`lookup`], in order.
+///
+/// A batch looks every key up first and then decodes. A decode is the first touch of a
+/// value's bytes, which a lookup (keys and offsets only) leaves out of the CPU's caches:
+/// under `perf` that miss was a seventh of a batch's cycles. Interleaved with the lookups,
+/// each miss waited alone; in this short loop the loads are independent, and the CPU
+/// overlaps them.
+pub(crate) fn live_values(found: &[Option<Found>]) -> Result<Vec<Option<Bytes>>> {
+    let mut now = Now::default();
+    found
+        .iter()
+        .map(|record| match record {
+            Some(record) => live_value(record.value(), &mut now),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+/// The value of a stored record if it is live at `now`.
+fn live_value(stored: &[u8], now: &mut Now) -> Result<Option<Bytes>> {
+    let rec = Record::decode(stored)?;
     let live = rec.expires_ms.is_none_or(|at| at > now.ms());
     Ok(live.then(|| Bytes::copy_from_slice(rec.value)))
 }
