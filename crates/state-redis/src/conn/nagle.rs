@@ -18,7 +18,9 @@
 //! at 8 tasks Nagle did 80k gets/s against 124k without it, at 16 tasks 205k against 150k.
 //! So the connection counts the requests waiting for replies ([`Load`]) and merges from
 //! [`MERGE_FROM`] of them until they fall below [`MERGE_UNTIL_BELOW`] (two bounds, so that
-//! it does not switch back and forth).
+//! it does not switch back and forth). Scripts are not counted: each costs the server
+//! several plain commands' time, and a batch of them waiting for the one before leaves the
+//! server idle for longer than the merge saves (`Open::query` in `single.rs`).
 //!
 //! Why merging never waits out a delayed ACK: Nagle's algorithm stalls when it holds the
 //! end of a request while the server, holding only its start, has nothing to answer and
