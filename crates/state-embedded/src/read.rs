@@ -39,6 +39,11 @@ pub(crate) fn lookup(table: &ReadTable, full: &[u8]) -> Result<Option<Found>> {
     table.get(full).map_err(|e| redb("read a record", e))
 }
 
+/// Batches whose live values total at most this many bytes return them as slices of one
+/// buffer: one allocation instead of one per value, and a caller that keeps one value
+/// keeps at most this much memory alive.
+const SHARED_BUFFER_MAX: usize = 64 * 1024;
+
 /// The live values of records found by [`lookup`], in order.
 ///
 /// A batch looks every key up first and then decodes. A decode is the first touch of a
@@ -48,20 +53,48 @@ pub(crate) fn lookup(table: &ReadTable, full: &[u8]) -> Result<Option<Found>> {
 /// overlaps them.
 pub(crate) fn live_values(found: &[Option<Found>]) -> Result<Vec<Option<Bytes>>> {
     let mut now = Now::default();
-    found
+    let values = found
         .iter()
         .map(|record| match record {
-            Some(record) => live_value(record.value(), &mut now),
+            Some(record) => live_slice(record.value(), &mut now),
             None => Ok(None),
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let total: usize = values.iter().flatten().map(|value| value.len()).sum();
+    if total > SHARED_BUFFER_MAX {
+        return Ok(values
+            .into_iter()
+            .map(|value| value.map(Bytes::copy_from_slice))
+            .collect());
+    }
+    let mut buffer = Vec::with_capacity(total);
+    for value in values.iter().flatten() {
+        buffer.extend_from_slice(value);
+    }
+    let buffer = Bytes::from(buffer);
+    let mut at = 0;
+    Ok(values
+        .iter()
+        .map(|value| {
+            value.map(|value| {
+                let start = at;
+                at += value.len();
+                buffer.slice(start..at)
+            })
+        })
+        .collect())
 }
 
 /// The value of a stored record if it is live at `now`.
 fn live_value(stored: &[u8], now: &mut Now) -> Result<Option<Bytes>> {
+    Ok(live_slice(stored, now)?.map(Bytes::copy_from_slice))
+}
+
+/// The value bytes of a stored record if it is live at `now`.
+fn live_slice<'a>(stored: &'a [u8], now: &mut Now) -> Result<Option<&'a [u8]>> {
     let rec = Record::decode(stored)?;
     let live = rec.expires_ms.is_none_or(|at| at > now.ms());
-    Ok(live.then(|| Bytes::copy_from_slice(rec.value)))
+    Ok(live.then_some(rec.value))
 }
 
 /// The present instant in epoch milliseconds, read from the clock once, when first needed.

@@ -476,3 +476,53 @@ fn eventual_durability_loses_nothing_on_a_clean_close() -> TestResult {
         Ok(())
     })
 }
+
+/// `batch_get` returns small batches as slices of one buffer and large ones value by
+/// value: both give each key its own value, `None` for absent and expired keys, in order,
+/// and a kept value stays right after the batch is gone.
+#[test]
+fn batch_get_gives_each_key_its_value_in_small_and_large_batches() -> TestResult {
+    let (_dir, path) = temp();
+    runtime().block_on(async {
+        let backend = RedbBackend::open(&path)?;
+        let large = |fill: u8| vec![fill; 40 * 1024];
+        backend.put(b"a", b"first").await?;
+        backend.put(b"empty", b"").await?;
+        backend.put(b"b", b"second value").await?;
+        backend.put(b"big1", &large(1)).await?;
+        backend.put(b"big2", &large(2)).await?;
+        backend
+            .put_with_ttl(b"gone", b"expired", Duration::from_millis(1))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        let small = backend
+            .batch_get(&[b"b", b"missing", b"a", b"gone", b"empty", b"a"])
+            .await?;
+        let kept = small.first().cloned().flatten();
+        assert_eq!(
+            small,
+            vec![
+                Some(bytes::Bytes::from_static(b"second value")),
+                None,
+                Some(bytes::Bytes::from_static(b"first")),
+                None,
+                Some(bytes::Bytes::new()),
+                Some(bytes::Bytes::from_static(b"first")),
+            ]
+        );
+        drop(small);
+        assert_eq!(kept.as_deref(), Some(&b"second value"[..]));
+
+        // Over 64 KiB of live values: each copied on its own.
+        let big = backend
+            .batch_get(&[b"big2", b"a", b"gone", b"big1"])
+            .await?;
+        assert_eq!(big.len(), 4);
+        assert_eq!(big[0].as_deref(), Some(&large(2)[..]));
+        assert_eq!(big[1].as_deref(), Some(&b"first"[..]));
+        assert_eq!(big[2], None);
+        assert_eq!(big[3].as_deref(), Some(&large(1)[..]));
+        Ok(())
+    })
+}
