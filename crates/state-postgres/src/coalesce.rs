@@ -348,14 +348,11 @@ impl Dispatcher {
                     backend.put_group(calls).await;
                 })
             }
-            Kind::Swap => {
-                let calls = self.swaps.take();
-                self.statement(calls, slot, |backend, calls| async move {
-                    backend.cas_group(calls).await;
-                })
-            }
-            Kind::Insert => {
-                let calls = self.inserts.take();
+            kind @ (Kind::Swap | Kind::Insert) => {
+                let calls = match kind {
+                    Kind::Swap => self.swaps.take(),
+                    _ => self.inserts.take(),
+                };
                 self.statement(calls, slot, |backend, calls| async move {
                     backend.cas_group(calls).await;
                 })

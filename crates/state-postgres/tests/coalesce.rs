@@ -317,6 +317,26 @@ async fn cancelled_calls_leave_the_backend_working() {
     .await;
 }
 
+/// A connection holding the row of key `blocker` locked in an open transaction (until
+/// `COMMIT`): a statement touching that row waits, and calls made meanwhile queue up.
+async fn lock_blocker(schema: &str) -> sqlx::PgConnection {
+    let mut locker = match sqlx::PgConnection::connect(&common::url().await).await {
+        Ok(c) => c,
+        Err(e) => panic!("cannot connect: {e}"),
+    };
+    let lock = format!(
+        "BEGIN; SELECT 1 FROM \"{schema}\".state_entries \
+         WHERE key = convert_to('blocker', 'UTF8') FOR UPDATE"
+    );
+    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+        .execute(&mut locker)
+        .await
+    {
+        panic!("cannot lock the row: {e}");
+    }
+    locker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_group_naming_a_key_twice_stores_the_later_value() {
     common::in_schema("co_dup", |schema| async move {
@@ -324,20 +344,7 @@ async fn a_put_group_naming_a_key_twice_stores_the_later_value() {
         // up and go out together.
         let backend = Arc::new(open(&schema, Some(1)).await);
         backend.put(b"blocker", b"0").await?;
-        let mut locker = match sqlx::PgConnection::connect(&common::url().await).await {
-            Ok(c) => c,
-            Err(e) => panic!("cannot connect: {e}"),
-        };
-        let lock = format!(
-            "BEGIN; SELECT 1 FROM \"{schema}\".state_entries \
-             WHERE key = convert_to('blocker', 'UTF8') FOR UPDATE"
-        );
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
-            .execute(&mut locker)
-            .await
-        {
-            panic!("cannot lock the row: {e}");
-        }
+        let mut locker = lock_blocker(&schema).await;
         let counted = counted(&backend);
         let before = counted.stats().await;
         let spawn_put = |key: &'static [u8], value: &'static [u8]| {
@@ -505,20 +512,7 @@ async fn compare_and_swaps_naming_a_key_twice_take_turns() {
         let backend = Arc::new(open(&schema, Some(1)).await);
         backend.put(b"blocker", b"0").await?;
         backend.put(b"dup", b"old").await?;
-        let mut locker = match sqlx::PgConnection::connect(&common::url().await).await {
-            Ok(c) => c,
-            Err(e) => panic!("cannot connect: {e}"),
-        };
-        let lock = format!(
-            "BEGIN; SELECT 1 FROM \"{schema}\".state_entries \
-             WHERE key = convert_to('blocker', 'UTF8') FOR UPDATE"
-        );
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
-            .execute(&mut locker)
-            .await
-        {
-            panic!("cannot lock the row: {e}");
-        }
+        let mut locker = lock_blocker(&schema).await;
         let cas = |key: &'static [u8], expected: Option<&'static [u8]>, new: &'static [u8]| {
             let backend = backend.clone();
             tokio::spawn(async move { backend.compare_and_swap(key, expected, new).await })
