@@ -37,6 +37,28 @@ pub(crate) enum Call {
     Cas(CasCall),
 }
 
+/// Where a point call goes.
+pub(crate) enum Route<'a> {
+    /// Its own statement, sent at once, holding the statement slot it found free (none
+    /// when coalescing is off).
+    Direct(Option<SemaphorePermit<'a>>),
+    /// Every slot is busy: to the dispatcher, to go out with the calls made meanwhile.
+    Queued(&'a Coalescer),
+}
+
+impl Route<'_> {
+    /// The route of a call made now on a backend with `coalescer`.
+    pub fn of(coalescer: Option<&Coalescer>) -> Route<'_> {
+        match coalescer {
+            None => Route::Direct(None),
+            Some(coalescer) => match coalescer.try_slot() {
+                Some(slot) => Route::Direct(Some(slot)),
+                None => Route::Queued(coalescer),
+            },
+        }
+    }
+}
+
 /// The callers' side: the statement slots and a channel to the dispatcher task.
 pub(crate) struct Coalescer {
     pub calls: mpsc::UnboundedSender<Call>,
@@ -50,7 +72,7 @@ impl Coalescer {
     /// A free statement slot, if any: its holder runs its call as its own statement, at
     /// once and without a hop through the dispatcher. None is free while the dispatcher
     /// waits for one (the semaphore is fair), so queued calls go first.
-    pub fn try_slot(&self) -> Option<SemaphorePermit<'_>> {
+    fn try_slot(&self) -> Option<SemaphorePermit<'_>> {
         self.slots.try_acquire().ok()
     }
 

@@ -10,6 +10,7 @@ use state_core::{
     StateBackend, StateError, Stats, Ttl, stream, ttl_millis,
 };
 
+use crate::coalescer::Route;
 use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode};
 use crate::import::Chunk;
 use crate::pager::{Pager, PagerKind};
@@ -33,21 +34,19 @@ impl StateBackend for PostgresStateBackend {
     async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.inner.limits.check_key(key)?;
         let full = self.full_key(key);
-        match &self.inner.coalescer {
-            Some(_) if self.reads_from_replicas() => self.read_point(&full).await,
-            // With a statement slot free, the call is its own statement, sent at once.
-            Some(coalescer) => match coalescer.try_slot() {
-                Some(_slot) => self.read_point(&full).await,
-                None => {
-                    let full = Bytes::from(full);
-                    match coalescer.get(full.clone()).await {
-                        Some(result) => result,
-                        // The dispatcher is gone or on another runtime: the old way.
-                        None => self.read_point(&full).await,
-                    }
+        if self.reads_from_replicas() {
+            return self.read_point(&full).await;
+        }
+        match Route::of(self.inner.coalescer.as_ref()) {
+            Route::Direct(_slot) => self.read_point(&full).await,
+            Route::Queued(coalescer) => {
+                let full = Bytes::from(full);
+                match coalescer.get(full.clone()).await {
+                    Some(result) => result,
+                    // The dispatcher is gone or on another runtime: the old way.
+                    None => self.read_point(&full).await,
                 }
-            },
-            None => self.read_point(&full).await,
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use state_core::{Idempotency, Result, ttl_millis};
 
+use crate::coalescer::Route;
 use crate::driver::PostgresStateBackend;
 
 impl PostgresStateBackend {
@@ -51,13 +52,10 @@ impl PostgresStateBackend {
         value: &[u8],
         ttl_ms: Option<f64>,
     ) -> Result<()> {
-        let Some(coalescer) = &self.inner.coalescer else {
-            return self.upsert(what, key, value, None, ttl_ms).await;
+        let coalescer = match Route::of(self.inner.coalescer.as_ref()) {
+            Route::Direct(_slot) => return self.upsert(what, key, value, None, ttl_ms).await,
+            Route::Queued(coalescer) => coalescer,
         };
-        if let Some(_slot) = coalescer.try_slot() {
-            // A statement slot is free: this call is its own statement, sent at once.
-            return self.upsert(what, key, value, None, ttl_ms).await;
-        }
         self.inner.limits.check_entry(key, value)?;
         let full = Bytes::from(self.full_key(key));
         match coalescer
@@ -78,21 +76,19 @@ impl PostgresStateBackend {
         expected: Option<&[u8]>,
         new: &[u8],
     ) -> Result<bool> {
-        let full = self.full_key(key);
-        let Some(coalescer) = &self.inner.coalescer else {
-            return self.cas_one(&full, expected, new).await;
+        let coalescer = match Route::of(self.inner.coalescer.as_ref()) {
+            Route::Direct(_slot) => return self.cas_one(&self.full_key(key), expected, new).await,
+            Route::Queued(coalescer) => coalescer,
         };
-        if let Some(_slot) = coalescer.try_slot() {
-            return self.cas_one(&full, expected, new).await;
-        }
         let call = coalescer.compare_and_swap(
-            Bytes::from(full.clone()),
+            Bytes::from(self.full_key(key)),
             expected.map(Bytes::copy_from_slice),
             Bytes::copy_from_slice(new),
         );
         match call.await {
             Some(result) => result,
-            None => self.cas_one(&full, expected, new).await,
+            // The dispatcher is gone or on another runtime: the old way.
+            None => self.cas_one(&self.full_key(key), expected, new).await,
         }
     }
 

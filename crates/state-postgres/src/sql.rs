@@ -203,7 +203,7 @@ impl Statements {
                 "UPDATE {e} AS s SET value = u.n, metadata = NULL, \
                  expires_at = now() + $4::float8 * interval '1 millisecond', updated_at = now() \
                  FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) AS u(k, n, x) \
-                 WHERE s.key = u.k AND s.value = u.x AND (s.expires_at IS NULL OR s.expires_at > now()) \
+                 WHERE s.key = u.k AND s.value = u.x AND {LIVE} \
                  RETURNING s.key"
             )),
             // The fence row is locked and raised to the highest token in one step; the value
