@@ -1,5 +1,7 @@
 //! The batch read: the values of many keys in one statement, as one row holding every
-//! value as a `bytea[]`, or as a row per key found when values run large.
+//! value as a `bytea[]`, or as a row per key found when values run large. A chunk of a
+//! `batch_get` that finds every statement slot busy joins the coalescer's next group of
+//! reads (`coalesce.rs`).
 //!
 //! Why one row: sqlx hands each row through its row stream (a yield, a `PgRow`, type
 //! checks per column), which cost a 100-key batch_get about twice what the same read
@@ -10,10 +12,33 @@ use bytes::Bytes;
 use sqlx::postgres::PgRow;
 use state_core::{Idempotency, Result, StateError};
 
+use crate::coalescer::Route;
 use crate::driver::{PostgresStateBackend, decode};
 use crate::values::{is_program_limit, take_bytes, values_of_array};
 
 impl PostgresStateBackend {
+    /// The values of user keys `keys` (at most a chunk, limits checked), in order.
+    pub(crate) async fn read_chunk(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
+        let full = self.full_keys(keys);
+        let route = match self.reads_from_replicas() {
+            // Replicas take reads as their own statements; groups run on the primary.
+            true => Route::Direct(None),
+            false => Route::of(self.inner.coalescer.as_ref()),
+        };
+        let coalescer = match route {
+            Route::Direct(_slot) => return self.read_values("batch_get", &full.slices()).await,
+            Route::Queued(coalescer) => coalescer,
+        };
+        match coalescer.batch_get(full).await {
+            Some(result) => result,
+            // The dispatcher is gone or on another runtime: the old way.
+            None => {
+                let full = self.full_keys(keys);
+                self.read_values("batch_get", &full.slices()).await
+            }
+        }
+    }
+
     /// The values of `keys` (full keys, duplicates allowed), in order, in one statement.
     pub(crate) async fn read_values(
         &self,

@@ -1,6 +1,6 @@
-//! Coalescing: concurrent point `get`s, `put`s, `put_with_ttl`s and `compare_and_swap`s
-//! sent as set-based statements (those of the batch operations, and a swap of many rows),
-//! the way Redis clients auto-pipeline.
+//! Coalescing: concurrent point `get`s, `put`s, `put_with_ttl`s and `compare_and_swap`s,
+//! and `batch_get` chunks, sent as set-based statements (those of the batch operations,
+//! and a swap of many rows), the way Redis clients auto-pipeline.
 //!
 //! Why: a statement costs the server 15-20 µs of CPU (and the client its sqlx round trip)
 //! whatever it carries, so 16 tasks issuing one statement per call saturate a small
@@ -10,15 +10,19 @@
 //! that finds a slot free runs as its own statement, at once, in its caller's task: no
 //! timer, no hop. Otherwise it goes over a channel to the backend's dispatcher task and
 //! waits on a oneshot. The dispatcher takes a call, then everything else already queued
-//! (at most [`CHUNK_ROWS`] calls and [`CHUNK_BYTES`] per statement), and runs that group as
-//! ONE statement on one connection, under the backend's retry policy; gets and puts form
-//! separate groups. While every slot is busy, calls pile up in the channel and form the
+//! (at most [`CHUNK_ROWS`] rows and [`CHUNK_BYTES`] per statement), and runs that group as
+//! ONE statement on one connection, under the backend's retry policy; reads and puts form
+//! separate groups. A `batch_get` chunk joins the reads as its keys' rows: a read of a
+//! few large statements costs the server less per key than many small ones (700 keys a
+//! statement read 1.4x the keys per second of 100, pgbench on 2 cores). `batch_put`
+//! does not queue: its commit waits for the WAL flush, which needs statements in
+//! parallel, not fewer of them. While every slot is busy, calls pile up in the channel and form the
 //! next, bigger group. The dispatcher drives its statements itself, so the wake-up for a
 //! finished one answers its callers and sends the next group, with its slot, in one go.
 //!
 //! Linearizability: a group's statement starts after every one of its calls was made and
-//! ends before any of them is answered, so each call takes effect within its own span.
-//! Calls grouped together overlap in time, so any order among them is a valid one; in a
+//! ends before any of them is answered, so each call takes effect within its own span; a
+//! batch chunk still reads all its keys in one statement, one snapshot. Calls grouped together overlap in time, so any order among them is a valid one; in a
 //! put group naming a key twice, the later call wins (one `INSERT … ON CONFLICT` cannot
 //! touch a row twice), as if it ran second. Puts are answered after their statement has
 //! committed (autocommit); a failed statement's error goes to each of its callers.
@@ -47,7 +51,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::coalescer::{Call, CasCall, Coalescer, GetCall, PutCall};
+use crate::coalescer::{Call, CasCall, Coalescer, PutCall, ReadCall};
 use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, Inner, PostgresStateBackend};
 
 impl Coalescer {
@@ -84,6 +88,8 @@ impl Coalescer {
 /// Calls gathered for one statement.
 struct Group<T> {
     calls: Vec<T>,
+    /// The rows the statement will touch (a batch chunk is many).
+    rows: usize,
     bytes: usize,
     /// When the first call came (the dispatcher's count of calls): the group holding the
     /// oldest call goes out first.
@@ -96,6 +102,7 @@ impl<T> Default for Group<T> {
     fn default() -> Self {
         Group {
             calls: Vec::new(),
+            rows: 0,
             bytes: 0,
             since: 0,
             keys: HashSet::new(),
@@ -104,16 +111,25 @@ impl<T> Default for Group<T> {
 }
 
 impl<T> Group<T> {
-    fn is_full(&self) -> bool {
-        self.calls.len() >= CHUNK_ROWS || self.bytes >= CHUNK_BYTES
+    /// Whether a call of `rows` rows and `bytes` bytes may join: a group keeps within
+    /// [`CHUNK_ROWS`] and [`CHUNK_BYTES`], except for its first call.
+    fn has_room(&self, rows: usize, bytes: usize) -> bool {
+        self.calls.is_empty()
+            || (self.rows + rows <= CHUNK_ROWS && self.bytes + bytes <= CHUNK_BYTES)
     }
 
-    fn push(&mut self, call: T, bytes: usize, arrival: u64) {
+    /// Adds `call` if it fits (see [`has_room`](Self::has_room)); else hands it back.
+    fn try_push(&mut self, call: T, rows: usize, bytes: usize, arrival: u64) -> Option<T> {
+        if !self.has_room(rows, bytes) {
+            return Some(call);
+        }
         if self.calls.is_empty() {
             self.since = arrival;
         }
+        self.rows += rows;
         self.bytes += bytes;
         self.calls.push(call);
+        None
     }
 
     /// When the group's oldest call came; `None` when it is empty.
@@ -122,6 +138,7 @@ impl<T> Group<T> {
     }
 
     fn take(&mut self) -> Vec<T> {
+        self.rows = 0;
         self.bytes = 0;
         self.keys.clear();
         std::mem::take(&mut self.calls)
@@ -130,14 +147,17 @@ impl<T> Group<T> {
 
 impl Group<CasCall> {
     /// Adds `call` unless the group is full or already names its key (it is handed back).
-    fn try_push(&mut self, call: CasCall, arrival: u64) -> Option<CasCall> {
-        if self.is_full() || self.keys.contains(&call.key) {
+    fn try_push_cas(&mut self, call: CasCall, arrival: u64) -> Option<CasCall> {
+        if self.keys.contains(&call.key) {
             return Some(call);
         }
-        self.keys.insert(call.key.clone());
+        let key = call.key.clone();
         let bytes = call.key.len() + call.new.len() + call.expected.as_ref().map_or(0, Bytes::len);
-        self.push(call, bytes, arrival);
-        None
+        let refused = self.try_push(call, 1, bytes, arrival);
+        if refused.is_none() {
+            self.keys.insert(key);
+        }
+        refused
     }
 }
 
@@ -146,9 +166,12 @@ trait Awaited {
     fn abandoned(&self) -> bool;
 }
 
-impl Awaited for GetCall {
+impl Awaited for ReadCall {
     fn abandoned(&self) -> bool {
-        self.reply.is_closed()
+        match self {
+            ReadCall::Get(call) => call.reply.is_closed(),
+            ReadCall::Batch(call) => call.reply.is_closed(),
+        }
     }
 }
 
@@ -182,7 +205,8 @@ struct Dispatcher {
     /// False once the queue is closed and empty: the backend is gone.
     open: bool,
     slots: Arc<Semaphore>,
-    gets: Group<GetCall>,
+    /// Point gets and batch_get chunks.
+    gets: Group<ReadCall>,
     puts: Group<PutCall>,
     /// Compare-and-swaps with an expected value.
     swaps: Group<CasCall>,
@@ -308,22 +332,20 @@ impl Dispatcher {
             let arrival = self.arrivals;
             self.arrivals += 1;
             let refused = match call {
-                Call::Get(call) if self.gets.is_full() => Some(Call::Get(call)),
-                Call::Put(call) if self.puts.is_full() => Some(Call::Put(call)),
-                Call::Get(call) => {
-                    let bytes = call.key.len();
-                    self.gets.push(call, bytes, arrival);
-                    None
+                Call::Read(call) => {
+                    let (rows, bytes) = call.size();
+                    self.gets
+                        .try_push(call, rows, bytes, arrival)
+                        .map(Call::Read)
                 }
                 Call::Put(call) => {
                     let bytes = call.key.len() + call.value.len();
-                    self.puts.push(call, bytes, arrival);
-                    None
+                    self.puts.try_push(call, 1, bytes, arrival).map(Call::Put)
                 }
                 Call::Cas(call) if call.expected.is_some() => {
-                    self.swaps.try_push(call, arrival).map(Call::Cas)
+                    self.swaps.try_push_cas(call, arrival).map(Call::Cas)
                 }
-                Call::Cas(call) => self.inserts.try_push(call, arrival).map(Call::Cas),
+                Call::Cas(call) => self.inserts.try_push_cas(call, arrival).map(Call::Cas),
             };
             if refused.is_some() {
                 self.held = refused;

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use state_core::Result;
+use state_core::{Result, StateError};
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
+
+use crate::values::FullKeys;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -23,6 +25,41 @@ pub(crate) struct PutCall {
     pub reply: Reply<()>,
 }
 
+/// One chunk of a `batch_get`: the values of `keys` (full keys), in order.
+pub(crate) struct BatchGetCall {
+    pub keys: FullKeys,
+    pub reply: Reply<Vec<Option<Bytes>>>,
+}
+
+/// A call that reads: a point get or a batch chunk; both join one group.
+pub(crate) enum ReadCall {
+    Get(GetCall),
+    Batch(BatchGetCall),
+}
+
+impl ReadCall {
+    /// Answers the caller with `err`.
+    pub fn fail(self, err: StateError) {
+        // A caller that left does not need its answer.
+        match self {
+            ReadCall::Get(call) => {
+                let _ = call.reply.send(Err(err));
+            }
+            ReadCall::Batch(call) => {
+                let _ = call.reply.send(Err(err));
+            }
+        }
+    }
+
+    /// The rows and bytes it adds to a statement.
+    pub fn size(&self) -> (usize, usize) {
+        match self {
+            ReadCall::Get(call) => (1, call.key.len()),
+            ReadCall::Batch(call) => (call.keys.len(), call.keys.byte_len()),
+        }
+    }
+}
+
 /// A `compare_and_swap`: `new` at `key` if it holds `expected` (`None`: if it is absent).
 pub(crate) struct CasCall {
     pub key: Bytes,
@@ -32,7 +69,7 @@ pub(crate) struct CasCall {
 }
 
 pub(crate) enum Call {
-    Get(GetCall),
+    Read(ReadCall),
     Put(PutCall),
     Cas(CasCall),
 }
@@ -80,7 +117,7 @@ impl Coalescer {
     /// and the caller must run it directly.
     pub async fn get(&self, key: Bytes) -> Option<Result<Option<Bytes>>> {
         let (reply, answer) = oneshot::channel();
-        self.send(Call::Get(GetCall { key, reply }))?;
+        self.send(Call::Read(ReadCall::Get(GetCall { key, reply })))?;
         answer.await.ok()
     }
 
@@ -94,6 +131,14 @@ impl Coalescer {
             ttl_ms,
             reply,
         }))?;
+        answer.await.ok()
+    }
+
+    /// The values of full keys `keys`, in order, as `batch_get` reads one chunk, or `None`
+    /// when the dispatcher cannot serve the call and the caller must run it directly.
+    pub async fn batch_get(&self, keys: FullKeys) -> Option<Result<Vec<Option<Bytes>>>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Call::Read(ReadCall::Batch(BatchGetCall { keys, reply })))?;
         answer.await.ok()
     }
 

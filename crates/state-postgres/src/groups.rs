@@ -7,21 +7,38 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use state_core::{ErrorKind, Idempotency, Result, StateError};
 
-use crate::coalescer::{CasCall, GetCall, PutCall, Reply};
+use crate::coalescer::{CasCall, PutCall, ReadCall};
 use crate::driver::PostgresStateBackend;
 use crate::values::take_bytes;
 
 impl PostgresStateBackend {
-    pub(crate) async fn get_group(&self, calls: Vec<GetCall>) {
-        let keys: Vec<&[u8]> = calls.iter().map(|call| &call.key[..]).collect();
+    /// Point gets and batch_get chunks, read in one statement.
+    pub(crate) async fn get_group(&self, calls: Vec<ReadCall>) {
+        let mut keys: Vec<&[u8]> = Vec::new();
+        for call in &calls {
+            match call {
+                ReadCall::Get(call) => keys.push(&call.key),
+                ReadCall::Batch(call) => keys.extend(call.keys.slices()),
+            }
+        }
         match self.read_many(&keys).await {
             Ok(values) => {
-                for (call, value) in calls.into_iter().zip(values) {
+                // One value per key, in the keys' order (`read_values` checks the count).
+                let mut values = values.into_iter();
+                for call in calls {
                     // A caller that left does not need its answer.
-                    let _ = call.reply.send(Ok(value));
+                    match call {
+                        ReadCall::Get(call) => {
+                            let _ = call.reply.send(Ok(values.next().flatten()));
+                        }
+                        ReadCall::Batch(call) => {
+                            let chunk = values.by_ref().take(call.keys.len()).collect();
+                            let _ = call.reply.send(Ok(chunk));
+                        }
+                    }
                 }
             }
-            Err(err) => share(err, calls.into_iter().map(|call| call.reply)),
+            Err(err) => share(err, calls, ReadCall::fail),
         }
     }
 
@@ -45,7 +62,9 @@ impl PostgresStateBackend {
                     let _ = call.reply.send(Ok(()));
                 }
             }
-            Err(err) => share(err, calls.into_iter().map(|call| call.reply)),
+            Err(err) => share(err, calls, |call, err| {
+                let _ = call.reply.send(Err(err));
+            }),
         }
     }
 
@@ -99,7 +118,9 @@ impl PostgresStateBackend {
                     let _ = call.reply.send(result.await);
                 }
             }
-            Err(err) => share(err, calls.into_iter().map(|call| call.reply)),
+            Err(err) => share(err, calls, |call, err| {
+                let _ = call.reply.send(Err(err));
+            }),
         }
     }
 
@@ -153,17 +174,17 @@ impl PostgresStateBackend {
 
 /// Gives every caller of a failed statement the error: the original to one, copies with
 /// the same kind, message and outcome to the others (the driver's source is not `Clone`).
-fn share<T>(err: StateError, replies: impl Iterator<Item = Reply<T>>) {
-    let mut replies = replies.peekable();
-    while let Some(reply) = replies.next() {
-        if replies.peek().is_none() {
-            let _ = reply.send(Err(err));
+fn share<C>(err: StateError, calls: Vec<C>, fail: impl Fn(C, StateError)) {
+    let mut calls = calls.into_iter().peekable();
+    while let Some(call) = calls.next() {
+        if calls.peek().is_none() {
+            fail(call, err);
             return;
         }
         let mut copy = StateError::new(err.kind(), err.message());
         if err.outcome_unknown() {
             copy = copy.with_outcome_unknown();
         }
-        let _ = reply.send(Err(copy));
+        fail(call, copy);
     }
 }

@@ -99,8 +99,7 @@ impl StateBackend for PostgresStateBackend {
         }
         let mut out: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(CHUNK_ROWS) {
-            let full = self.full_keys(chunk);
-            out.extend(self.read_values("batch_get", &full.slices()).await?);
+            out.extend(self.read_chunk(chunk).await?);
         }
         Ok(out)
     }

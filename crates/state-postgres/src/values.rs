@@ -132,7 +132,7 @@ pub(crate) fn take_bytes(row: PgRow, index: usize, what: &str) -> Result<Bytes> 
 
 /// Full keys, end to end in one buffer, with where each ends: a batch costs two
 /// allocations instead of one per key (a tenth of a 100-key batch_get's own
-/// instructions went to them).
+/// instructions went to them). With an empty prefix, it packs a queued batch's values.
 pub(crate) struct FullKeys {
     bytes: Vec<u8>,
     ends: Vec<usize>,
@@ -152,6 +152,16 @@ impl FullKeys {
             full.ends.push(full.bytes.len());
         }
         full
+    }
+
+    /// How many keys.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Their bytes, end to end.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.bytes.len()
     }
 
     /// Each key as a slice of the buffer, in order (binds as `bytea[]`).

@@ -1,6 +1,6 @@
-//! Coalescing of concurrent point operations: results stay linearizable, statements are
-//! fewer than operations, `coalesce=0` turns it off, cancelled callers and other runtimes
-//! do no harm.
+//! Coalescing of concurrent point operations and batch reads: results stay linearizable,
+//! statements are fewer than operations, `coalesce=0` turns it off, cancelled callers and
+//! other runtimes do no harm.
 
 mod common;
 
@@ -83,6 +83,8 @@ async fn concurrent_gets_and_puts_are_linearizable() {
             tasks.push(tokio::spawn(async move {
                 let mut rng = task.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 let mut gets = Vec::new();
+                // Reads beyond one per operation (a batch read of two keys is two).
+                let mut extra = 0u64;
                 let mut last_put: Option<(u64, u64)> = None;
                 for seq in 0..OPS_PER_TASK {
                     rng ^= rng << 13;
@@ -98,6 +100,24 @@ async fn concurrent_gets_and_puts_are_linearizable() {
                             puts.insert(id, Put { key, start, end });
                         }
                         last_put = Some((key, id));
+                    } else if (rng >> 40) % 3 == 0 {
+                        // A batch read of two keys, which may share a statement with point
+                        // reads: each value is checked as a read of its key.
+                        let other = (key + 1 + (rng >> 48) % (KEYS - 1)) % KEYS;
+                        let names = [key_name(key), key_name(other)];
+                        let values = backend.batch_get(&[&names[0], &names[1]]).await?;
+                        let end = clock.fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(values.len(), 2, "a batch read of two keys");
+                        for (key, value) in [key, other].into_iter().zip(values) {
+                            let id = decode_id(value.as_deref());
+                            gets.push(Get {
+                                key,
+                                id,
+                                start,
+                                end,
+                            });
+                        }
+                        extra += 1;
                     } else {
                         let value = backend.get(&key_name(key)).await?;
                         let end = clock.fetch_add(1, Ordering::SeqCst);
@@ -124,7 +144,7 @@ async fn concurrent_gets_and_puts_are_linearizable() {
                     });
                     last = Some((own, id));
                 }
-                Ok::<_, StateError>((gets, last))
+                Ok::<_, StateError>((gets, last, extra))
             }));
         }
         let results = join(tasks).await;
@@ -132,10 +152,12 @@ async fn concurrent_gets_and_puts_are_linearizable() {
             Ok(puts) => puts.clone(),
             Err(e) => panic!("the put log is poisoned: {e}"),
         };
-        assert_eq!(
-            puts.len() as u64 + results.iter().map(|(g, _)| g.len() as u64).sum::<u64>(),
-            TASKS * OPS_PER_TASK + results.iter().filter(|(_, l)| l.is_some()).count() as u64
-        );
+        let reads: u64 = results
+            .iter()
+            .map(|(g, _, extra)| g.len() as u64 - extra)
+            .sum();
+        let finals = results.iter().filter(|(_, l, _)| l.is_some()).count() as u64;
+        assert_eq!(puts.len() as u64 + reads, TASKS * OPS_PER_TASK + finals);
         let initial = |key| Put {
             key,
             start: 0,
@@ -146,7 +168,7 @@ async fn concurrent_gets_and_puts_are_linearizable() {
             by_key.entry(put.key).or_default().push(*put);
         }
         let mut checked = 0;
-        for (gets, last) in &results {
+        for (gets, last, _) in &results {
             for get in gets {
                 // Every read returns a value some put of that key wrote, called before the
                 // read returned...
@@ -370,6 +392,107 @@ async fn a_put_group_naming_a_key_twice_stores_the_later_value() {
         );
         assert_eq!(backend.get(b"dup").await?.as_deref(), Some(&b"second"[..]));
         assert_eq!(backend.get(b"blocker").await?.as_deref(), Some(&b"1"[..]));
+        let _ = locker.close().await;
+        Ok::<(), StateError>(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_reads_queued_together_each_get_their_own_values() {
+    common::in_schema("co_batch", |schema| async move {
+        // One statement at a time: while a put waits on a row lock, the reads queue up.
+        let backend = Arc::new(open(&schema, Some(1)).await);
+        let names: Vec<Vec<u8>> = (0..600u32)
+            .map(|i| format!("b:{i:03}").into_bytes())
+            .collect();
+        // Even keys hold their name reversed; odd keys are absent.
+        let values: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| n.iter().rev().copied().collect())
+            .collect();
+        let entries: Vec<(&[u8], &[u8])> = names
+            .iter()
+            .zip(&values)
+            .step_by(2)
+            .map(|(k, v)| (&k[..], &v[..]))
+            .collect();
+        backend.batch_put(&entries).await?;
+        backend.put(b"blocker", b"0").await?;
+        let expected = |key: &[u8]| -> Option<Vec<u8>> {
+            let i = names.iter().position(|n| n == key)?;
+            (i % 2 == 0).then(|| values[i].clone())
+        };
+        // Reads of 1 to 600 keys, with repeats, absent keys and one empty batch: 1256 keys
+        // in all, more than one statement holds (1000), so the last read goes out alone.
+        let reads: Vec<Vec<Vec<u8>>> = vec![
+            names[..300].to_vec(),
+            names[250..260]
+                .iter()
+                .chain(&names[250..260])
+                .cloned()
+                .collect(),
+            vec![names[7].clone()],
+            vec![b"never written".to_vec(), names[4].clone()],
+            Vec::new(),
+            names[..600].iter().rev().take(333).cloned().collect(),
+            names[..600].to_vec(),
+        ];
+        let mut locker = lock_blocker(&schema).await;
+        let counted = counted(&backend);
+        let before = counted.stats().await;
+        let blocked = {
+            let backend = counted.clone();
+            tokio::spawn(async move { backend.put(b"blocker", b"1").await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut tasks = Vec::new();
+        for keys in reads.clone() {
+            let backend = counted.clone();
+            tasks.push(tokio::spawn(async move {
+                let keys: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+                backend.batch_get(&keys).await
+            }));
+            // In this order in the queue.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let point = {
+            let backend = counted.clone();
+            tokio::spawn(async move { backend.get(b"b:002").await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Err(e) = sqlx::raw_sql("COMMIT").execute(&mut locker).await {
+            panic!("cannot release the lock: {e}");
+        }
+        join(vec![blocked]).await;
+        let answers = join(tasks).await;
+        for (keys, answer) in reads.iter().zip(&answers) {
+            let want: Vec<Option<Vec<u8>>> = keys.iter().map(|k| expected(k)).collect();
+            let got: Vec<Option<Vec<u8>>> = answer
+                .iter()
+                .map(|v| v.as_ref().map(|b| b.to_vec()))
+                .collect();
+            assert_eq!(
+                got,
+                want,
+                "a batch read of {} keys got other values",
+                keys.len()
+            );
+        }
+        let point = join(vec![point]).await;
+        assert_eq!(point[0].as_deref(), Some(&b"200:b"[..]));
+        let after = counted.stats().await;
+        assert_eq!(
+            after.operations - before.operations,
+            1 + reads.len() as u64 + 1
+        );
+        // The blocked put, then the reads in two statements (an empty batch sends none).
+        let statements = queries(&after) - queries(&before);
+        assert!(
+            statements <= 3,
+            "{statements} statements for the put and {} queued reads",
+            reads.len() + 1
+        );
         let _ = locker.close().await;
         Ok::<(), StateError>(())
     })
