@@ -57,6 +57,19 @@ struct Get {
     end: u64,
 }
 
+impl Get {
+    /// A read of `key` that returned `value` (an id) between `start` and `end`.
+    fn of(key: u64, value: Option<&[u8]>, start: u64, end: u64) -> Get {
+        let id = decode_id(value);
+        Get {
+            key,
+            id,
+            start,
+            end,
+        }
+    }
+}
+
 const TASKS: u64 = 32;
 const KEYS: u64 = 20;
 const OPS_PER_TASK: u64 = 200;
@@ -109,24 +122,13 @@ async fn concurrent_gets_and_puts_are_linearizable() {
                         let end = clock.fetch_add(1, Ordering::SeqCst);
                         assert_eq!(values.len(), 2, "a batch read of two keys");
                         for (key, value) in [key, other].into_iter().zip(values) {
-                            let id = decode_id(value.as_deref());
-                            gets.push(Get {
-                                key,
-                                id,
-                                start,
-                                end,
-                            });
+                            gets.push(Get::of(key, value.as_deref(), start, end));
                         }
                         extra += 1;
                     } else {
                         let value = backend.get(&key_name(key)).await?;
                         let end = clock.fetch_add(1, Ordering::SeqCst);
-                        gets.push(Get {
-                            key,
-                            id: decode_id(value.as_deref()),
-                            start,
-                            end,
-                        });
+                        gets.push(Get::of(key, value.as_deref(), start, end));
                     }
                 }
                 // The final read of the last key this task wrote.
@@ -135,14 +137,9 @@ async fn concurrent_gets_and_puts_are_linearizable() {
                     let start = clock.fetch_add(1, Ordering::SeqCst);
                     let value = backend.get(&key_name(key)).await?;
                     let end = clock.fetch_add(1, Ordering::SeqCst);
-                    let id = decode_id(value.as_deref());
-                    gets.push(Get {
-                        key,
-                        id,
-                        start,
-                        end,
-                    });
-                    last = Some((own, id));
+                    let get = Get::of(key, value.as_deref(), start, end);
+                    last = Some((own, get.id));
+                    gets.push(get);
                 }
                 Ok::<_, StateError>((gets, last, extra))
             }));
