@@ -12,6 +12,11 @@ use crate::values::FullKeys;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// Answers a call with `err`. A caller that left does not need its answer.
+pub(crate) fn reject<T>(reply: Reply<T>, err: StateError) {
+    let _ = reply.send(Err(err));
+}
+
 pub(crate) struct GetCall {
     /// The full key (prefix included).
     pub key: Bytes,
@@ -40,14 +45,9 @@ pub(crate) enum ReadCall {
 impl ReadCall {
     /// Answers the caller with `err`.
     pub fn fail(self, err: StateError) {
-        // A caller that left does not need its answer.
         match self {
-            ReadCall::Get(call) => {
-                let _ = call.reply.send(Err(err));
-            }
-            ReadCall::Batch(call) => {
-                let _ = call.reply.send(Err(err));
-            }
+            ReadCall::Get(call) => reject(call.reply, err),
+            ReadCall::Batch(call) => reject(call.reply, err),
         }
     }
 

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use state_core::{ErrorKind, Idempotency, Result, StateError};
 
-use crate::coalescer::{CasCall, PutCall, ReadCall};
+use crate::coalescer::{CasCall, PutCall, ReadCall, reject};
 use crate::driver::PostgresStateBackend;
 use crate::values::take_bytes;
 
 impl PostgresStateBackend {
     /// Point gets and batch_get chunks, read in one statement.
     pub(crate) async fn get_group(&self, calls: Vec<ReadCall>) {
-        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(calls.len());
         for call in &calls {
             match call {
                 ReadCall::Get(call) => keys.push(&call.key),
@@ -62,9 +62,7 @@ impl PostgresStateBackend {
                     let _ = call.reply.send(Ok(()));
                 }
             }
-            Err(err) => share(err, calls, |call, err| {
-                let _ = call.reply.send(Err(err));
-            }),
+            Err(err) => share(err, calls.into_iter().map(|call| call.reply), reject),
         }
     }
 
@@ -118,9 +116,7 @@ impl PostgresStateBackend {
                     let _ = call.reply.send(result.await);
                 }
             }
-            Err(err) => share(err, calls, |call, err| {
-                let _ = call.reply.send(Err(err));
-            }),
+            Err(err) => share(err, calls.into_iter().map(|call| call.reply), reject),
         }
     }
 
@@ -174,7 +170,7 @@ impl PostgresStateBackend {
 
 /// Gives every caller of a failed statement the error: the original to one, copies with
 /// the same kind, message and outcome to the others (the driver's source is not `Clone`).
-fn share<C>(err: StateError, calls: Vec<C>, fail: impl Fn(C, StateError)) {
+fn share<C>(err: StateError, calls: impl IntoIterator<Item = C>, fail: impl Fn(C, StateError)) {
     let mut calls = calls.into_iter().peekable();
     while let Some(call) = calls.next() {
         if calls.peek().is_none() {

@@ -132,7 +132,7 @@ pub(crate) fn take_bytes(row: PgRow, index: usize, what: &str) -> Result<Bytes> 
 
 /// Full keys, end to end in one buffer, with where each ends: a batch costs two
 /// allocations instead of one per key (a tenth of a 100-key batch_get's own
-/// instructions went to them). With an empty prefix, it packs a queued batch's values.
+/// instructions went to them).
 pub(crate) struct FullKeys {
     bytes: Vec<u8>,
     ends: Vec<usize>,
