@@ -2,14 +2,12 @@
 //! each group of concurrent calls to one of these, which runs it as one statement and
 //! answers every caller.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use state_core::{ErrorKind, Idempotency, Result, StateError};
 
 use crate::coalescer::{CasCall, PutCall, ReadCall, reject};
 use crate::driver::PostgresStateBackend;
-use crate::values::take_bytes;
+use crate::values::{last_per_key, take_bytes};
 
 impl PostgresStateBackend {
     /// Point gets and batch_get chunks, read in one statement.
@@ -77,13 +75,11 @@ impl PostgresStateBackend {
         }
         // The later call of a key wins. Sorted keys lock rows in one order, so concurrent
         // statements (and batch_put, sorted too) cannot deadlock one another.
-        let mut latest: BTreeMap<&[u8], &PutCall> = BTreeMap::new();
-        for call in calls {
-            latest.insert(&call.key, call);
-        }
-        let keys: Vec<&[u8]> = latest.keys().copied().collect();
-        let values: Vec<&[u8]> = latest.values().map(|call| &call.value[..]).collect();
-        let ttls: Vec<Option<f64>> = latest.values().map(|call| call.ttl_ms).collect();
+        let calls: Vec<&PutCall> = calls.iter().collect();
+        let latest = last_per_key(&calls, |call| &call.key);
+        let keys: Vec<&[u8]> = latest.iter().map(|call| &call.key[..]).collect();
+        let values: Vec<&[u8]> = latest.iter().map(|call| &call.value[..]).collect();
+        let ttls: Vec<Option<f64>> = latest.iter().map(|call| call.ttl_ms).collect();
         let (keys, values, ttls) = (&keys, &values, &ttls);
         self.run("put", Idempotency::NotIdempotent, move || async move {
             let mut c = self.checkout().await?;

@@ -14,7 +14,7 @@ use crate::coalescer::Route;
 use crate::driver::{CHUNK_BYTES, CHUNK_ROWS, PostgresStateBackend, decode};
 use crate::import::Chunk;
 use crate::pager::{Pager, PagerKind};
-use crate::values::FullKeys;
+use crate::values::{FullKeys, last_per_key};
 
 #[async_trait]
 impl StateBackend for PostgresStateBackend {
@@ -108,13 +108,8 @@ impl StateBackend for PostgresStateBackend {
         for (key, value) in entries {
             self.inner.limits.check_entry(key, value)?;
         }
-        // Later writes of a key win, as in sequence. Keys go in sorted order so that
-        // concurrent batches lock rows in one order and cannot deadlock one another; with
-        // one prefix before every key, the user keys sort as the full keys do.
-        let mut latest: std::collections::BTreeMap<&[u8], &[u8]> = Default::default();
-        for (key, value) in entries {
-            latest.insert(key, value);
-        }
+        // With one prefix before every key, the user keys sort as the full keys do.
+        let latest = last_per_key(entries, |(key, _)| key);
         let mut chunks: Vec<(FullKeys, Vec<&[u8]>)> = Vec::new();
         let mut keys: Vec<&[u8]> = Vec::new();
         let mut values: Vec<&[u8]> = Vec::new();

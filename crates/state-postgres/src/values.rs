@@ -1,6 +1,7 @@
 //! Values out of rows: a bytea column, or the `bytea[]` row of a batch read
 //! ([`batch_read`](crate::batch_read)), cut here into values; which of the two forms a
-//! batch read takes ([`ValueSizes`]); full keys of a batch in one buffer ([`FullKeys`]).
+//! batch read takes ([`ValueSizes`]); full keys of a batch in one buffer ([`FullKeys`]);
+//! the writes of a batch that take effect ([`last_per_key`]).
 //!
 //! Every value is copied out of its row. A `Bytes` sharing the row's buffer would save
 //! the copy, but sqlx cuts each message out of its connection's read buffer, so a value
@@ -178,6 +179,18 @@ impl FullKeys {
     }
 }
 
+/// Each key's last write among `writes`, in key order: later writes of a key win, as they
+/// would in sequence, and statements that lock rows in key order cannot deadlock one
+/// another. A stable sort of the writes reversed puts each key's last write first among
+/// its equals, and `dedup_by` keeps the first: one allocation, where a `BTreeMap` took
+/// one per key (about 5 % of the client's CPU in a batch-put run).
+pub(crate) fn last_per_key<T: Copy>(writes: &[T], key: impl Fn(&T) -> &[u8]) -> Vec<T> {
+    let mut out: Vec<T> = writes.iter().rev().copied().collect();
+    out.sort_by(|a, b| key(a).cmp(key(b)));
+    out.dedup_by(|later, kept| key(later) == key(kept));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +264,29 @@ mod tests {
         let empty = Bytes::from([0i32, 0, 17].map(i32::to_be_bytes).concat());
         assert_eq!(bytea_array(&empty, 0), Some(Vec::new()));
         assert!(bytea_array(&empty, 1).is_none());
+    }
+
+    #[test]
+    fn last_per_key_keeps_each_keys_last_write_in_key_order() {
+        let writes: [(&[u8], u8); 7] = [
+            (b"b", 1),
+            (b"a", 2),
+            (b"b", 3),
+            (b"c", 4),
+            (b"a", 5),
+            (b"b", 6),
+            (b"", 7),
+        ];
+        let latest = last_per_key(&writes, |(key, _)| key);
+        assert_eq!(
+            latest,
+            [
+                (&b""[..], 7),
+                (&b"a"[..], 5),
+                (&b"b"[..], 6),
+                (&b"c"[..], 4)
+            ]
+        );
+        assert!(last_per_key(&[] as &[(&[u8], u8)], |(key, _)| key).is_empty());
     }
 }
