@@ -29,11 +29,14 @@ pub(super) fn run(root: &Path, opts: &Options) -> Result<()> {
     let iterations = if opts.quick { "500" } else { "5000" };
     let rounds = opts.runs.to_string();
     // Poll idle (the comparable table) where this user may hold /dev/cpu_dma_latency, then
-    // the default idle states.
+    // the default idle states. The same right (root) lets the example pin this client and
+    // the servers to two different cores for the default-state table, which makes its
+    // ratios comparable too: every side then pays a wake-up on every round trip.
     let poll = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/cpu_dma_latency")
         .is_ok();
+    let pin = poll && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
     let states: &[&str] = if poll {
         &["poll", "default"]
     } else {
@@ -44,6 +47,9 @@ pub(super) fn run(root: &Path, opts: &Options) -> Result<()> {
         let mut cmd = Command::new(&bin);
         cmd.args(["--iterations", iterations, "--rounds", &rounds])
             .args(["--cpu-idle", state]);
+        if *state == "default" && pin {
+            cmd.args(["--pin", "0,1"]);
+        }
         if i > 0 {
             cmd.arg("--no-notes");
         }

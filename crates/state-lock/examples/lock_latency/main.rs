@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p state-lock --example lock_latency -- \
 //!     [--redis URL] [--postgres URL] [--iterations N] [--rounds R] [--cpu-idle poll|default] \
-//!     [--no-notes]
+//!     [--pin CLIENT,SERVER] [--no-notes]
 //! ```
 //! Per server, each round alternates blocks of round trips (`PING`, `SELECT 1`) and of
 //! each lock's cycles (so all see the same machine noise), over several sessions (the
@@ -21,10 +21,12 @@
 //! latency-tuned hosts do: idle cores then poll instead of halting. On a VM a halted vCPU
 //! takes tens of µs to wake, so without it a round trip costs 25 or 80 µs depending on
 //! whether the two processes happen to share a core, and ratios measured minutes apart
-//! disagree.
+//! disagree. `--pin 0,1` runs this process on core 0 and both servers on core 1 (root, local
+//! servers; `pin.rs`): every round trip then wakes the other core, on every side alike.
 
 mod measure;
 mod pgbench;
+mod pin;
 mod postgres_rows;
 mod redis_rows;
 mod table;
@@ -52,6 +54,7 @@ struct Options {
     iterations: usize,
     rounds: usize,
     poll_idle: bool,
+    pin: Option<pin::Cores>,
     notes: bool,
 }
 
@@ -64,6 +67,7 @@ fn options() -> Result<Options> {
         iterations: 5_000,
         rounds: 3,
         poll_idle: false,
+        pin: None,
         notes: true,
     };
     let mut args = std::env::args().skip(1);
@@ -75,6 +79,7 @@ fn options() -> Result<Options> {
             "--iterations" => opts.iterations = value()?.parse()?,
             "--rounds" => opts.rounds = value()?.parse()?,
             "--no-notes" => opts.notes = false,
+            "--pin" => opts.pin = Some(value()?.parse()?),
             "--cpu-idle" => {
                 opts.poll_idle = match value()?.as_str() {
                     "poll" => true,
@@ -153,6 +158,10 @@ async fn main() -> Result<()> {
         Some(hold_poll_idle()?)
     } else {
         None
+    };
+    let _pinned = match opts.pin {
+        Some(cores) => Some(pin::pin(&opts, cores).await?),
+        None => None,
     };
     let mut rows = redis_rows::redis_rows(&opts).await?;
     rows.extend(postgres_rows::postgres_rows(&opts).await?);

@@ -34,12 +34,23 @@ fn header(opts: &Options) -> String {
          |---|---:|---:|---:|---:|---|---:|---|\n",
         opts.iterations,
         opts.rounds,
-        if opts.poll_idle {
-            "poll (`/dev/cpu_dma_latency` held at 0)"
-        } else {
-            "the kernel's default idle states"
-        }
+        idle_cores(opts)
     )
+}
+
+fn idle_cores(opts: &Options) -> String {
+    let state = if opts.poll_idle {
+        "poll (`/dev/cpu_dma_latency` held at 0)"
+    } else {
+        "the kernel's default idle states"
+    };
+    match &opts.pin {
+        Some(cores) => format!(
+            "{state}; this process (and pgbench) pinned to core {}, both servers to core {},              so every round trip wakes the other core",
+            cores.client, cores.server
+        ),
+        None => state.to_string(),
+    }
 }
 
 /// The raw-driver floor of `group`, if it has one.
@@ -141,5 +152,5 @@ rows' absolute numbers depend on what else runs on the server.\n\
 - Idle cores: with the kernel's default idle states a VM's halted vCPU takes tens of µs to \
 wake, and whether a round trip pays that depends on whether the client and the server \
 happen to run on one core; a `SELECT 1` loop and a lock loop can land differently within \
-one run, so those ratios are not comparable. With `--cpu-idle poll` both sides pay the \
-same.\n";
+one run, so those ratios are not comparable. With `--cpu-idle poll`, or with the client and \
+the servers pinned to different cores (`--pin`), every side pays the same.\n";
