@@ -1,6 +1,6 @@
-//! A plain TCP connection to a data node on which, under load, the kernel merges the
-//! writes of concurrent callers (Nagle's algorithm), and which otherwise sends each write
-//! at once (`TCP_NODELAY`).
+//! A plain TCP connection to a data node on which, under load and where it pays on this
+//! machine, the kernel merges the writes of concurrent callers (Nagle's algorithm), and
+//! which otherwise sends each write at once (`TCP_NODELAY`).
 //!
 //! Why merge under load: concurrent callers each queue one small request, and the
 //! multiplexed connection flushes after each. With `TCP_NODELAY` that is one packet and
@@ -16,9 +16,16 @@
 //! Why only under load: a held write waits for the server's answer to an earlier one. With
 //! few requests in flight that wait is most of the round trip, and the merge saves little:
 //! at 8 tasks Nagle did 80k gets/s against 124k without it, at 16 tasks 205k against 150k.
-//! So the connection counts the requests waiting for replies ([`Load`]) and merges from
+//! So the connection counts the requests waiting for replies ([`Load`]) and is loaded from
 //! [`MERGE_FROM`] of them until they fall below [`MERGE_UNTIL_BELOW`] (two bounds, so that
-//! it does not switch back and forth). Scripts are not counted: each costs the server
+//! it does not switch back and forth).
+//!
+//! Why by trial: whether merging pays under load depends on the machine. Where idle cores
+//! halt and are slow to wake, the client and the server idling between merged batches
+//! costs more than the merge saves (gets at 16 tasks on one VM: 136-142k/s merged,
+//! 190-236k/s at once; on the same VM with polling idle cores, 400-407k/s merged and
+//! 221-230k/s at once). So a loaded connection measures how long its requests wait each
+//! way, in turns, and writes the way that waits less ([`Trial`]). Scripts are not counted: each costs the server
 //! several plain commands' time, and a batch of them waiting for the one before leaves the
 //! server idle for longer than the merge saves (`Open::query` in `single.rs`).
 //!
@@ -39,8 +46,9 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -51,28 +59,133 @@ const MERGE_FROM: usize = 12;
 /// Requests waiting for replies below which a merging connection sends at once again.
 const MERGE_UNTIL_BELOW: usize = 8;
 
-/// The requests of one connection that wait for their replies, counted by the callers.
+/// Requests answered per epoch of a [`Trial`].
+const EPOCH: u64 = 1024;
+
+/// Epochs a loaded connection writes the way its last trial chose, before it tries both
+/// ways again.
+const CHOSEN_EPOCHS: u32 = 16;
+
+/// The requests of one connection that wait for their replies, counted by the callers,
+/// and how long the answered ones waited.
 #[derive(Debug, Default)]
-pub(super) struct Load(AtomicUsize);
+pub(super) struct Load {
+    waiting: AtomicUsize,
+    answered: AtomicU64,
+    waited_ns: AtomicU64,
+}
 
 impl Load {
     /// Counts one request as waiting until the returned guard is dropped.
     pub(super) fn waiting(&self) -> Waiting<'_> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Waiting(self)
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting {
+            load: self,
+            since: Instant::now(),
+        }
     }
 
     fn now(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far and their summed wait in ns. Read without a lock, so the
+    /// two may be a request apart: they only steer a [`Trial`].
+    fn totals(&self) -> Totals {
+        Totals {
+            answered: self.answered.load(Ordering::Relaxed),
+            waited_ns: self.waited_ns.load(Ordering::Relaxed),
+        }
     }
 }
 
 /// One request counted in a [`Load`], for as long as it lives.
-pub(super) struct Waiting<'a>(&'a Load);
+pub(super) struct Waiting<'a> {
+    load: &'a Load,
+    since: Instant,
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::Relaxed);
+        let waited = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.load.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        self.load.answered.fetch_add(1, Ordering::Relaxed);
+        self.load.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A [`Load`]'s counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Totals {
+    answered: u64,
+    waited_ns: u64,
+}
+
+/// Which way a loaded connection writes: merged by Nagle's algorithm, or each at once.
+///
+/// Which is faster depends on the machine, not only on the load. Merging saves the
+/// server reads and the client writes, but each merged batch waits for the answer to the
+/// one before, and both sides may go idle meanwhile; where an idle core is slow to wake,
+/// that costs more than the merge saves. Measured at 16 tasks on one private server: on
+/// a VM whose idle cores halt (a round trip of 63 µs), merged gets ran at 136-142k/s and
+/// unmerged at 190-236k/s; on the same VM with idle cores polling
+/// (`/dev/cpu_dma_latency` at 0), merged 400-407k/s and unmerged 221-230k/s; an earlier
+/// VM's halting cores favoured merging (205k against 150k). So the connection tries both:
+/// an epoch of [`EPOCH`] answered requests merged, one unmerged, then the way whose
+/// requests waited less on average for [`CHOSEN_EPOCHS`] epochs, and again. With a fixed
+/// number of callers, shorter waits are more requests per second; with callers that come
+/// at their own pace, they are what those callers see. Trying the worse way costs at
+/// most one epoch in eighteen.
+#[derive(Debug)]
+struct Trial {
+    /// Whether loaded writes merge now.
+    merge: bool,
+    /// Where the current epoch began.
+    start: Totals,
+    /// The mean wait (ns) of this trial's merged epoch, once measured.
+    merged_mean: Option<u64>,
+    /// Epochs left in the chosen way; 0 while trying both.
+    chosen_left: u32,
+}
+
+impl Trial {
+    fn new() -> Trial {
+        Trial {
+            merge: true,
+            start: Totals::default(),
+            merged_mean: None,
+            chosen_left: 0,
+        }
+    }
+
+    /// The connection became loaded: the epoch counts from here, as requests answered
+    /// meanwhile were sent unloaded.
+    fn restart(&mut self, now: Totals) {
+        self.start = now;
+    }
+
+    /// Whether a loaded write merges, ending the epoch first if it is complete.
+    fn merge(&mut self, now: Totals) -> bool {
+        let answered = now.answered.saturating_sub(self.start.answered);
+        if answered < EPOCH {
+            return self.merge;
+        }
+        let mean = now.waited_ns.saturating_sub(self.start.waited_ns) / answered;
+        self.start = now;
+        if self.chosen_left > 0 {
+            self.chosen_left -= 1;
+            if self.chosen_left == 0 {
+                self.merge = true;
+                self.merged_mean = None;
+            }
+        } else if let Some(merged) = self.merged_mean {
+            self.merge = merged <= mean;
+            self.chosen_left = CHOSEN_EPOCHS;
+        } else {
+            self.merged_mean = Some(mean);
+            self.merge = false;
+        }
+        self.merge
     }
 }
 
@@ -83,8 +196,11 @@ pub(super) struct NagleUnderLoad {
     /// `TCP_NODELAY` as configured, if it was: then it stays as it is.
     forced: Option<bool>,
     load: Arc<Load>,
-    /// Whether writes go through Nagle's algorithm now (the connection is loaded).
-    merging: bool,
+    /// Whether the connection is loaded: [`MERGE_FROM`] requests waited, and not yet fewer
+    /// than [`MERGE_UNTIL_BELOW`].
+    loaded: bool,
+    /// Whether loaded writes merge.
+    trial: Trial,
     /// Whether `TCP_NODELAY` is on now.
     nodelay: bool,
     /// The last write was partial: its rest goes with `TCP_NODELAY`.
@@ -111,7 +227,8 @@ impl NagleUnderLoad {
             inner: socket,
             forced,
             load,
-            merging: false,
+            loaded: false,
+            trial: Trial::new(),
             nodelay,
             unfinished: false,
         })
@@ -123,12 +240,14 @@ impl NagleUnderLoad {
             return forced;
         }
         let waiting = self.load.now();
-        if waiting >= MERGE_FROM {
-            self.merging = true;
+        if waiting >= MERGE_FROM && !self.loaded {
+            self.loaded = true;
+            self.trial.restart(self.load.totals());
         } else if waiting < MERGE_UNTIL_BELOW {
-            self.merging = false;
+            self.loaded = false;
         }
-        self.unfinished || !self.merging
+        let merge = self.loaded && self.trial.merge(self.load.totals());
+        self.unfinished || !merge
     }
 }
 
@@ -255,5 +374,49 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// A trial merges for an epoch, sends at once for one, keeps the way whose requests
+    /// waited less for [`CHOSEN_EPOCHS`] epochs, then tries both again; a restart
+    /// discards what was answered while unloaded.
+    #[test]
+    fn a_trial_keeps_the_way_whose_requests_waited_less() {
+        let mut trial = Trial::new();
+        let mut now = Totals::default();
+        // Advances by one epoch of requests that waited `mean_ns` each.
+        let mut epoch = |trial: &mut Trial, mean_ns: u64| {
+            now.answered += EPOCH;
+            now.waited_ns += EPOCH * mean_ns;
+            trial.merge(now)
+        };
+        assert!(trial.merge(Totals::default()), "starts merged");
+        assert!(!epoch(&mut trial, 900), "then tries sending at once");
+        assert!(!epoch(&mut trial, 600), "at once waited less: kept");
+        for left in (1..CHOSEN_EPOCHS).rev() {
+            assert!(
+                !epoch(&mut trial, 5_000),
+                "kept {left} more epochs, whatever they cost"
+            );
+        }
+        assert!(epoch(&mut trial, 600), "then merged again, to try both");
+        assert!(!epoch(&mut trial, 400));
+        assert!(epoch(&mut trial, 700), "merged waited less: merged");
+        assert_eq!(trial.chosen_left, CHOSEN_EPOCHS);
+
+        let mut trial = Trial::new();
+        let unloaded = Totals {
+            answered: 10 * EPOCH,
+            waited_ns: 10 * EPOCH * 1_000_000,
+        };
+        trial.restart(unloaded);
+        assert!(
+            trial.merge(unloaded),
+            "requests answered before the restart do not count"
+        );
+        let half = Totals {
+            answered: unloaded.answered + EPOCH / 2,
+            ..unloaded
+        };
+        assert!(trial.merge(half), "half an epoch: still merged");
     }
 }
