@@ -25,9 +25,9 @@
 //! costs more than the merge saves (gets at 16 tasks on one VM: 136-142k/s merged,
 //! 190-236k/s at once; on the same VM with polling idle cores, 400-407k/s merged and
 //! 221-230k/s at once). So a loaded connection measures how long its requests wait each
-//! way, in turns, and writes the way that waits less ([`Trial`]). Scripts are not counted: each costs the server
-//! several plain commands' time, and a batch of them waiting for the one before leaves the
-//! server idle for longer than the merge saves (`Open::query` in `single.rs`).
+//! way, in turns, and writes the way that waits less ([`Trial`]). Scripts count like any
+//! request: whether merging them pays differs by machine too (`Open::query` in
+//! `single.rs`).
 //!
 //! Why merging never waits out a delayed ACK: Nagle's algorithm stalls when it holds the
 //! end of a request while the server, holding only its start, has nothing to answer and
@@ -59,8 +59,13 @@ const MERGE_FROM: usize = 12;
 /// Requests waiting for replies below which a merging connection sends at once again.
 const MERGE_UNTIL_BELOW: usize = 8;
 
-/// Requests answered per epoch of a [`Trial`].
-const EPOCH: u64 = 1024;
+/// Requests answered per epoch of a [`Trial`]: about 10-40 ms at the loads where merging
+/// matters, several scheduler ticks, so one preempted thread does not decide an epoch.
+const EPOCH: u64 = 4096;
+
+/// How much less (in tenths) unmerged requests must wait on average than merged ones for a
+/// trial to stop merging: merging is what saves the server work, so a tie keeps it.
+const UNMERGED_WINS_BELOW_TENTHS: u64 = 9;
 
 /// Epochs a loaded connection writes the way its last trial chose, before it tries both
 /// ways again.
@@ -132,7 +137,8 @@ struct Totals {
 /// (`/dev/cpu_dma_latency` at 0), merged 400-407k/s and unmerged 221-230k/s; an earlier
 /// VM's halting cores favoured merging (205k against 150k). So the connection tries both:
 /// an epoch of [`EPOCH`] answered requests merged, one unmerged, then the way whose
-/// requests waited less on average for [`CHOSEN_EPOCHS`] epochs, and again. With a fixed
+/// requests waited less on average (unmerged by a tenth at least) for [`CHOSEN_EPOCHS`]
+/// epochs, and again. With a fixed
 /// number of callers, shorter waits are more requests per second; with callers that come
 /// at their own pace, they are what those callers see. Trying the worse way costs at
 /// most one epoch in eighteen.
@@ -179,7 +185,7 @@ impl Trial {
                 self.merged_mean = None;
             }
         } else if let Some(merged) = self.merged_mean {
-            self.merge = merged <= mean;
+            self.merge = mean * 10 >= merged * UNMERGED_WINS_BELOW_TENTHS;
             self.chosen_left = CHOSEN_EPOCHS;
         } else {
             self.merged_mean = Some(mean);
@@ -399,8 +405,11 @@ mod tests {
             );
         }
         assert!(epoch(&mut trial, 600), "then merged again, to try both");
-        assert!(!epoch(&mut trial, 400));
-        assert!(epoch(&mut trial, 700), "merged waited less: merged");
+        assert!(!epoch(&mut trial, 500));
+        assert!(
+            epoch(&mut trial, 480),
+            "unmerged waited less, but not by a tenth: merged"
+        );
         assert_eq!(trial.chosen_left, CHOSEN_EPOCHS);
 
         let mut trial = Trial::new();

@@ -12,8 +12,7 @@ use redis::aio::ConnectionLike;
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::SentinelClient;
 use redis::{
-    Arg, AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, RedisError, RedisResult,
-    Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, RedisError, RedisResult, Value,
 };
 
 use super::nagle::{Load, NagleUnderLoad};
@@ -83,23 +82,16 @@ impl Drop for ConnTask {
 }
 
 impl Open {
-    /// Sends one command, counted as waiting until its reply (or its caller's end),
-    /// unless it runs a script.
+    /// Sends one command, counted as waiting until its reply (or its caller's end).
     ///
-    /// Why scripts do not count: a script costs the server several times a plain command
-    /// (the compare-and-swap script about 5 µs, a GET under 1 µs), and merging them turns
-    /// that into idle time. A merged batch is held until the server has answered the one
-    /// before, so the server works through a batch while the next waits in the client,
-    /// then waits for it: at 16 tasks, compare-and-swaps did 63-74k/s merged against
-    /// 72-108k/s sent at once. Plain commands cost the server little, and merging them
-    /// saves more than the wait costs (gets at 16 tasks 142-148k/s merged, 121-131k/s
-    /// not).
+    /// Scripts count too. They once did not: a script costs the server several times a
+    /// plain command (the compare-and-swap script about 5 µs, a GET under 1 µs), and on
+    /// one VM merging them at 16 tasks turned that into idle time (63-74k/s merged against
+    /// 72-108k/s sent at once). But on another, merged scripts at 64 tasks ran 229-233k/s
+    /// against 203-205k/s unmerged; since a loaded connection now tries both ways and keeps
+    /// the faster (`nagle.rs`), the machine decides.
     pub(super) async fn query(&mut self, cmd: &Cmd) -> RedisResult<Value> {
-        let _waiting = self
-            .load
-            .as_deref()
-            .filter(|_| !runs_script(cmd))
-            .map(Load::waiting);
+        let _waiting = self.load.as_deref().map(Load::waiting);
         self.conn.req_packed_command(cmd).await
     }
 
@@ -108,14 +100,6 @@ impl Open {
         let _waiting = self.load.as_deref().map(Load::waiting);
         super::run_pipeline(&mut self.conn, pipe).await
     }
-}
-
-/// Whether `cmd` runs a Lua script (`EVALSHA` or `EVAL`).
-fn runs_script(cmd: &Cmd) -> bool {
-    matches!(
-        cmd.args_iter().next(),
-        Some(Arg::Simple(name)) if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")
-    )
 }
 
 impl Slot {
