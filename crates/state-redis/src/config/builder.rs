@@ -247,9 +247,10 @@ impl RedisConfigBuilder {
     /// `TCP_NODELAY` on every write (`true`, as fred, Lettuce and Jedis do) or on none
     /// (`false`, Nagle's algorithm merges small writes, as the `redis` crate does). Unset,
     /// the default, standalone and Sentinel connections over plain TCP on Linux decide by
-    /// load: with 12 or more requests waiting for replies on a connection, Nagle merges the
-    /// callers' writes into shared packets (until fewer than 8 wait); with fewer, each
-    /// write goes at once. The rest of a write the kernel took only in part always goes at
+    /// load and by trial: with 12 or more requests waiting for replies on a connection
+    /// (until fewer than 8 wait), it writes in turns merged and at once, and keeps the way
+    /// whose requests wait less (on some machines merging pays, on others it idles both
+    /// sides); with fewer, each write goes at once. The rest of a write the kernel took only in part always goes at
     /// once, so no request waits out the server's delayed ACK (`conn/nagle.rs` says why).
     /// TLS, Unix-socket and Cluster connections, opened by the driver, and every connection
     /// on other systems, then use `TCP_NODELAY`.
