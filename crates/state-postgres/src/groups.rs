@@ -75,8 +75,7 @@ impl PostgresStateBackend {
         }
         // The later call of a key wins. Sorted keys lock rows in one order, so concurrent
         // statements (and batch_put, sorted too) cannot deadlock one another.
-        let calls: Vec<&PutCall> = calls.iter().collect();
-        let latest = last_per_key(&calls, |call| &call.key);
+        let latest = last_per_key(calls.iter(), |call| &call.key);
         let keys: Vec<&[u8]> = latest.iter().map(|call| &call.key[..]).collect();
         let values: Vec<&[u8]> = latest.iter().map(|call| &call.value[..]).collect();
         let ttls: Vec<Option<f64>> = latest.iter().map(|call| call.ttl_ms).collect();

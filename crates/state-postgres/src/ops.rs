@@ -109,7 +109,7 @@ impl StateBackend for PostgresStateBackend {
             self.inner.limits.check_entry(key, value)?;
         }
         // With one prefix before every key, the user keys sort as the full keys do.
-        let latest = last_per_key(entries, |(key, _)| key);
+        let latest = last_per_key(entries.iter().copied(), |(key, _)| key);
         let mut chunks: Vec<(FullKeys, Vec<&[u8]>)> = Vec::new();
         let mut keys: Vec<&[u8]> = Vec::new();
         let mut values: Vec<&[u8]> = Vec::new();

@@ -46,7 +46,8 @@ fn idle_cores(opts: &Options) -> String {
     };
     match &opts.pin {
         Some(cores) => format!(
-            "{state}; this process (and pgbench) pinned to core {}, both servers to core {},              so every round trip wakes the other core",
+            "{state}; this process (and pgbench) pinned to core {}, both servers to core {}, \
+             so every round trip wakes the other core",
             cores.client, cores.server
         ),
         None => state.to_string(),

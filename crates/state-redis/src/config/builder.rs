@@ -250,8 +250,8 @@ impl RedisConfigBuilder {
     /// load and by trial: with 12 or more requests waiting for replies on a connection
     /// (until fewer than 8 wait), it writes in turns merged and at once, and keeps the way
     /// whose requests wait less (on some machines merging pays, on others it idles both
-    /// sides); with fewer, each write goes at once. The rest of a write the kernel took only in part always goes at
-    /// once, so no request waits out the server's delayed ACK (`conn/nagle.rs` says why).
+    /// sides); with fewer, each write goes at once. The rest of a write the kernel took
+    /// only in part always goes at once, so no request waits out the server's delayed ACK (`conn/nagle.rs` says why).
     /// TLS, Unix-socket and Cluster connections, opened by the driver, and every connection
     /// on other systems, then use `TCP_NODELAY`.
     pub fn tcp_nodelay(mut self, on: bool) -> Self {

@@ -126,7 +126,7 @@ impl Drop for Waiting<'_> {
 }
 
 /// A [`Load`]'s counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Totals {
     answered: u64,
     waited_ns: u64,
@@ -144,9 +144,8 @@ struct Totals {
 /// VM's halting cores favoured merging (205k against 150k). So the connection tries both:
 /// an epoch of [`EPOCH`] answered requests merged, one unmerged, then the way whose
 /// requests waited less on average (unmerged by a tenth at least) for [`CHOSEN_EPOCHS`]
-/// epochs, and again. With a fixed
-/// number of callers, shorter waits are more requests per second; with callers that come
-/// at their own pace, they are what those callers see. Trying the worse way costs one
+/// epochs, and again. With a fixed number of callers, shorter waits are more requests per
+/// second; with callers that come at their own pace, they are what those callers see. Trying the worse way costs one
 /// epoch in eighteen after a change of way, and ever less while trials confirm it (one in
 /// 258 at most).
 #[derive(Debug)]
