@@ -3,7 +3,8 @@
 //! Standalone and Sentinel share one path (`single`): each slot of the pool holds a
 //! multiplexed connection that a failure meaning "broken" (I/O, timeout, `READONLY` from a
 //! demoted primary) drops, and the next request dials again — for Sentinel, after asking
-//! the Sentinels where the primary is now. Cluster mode (`cluster`) uses the driver's
+//! the Sentinels where the primary is now. A request borrows a clone of it from a stash
+//! kept per thread (`lend`). Cluster mode (`cluster`) uses the driver's
 //! cluster connections, which follow MOVED/ASK and refresh their slot map; blind writes go
 //! through a second set that never re-sends on its own.
 //!
@@ -21,6 +22,7 @@
 
 mod cluster;
 mod exact;
+mod lend;
 mod nagle;
 mod replicas;
 mod setup;
@@ -40,9 +42,10 @@ use crate::error::{Failure, needs_reconnect};
 pub(crate) use cluster::parse_cluster_nodes;
 use cluster::{ClusterConns, ConnSet};
 use exact::{ask_of, follow_ask, one_by_one};
+use lend::Lent;
 use replicas::ReplicaSlots;
 use setup::{build_error, node_info, open_client, sentinel_dial};
-use single::{Dial, Dialer, Open, Slot};
+use single::{Dial, Dialer, Slot};
 
 /// One server of the deployment, for commands that must visit each (SCAN, INFO).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +108,9 @@ enum Kind {
 }
 
 /// A connection taken from the pool for one request.
-enum Conn {
+enum Conn<'a> {
     Single {
-        open: Open,
+        open: Lent<'a>,
         slot: usize,
         /// From the replica slots: a broken one is forgotten there.
         replica: bool,
@@ -217,8 +220,13 @@ impl Pool {
         matches!(self.kind, Kind::Cluster { .. })
     }
 
-    async fn conn(&self, idempotency: Idempotency) -> std::result::Result<Conn, Failure> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.size();
+    async fn conn(&self, idempotency: Idempotency) -> std::result::Result<Conn<'_>, Failure> {
+        // One slot (the default) needs no turn: the shared counter would be one more
+        // cache line that every request moves between cores.
+        let index = match self.size() {
+            1 => 0,
+            size => self.next.fetch_add(1, Ordering::Relaxed) % size,
+        };
         if let Some(conn) = self.ready_conn(index, idempotency) {
             return Ok(conn);
         }
@@ -228,7 +236,7 @@ impl Pool {
     }
 
     /// The connection of slot `index` if it is open: the hot path, with no await.
-    fn ready_conn(&self, index: usize, idempotency: Idempotency) -> Option<Conn> {
+    fn ready_conn(&self, index: usize, idempotency: Idempotency) -> Option<Conn<'_>> {
         match &self.kind {
             Kind::Cluster {
                 resending, exact, ..
@@ -241,7 +249,7 @@ impl Pool {
                 })
             }
             Kind::Single { slots, .. } => Some(Conn::Single {
-                open: slots.get(index)?.current()?,
+                open: Lent::from(slots.get(index)?)?,
                 slot: index,
                 replica: false,
             }),
@@ -252,7 +260,7 @@ impl Pool {
         &self,
         index: usize,
         idempotency: Idempotency,
-    ) -> std::result::Result<Conn, Failure> {
+    ) -> std::result::Result<Conn<'_>, Failure> {
         match &self.kind {
             Kind::Cluster {
                 resending, exact, ..
@@ -283,7 +291,7 @@ impl Pool {
     }
 
     /// Forgets a broken connection so that the next request dials again.
-    fn invalidate(&self, conn: &Conn, err: &RedisError) {
+    fn invalidate(&self, conn: &Conn<'_>, err: &RedisError) {
         if !needs_reconnect(err) {
             return;
         }
@@ -303,7 +311,7 @@ impl Pool {
                 _ => slots,
             };
             if let Some(slot) = slots.get(*slot) {
-                slot.forget(open.generation);
+                slot.forget(open.generation());
             }
         }
     }
@@ -397,7 +405,7 @@ impl Pool {
 
     fn settle<T: Replies>(
         &self,
-        conn: &Conn,
+        conn: &Conn<'_>,
         result: std::result::Result<T, RedisError>,
     ) -> std::result::Result<T, Failure> {
         match result {

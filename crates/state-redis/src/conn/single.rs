@@ -15,6 +15,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, RedisError, RedisResult, Value,
 };
 
+use super::lend::{Lent, Stash};
 use super::nagle::{Load, NagleUnderLoad};
 
 use crate::config::RedisConfig;
@@ -57,6 +58,8 @@ pub(super) struct Slot {
     current: Mutex<Option<Open>>,
     dialing: tokio::sync::Mutex<()>,
     generation: AtomicU64,
+    /// Clones of the current connection, lent to requests (`lend.rs`).
+    pub(super) stash: Stash,
 }
 
 /// A slot's open connection, with its generation. Requests use clones; when the slot has
@@ -103,18 +106,18 @@ impl Open {
 }
 
 impl Slot {
-    /// The open connection, if any: the hot path, with no await.
+    /// A clone of the open connection, if any (requests borrow one through `Lent`).
     pub(super) fn current(&self) -> Option<Open> {
         lock(&self.current).clone()
     }
 
     /// The open connection, dialling one (only one task dials a slot at a time).
-    pub(super) async fn get_or_dial(&self, dialer: &Dialer) -> Result<Open, RedisError> {
-        if let Some(open) = self.current() {
+    pub(super) async fn get_or_dial(&self, dialer: &Dialer) -> Result<Lent<'_>, RedisError> {
+        if let Some(open) = Lent::from(self) {
             return Ok(open);
         }
         let _dialing = self.dialing.lock().await;
-        if let Some(open) = self.current() {
+        if let Some(open) = Lent::from(self) {
             return Ok(open);
         }
         let (conn, own) = dialer.dial().await?;
@@ -126,7 +129,8 @@ impl Slot {
             _task: task.map(Arc::new),
         };
         *lock(&self.current) = Some(open.clone());
-        Ok(open)
+        self.stash.set_live(open.generation);
+        Ok(Lent::new(open, self))
     }
 
     /// Forgets the connection of `generation` (a newer one is kept).
@@ -137,6 +141,8 @@ impl Slot {
             .is_some_and(|open| open.generation == generation)
         {
             *current = None;
+            drop(current);
+            self.stash.clear();
         }
     }
 }
