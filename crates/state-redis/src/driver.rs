@@ -305,7 +305,8 @@ impl RedisStateBackend {
     }
 
     pub(crate) fn set_cmd(full: &[u8], value: &[u8], px: Option<u64>) -> Cmd {
-        let mut cmd = command("SET", 5, full.len() + value.len() + 24);
+        // Room for `PX ms` and a caller's `NX`.
+        let mut cmd = command("SET", 6, full.len() + value.len() + 26);
         cmd.arg(full).arg(value);
         if let Some(px) = px {
             cmd.arg("PX").arg(px);
