@@ -131,6 +131,9 @@ impl StateBackend for RedisStateBackend {
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        if !entries.is_empty() && !self.is_cluster() && entries.len() <= self.batch_size() {
+            return self.set_pipeline(entries).await;
+        }
         let mut kept_keys = Vec::with_capacity(entries.len());
         let mut values = Vec::with_capacity(entries.len());
         for (key, value) in entries {
@@ -176,20 +179,9 @@ impl StateBackend for RedisStateBackend {
                 let replies = self
                     .write("batch SET", Idempotency::NotIdempotent, &pipe)
                     .await?;
-                // A refused SET is reported by its entry's position; the others in its
-                // pipeline (and in other pipelines) were executed and stay written.
-                if let Some(j) = replies
-                    .iter()
-                    .position(|r| matches!(r, Value::ServerError(_)))
-                {
-                    let entry = group.get(j).and_then(|&g| entry_of.get(g)).copied();
-                    let what = match entry {
-                        Some(i) => format!("batch_put SET of entry {i} (0-based) of {total}"),
-                        None => "batch_put SET".to_string(),
-                    };
-                    first_error(&what, self.target(), replies.get(j..).unwrap_or_default())?;
-                }
-                Ok::<_, StateError>(())
+                self.refused_set(&replies, total, |j| {
+                    group.get(j).and_then(|&g| entry_of.get(g)).copied()
+                })
             }
         }))
         .buffer_unordered(BATCH_CONCURRENCY)
@@ -413,6 +405,48 @@ impl StateBackend for RedisStateBackend {
 impl RedisStateBackend {
     /// `batch_get` of at most one pipeline's keys outside Cluster: one `MGET` built in
     /// place (the keys' prefixed forms pass through one buffer), no groups to run.
+    /// `batch_put` as one pipeline of SETs in the entries' order (standalone and
+    /// Sentinel, at most `pipeline_batch_size` entries): a repeated key ends with its last
+    /// value, as one by one. Each full key is written straight into its command, through
+    /// one buffer: with a key allocated per entry, batches of 100 at 16 tasks took 0.56-0.57 µs
+    /// of client CPU per key, against 0.49-0.52 µs.
+    async fn set_pipeline(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
+        let px = self.default_px()?;
+        let mut pipe = redis::pipe();
+        let mut full = Vec::new();
+        for (key, value) in entries {
+            self.full_key_into(key, &mut full)?;
+            self.check_value(value)?;
+            pipe.add_command(Self::set_cmd(&full, value, px));
+        }
+        let replies = self
+            .write("batch SET", Idempotency::NotIdempotent, &pipe)
+            .await?;
+        self.refused_set(&replies, entries.len(), Some)
+    }
+
+    /// The error of the first SET a batch's pipeline had refused, naming its entry
+    /// (`entry_of` maps a reply's position to the entry's); the other SETs, in this
+    /// pipeline and in others, were executed and stay written.
+    fn refused_set(
+        &self,
+        replies: &[Value],
+        total: usize,
+        entry_of: impl Fn(usize) -> Option<usize>,
+    ) -> Result<()> {
+        let Some(j) = replies
+            .iter()
+            .position(|r| matches!(r, Value::ServerError(_)))
+        else {
+            return Ok(());
+        };
+        let what = match entry_of(j) {
+            Some(i) => format!("batch_put SET of entry {i} (0-based) of {total}"),
+            None => "batch_put SET".to_string(),
+        };
+        first_error(&what, self.target(), replies.get(j..).unwrap_or_default())
+    }
+
     async fn mget(&self, keys: &[&[u8]]) -> Result<Vec<Option<Bytes>>> {
         let mut cmd = redis::cmd("MGET");
         let mut full = Vec::new();
