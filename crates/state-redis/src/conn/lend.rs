@@ -9,17 +9,15 @@
 //! thread it runs on, a clone is made once and reused by request after request; only the
 //! lock of that thread's shard is taken, whose cache line stays on its core.
 //!
-//! A clone in a stash is of one generation of the slot's connection: a request takes only
+//! Generic over what is lent (the slot, `single.rs`, lends its `Open`), so that this room
+//! needs nothing from the slot's. A clone in a stash is of one generation of the slot's
+//! connection: a request takes only
 //! a clone of the current one, a forgotten connection's clones are dropped with the slot's
 //! `forget`, and clones given back after that are dropped then. The stash belongs to the
 //! slot: no clone outlives the pool.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
-
-use super::single::{Open, Slot, lock};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Shards of a stash: a thread uses shard (its number modulo this). More than the cores
 /// of the machines we run on, so that worker threads rarely share one.
@@ -29,44 +27,51 @@ const SHARDS: usize = 8;
 /// thread has in flight at once on one slot at the loads we measured (64 tasks).
 const SHARD_CLONES: usize = 256;
 
-/// The clones of one slot's connection, kept per thread.
-#[derive(Default)]
-pub(super) struct Stash {
+/// The clones of one slot's connection, each with its generation, kept per thread.
+pub(super) struct Stash<T> {
     /// The generation of the slot's current connection; 0 while it has none.
     live: AtomicU64,
-    shards: [Shard; SHARDS],
+    shards: [Shard<T>; SHARDS],
 }
 
 /// One shard, on its own cache line, so that two threads' shards never share one.
-#[derive(Default)]
 #[repr(align(128))]
-struct Shard(Mutex<Vec<Open>>);
+struct Shard<T>(Mutex<Vec<(u64, T)>>);
 
-impl Stash {
+impl<T> Default for Stash<T> {
+    fn default() -> Self {
+        Stash {
+            live: AtomicU64::new(0),
+            shards: std::array::from_fn(|_| Shard(Mutex::new(Vec::new()))),
+        }
+    }
+}
+
+impl<T> Stash<T> {
     /// A clone of the current connection, if the stash of this thread holds one.
-    fn take(&self) -> Option<Open> {
+    fn take(&self) -> Option<(u64, T)> {
         let live = self.live.load(Ordering::Acquire);
         if live == 0 {
             return None;
         }
-        let mut shard = lock(&self.shard().0);
-        // Clones of an older generation are only left by a race with `forget`.
-        while let Some(open) = shard.pop() {
-            if open.generation == live {
-                return Some(open);
+        let mut shard = self.shard();
+        // Clones of an older generation are only left by a race with `clear`.
+        while let Some((generation, value)) = shard.pop() {
+            if generation == live {
+                return Some((generation, value));
             }
         }
         None
     }
 
-    /// Keeps `open` for the next request on this thread, if it is still current.
-    fn give_back(&self, open: Open) {
-        if open.generation != self.live.load(Ordering::Acquire) {
+    /// Keeps `value` for the next request on this thread, if it is still current.
+    fn give_back(&self, generation: u64, value: T) {
+        if generation != self.live.load(Ordering::Acquire) {
             return;
         }
-        let mut shard = lock(&self.shard().0);
+        let mut shard = self.shard();
         if shard.len() < SHARD_CLONES {
-            shard.push(open);
+            shard.push((generation, value));
         }
     }
 
@@ -85,9 +90,13 @@ impl Stash {
         }
     }
 
-    fn shard(&self) -> &Shard {
-        &self.shards[thread_number() % SHARDS]
+    fn shard(&self) -> MutexGuard<'_, Vec<(u64, T)>> {
+        lock(&self.shards[thread_number() % SHARDS].0)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A number for the calling thread, given on its first call: worker threads get
@@ -102,133 +111,50 @@ fn thread_number() -> usize {
 
 /// A clone of a slot's connection, lent to one request and given back to the stash of
 /// the thread the request ends on.
-pub(super) struct Lent<'a> {
-    /// Always `Some` until dropped.
-    open: Option<Open>,
-    slot: &'a Slot,
+pub(super) struct Lent<'a, T> {
+    /// The clone and its generation; always `Some` until dropped.
+    held: Option<(u64, T)>,
+    stash: &'a Stash<T>,
 }
 
-impl<'a> Lent<'a> {
-    /// A clone of `slot`'s current connection, from this thread's stash if it has one.
-    pub(super) fn from(slot: &'a Slot) -> Option<Lent<'a>> {
-        let open = match slot.stash.take() {
-            Some(open) => open,
-            None => slot.current()?,
-        };
-        Some(Lent::new(open, slot))
-    }
-
-    /// Lends `open`, a clone of `slot`'s current connection.
-    pub(super) fn new(open: Open, slot: &'a Slot) -> Lent<'a> {
+impl<'a, T> Lent<'a, T> {
+    /// Lends `value`, a clone of generation `generation`, to go back to `stash`.
+    pub(super) fn new(generation: u64, value: T, stash: &'a Stash<T>) -> Lent<'a, T> {
         Lent {
-            open: Some(open),
-            slot,
+            held: Some((generation, value)),
+            stash,
         }
     }
 
-    /// The connection's generation in its slot.
+    /// A clone kept in this thread's part of `stash`, if any.
+    pub(super) fn from_stash(stash: &'a Stash<T>) -> Option<Lent<'a, T>> {
+        let (generation, value) = stash.take()?;
+        Some(Lent::new(generation, value, stash))
+    }
+
+    /// The clone's generation.
     pub(super) fn generation(&self) -> u64 {
-        self.open.as_ref().map_or(0, |open| open.generation)
+        self.held.as_ref().map_or(0, |(generation, _)| *generation)
     }
 
-    /// Sends one command on the lent connection ([`Open::query`]).
-    pub(super) async fn query(&mut self, cmd: &Cmd) -> RedisResult<Value> {
-        match self.open.as_mut() {
-            Some(open) => open.query(cmd).await,
-            None => Err(given_back()),
-        }
-    }
-
-    /// Sends a pipeline on the lent connection ([`Open::pipeline`]).
-    pub(super) async fn pipeline(&mut self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
-        match self.open.as_mut() {
-            Some(open) => open.pipeline(pipe).await,
-            None => Err(given_back()),
-        }
+    /// The clone; `None` only once given back (in `drop`).
+    pub(super) fn get_mut(&mut self) -> Option<&mut T> {
+        self.held.as_mut().map(|(_, value)| value)
     }
 }
 
-/// The error of a request on a connection already given back: never seen, since only
-/// `drop` gives it back.
-fn given_back() -> RedisError {
-    RedisError::from((
-        redis::ErrorKind::Client,
-        "internal error: a request used a pooled connection after giving it back",
-    ))
-}
-
-impl Drop for Lent<'_> {
+impl<T> Drop for Lent<'_, T> {
     fn drop(&mut self) {
-        if let Some(open) = self.open.take() {
-            self.slot.stash.give_back(open);
+        if let Some((generation, value)) = self.held.take() {
+            self.stash.give_back(generation, value);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::setup::{node_info, open_client};
-    use super::super::single::{Dial, Dialer};
-    use super::*;
-    use crate::config::RedisConfig;
-
-    impl Stash {
-        /// Clones kept in every shard.
-        fn kept(&self) -> usize {
-            self.shards.iter().map(|shard| lock(&shard.0).len()).sum()
-        }
-    }
-
-    /// A clone comes back to the stash and is lent again; once the slot forgets its
-    /// connection, no clone of it is lent or kept, also one given back afterwards.
-    #[tokio::test]
-    async fn lends_clones_again_but_never_one_of_a_forgotten_connection()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let service = testing::services::redis().await?;
-        let config = RedisConfig::builder().url(service.url()).build()?;
-        let host = config.hosts.first().ok_or("no host")?;
-        let client = open_client(node_info(&config, &host.host, host.port)?, &config)?;
-        let dialer = Dialer::new(Dial::Direct(client), &config);
-        let slot = Slot::default();
-
-        let first = slot.get_or_dial(&dialer).await?;
-        let generation = first.generation();
-        drop(first);
-        assert_eq!(slot.stash.kept(), 1, "the dialled clone is kept");
-        let mut lent = Lent::from(&slot).ok_or("no connection to lend")?;
-        assert_eq!(slot.stash.kept(), 0, "the kept clone is lent");
-        assert_eq!(
-            lent.query(&redis::cmd("PING")).await?,
-            Value::SimpleString("PONG".into())
-        );
-        let second = Lent::from(&slot).ok_or("no connection to lend")?;
-        drop((lent, second));
-        assert_eq!(
-            slot.stash.kept(),
-            2,
-            "both clones are kept for later requests"
-        );
-
-        slot.forget(generation);
-        assert_eq!(
-            slot.stash.kept(),
-            0,
-            "a forgotten connection's clones are dropped"
-        );
-        assert!(
-            Lent::from(&slot).is_none(),
-            "nothing to lend once forgotten"
-        );
-
-        let redialled = slot.get_or_dial(&dialer).await?;
-        assert_eq!(redialled.generation(), generation + 1);
-        slot.forget(redialled.generation());
-        drop(redialled);
-        assert_eq!(
-            slot.stash.kept(),
-            0,
-            "a clone given back after forget is dropped"
-        );
-        Ok(())
+impl<T> Stash<T> {
+    /// Clones kept in every shard.
+    pub(super) fn kept(&self) -> usize {
+        self.shards.iter().map(|shard| lock(&shard.0).len()).sum()
     }
 }

@@ -45,7 +45,7 @@ use exact::{ask_of, follow_ask, one_by_one};
 use lend::Lent;
 use replicas::ReplicaSlots;
 use setup::{build_error, node_info, open_client, sentinel_dial};
-use single::{Dial, Dialer, Slot};
+use single::{Dial, Dialer, Open, Slot};
 
 /// One server of the deployment, for commands that must visit each (SCAN, INFO).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +110,7 @@ enum Kind {
 /// A connection taken from the pool for one request.
 enum Conn<'a> {
     Single {
-        open: Lent<'a>,
+        open: Lent<'a, Open>,
         slot: usize,
         /// From the replica slots: a broken one is forgotten there.
         replica: bool,
@@ -249,7 +249,7 @@ impl Pool {
                 })
             }
             Kind::Single { slots, .. } => Some(Conn::Single {
-                open: Lent::from(slots.get(index)?)?,
+                open: slots.get(index)?.lend()?,
                 slot: index,
                 replica: false,
             }),

@@ -20,7 +20,6 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, Value};
 use state_core::Result;
 
-use super::lend::Lent;
 use super::setup::sentinel_replica_dial;
 use super::single::{Dialer, Slot, lock};
 use super::{Conn, Kind, Pool, lift};
@@ -66,7 +65,7 @@ impl Pool {
                 let Some(slot) = replicas.slots.get(index) else {
                     return self.query(cmd).await;
                 };
-                let open = match Lent::from(slot) {
+                let open = match slot.lend() {
                     Some(open) => open,
                     None if replicas.resting() => return self.query(cmd).await,
                     // Dialling is rare and its future large: boxed, as in `Pool::conn`.

@@ -59,7 +59,7 @@ pub(super) struct Slot {
     dialing: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     /// Clones of the current connection, lent to requests (`lend.rs`).
-    pub(super) stash: Stash,
+    pub(super) stash: Stash<Open>,
 }
 
 /// A slot's open connection, with its generation. Requests use clones; when the slot has
@@ -105,19 +105,50 @@ impl Open {
     }
 }
 
+impl Lent<'_, Open> {
+    /// Sends one command on the lent connection ([`Open::query`]).
+    pub(super) async fn query(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        match self.get_mut() {
+            Some(open) => open.query(cmd).await,
+            None => Err(given_back()),
+        }
+    }
+
+    /// Sends a pipeline on the lent connection ([`Open::pipeline`]).
+    pub(super) async fn pipeline(&mut self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        match self.get_mut() {
+            Some(open) => open.pipeline(pipe).await,
+            None => Err(given_back()),
+        }
+    }
+}
+
+/// The error of a request on a connection already given back: never seen, since only
+/// `drop` gives it back.
+fn given_back() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Client,
+        "internal error: a request used a pooled connection after giving it back",
+    ))
+}
+
 impl Slot {
-    /// A clone of the open connection, if any (requests borrow one through `Lent`).
-    pub(super) fn current(&self) -> Option<Open> {
-        lock(&self.current).clone()
+    /// A clone of the open connection, if any, lent to one request: from this thread's
+    /// stash, else cloned (the hot path, with no await).
+    pub(super) fn lend(&self) -> Option<Lent<'_, Open>> {
+        Lent::from_stash(&self.stash).or_else(|| {
+            let open = lock(&self.current).clone()?;
+            Some(Lent::new(open.generation, open, &self.stash))
+        })
     }
 
     /// The open connection, dialling one (only one task dials a slot at a time).
-    pub(super) async fn get_or_dial(&self, dialer: &Dialer) -> Result<Lent<'_>, RedisError> {
-        if let Some(open) = Lent::from(self) {
+    pub(super) async fn get_or_dial(&self, dialer: &Dialer) -> Result<Lent<'_, Open>, RedisError> {
+        if let Some(open) = self.lend() {
             return Ok(open);
         }
         let _dialing = self.dialing.lock().await;
-        if let Some(open) = Lent::from(self) {
+        if let Some(open) = self.lend() {
             return Ok(open);
         }
         let (conn, own) = dialer.dial().await?;
@@ -130,7 +161,7 @@ impl Slot {
         };
         *lock(&self.current) = Some(open.clone());
         self.stash.set_live(open.generation);
-        Ok(Lent::new(open, self))
+        Ok(Lent::new(open.generation, open, &self.stash))
     }
 
     /// Forgets the connection of `generation` (a newer one is kept).
@@ -291,4 +322,60 @@ pub(super) fn timeout_error() -> RedisError {
         std::io::ErrorKind::TimedOut,
         "connecting timed out",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::setup::{node_info, open_client};
+    use super::*;
+
+    /// A clone comes back to the stash and is lent again; once the slot forgets its
+    /// connection, no clone of it is lent or kept, also one given back afterwards.
+    #[tokio::test]
+    async fn lends_clones_again_but_never_one_of_a_forgotten_connection()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let service = testing::services::redis().await?;
+        let config = RedisConfig::builder().url(service.url()).build()?;
+        let host = config.hosts.first().ok_or("no host")?;
+        let client = open_client(node_info(&config, &host.host, host.port)?, &config)?;
+        let dialer = Dialer::new(Dial::Direct(client), &config);
+        let slot = Slot::default();
+
+        let first = slot.get_or_dial(&dialer).await?;
+        let generation = first.generation();
+        drop(first);
+        assert_eq!(slot.stash.kept(), 1, "the dialled clone is kept");
+        let mut lent = slot.lend().ok_or("no connection to lend")?;
+        assert_eq!(slot.stash.kept(), 0, "the kept clone is lent");
+        assert_eq!(
+            lent.query(&redis::cmd("PING")).await?,
+            Value::SimpleString("PONG".into())
+        );
+        let second = slot.lend().ok_or("no connection to lend")?;
+        drop((lent, second));
+        assert_eq!(
+            slot.stash.kept(),
+            2,
+            "both clones are kept for later requests"
+        );
+
+        slot.forget(generation);
+        assert_eq!(
+            slot.stash.kept(),
+            0,
+            "a forgotten connection's clones are dropped"
+        );
+        assert!(slot.lend().is_none(), "nothing to lend once forgotten");
+
+        let redialled = slot.get_or_dial(&dialer).await?;
+        assert_eq!(redialled.generation(), generation + 1);
+        slot.forget(redialled.generation());
+        drop(redialled);
+        assert_eq!(
+            slot.stash.kept(),
+            0,
+            "a clone given back after forget is dropped"
+        );
+        Ok(())
+    }
 }
