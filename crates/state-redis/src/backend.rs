@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use redis::Value;
+use bytes::BufMut;
+use redis::{Arg, Cmd, RedisWrite, Value};
 use state_core::{Gauge, Idempotency, Result, StateError};
 
 use crate::config::RedisConfig;
@@ -210,12 +211,25 @@ impl RedisStateBackend {
         full.extend_from_slice(self.prefix());
         full.extend_from_slice(key);
         if keys::is_internal(full) {
-            return Err(StateError::invalid_input(
-                "the key has the form of this backend's internal keys ({digits} then a \
-                 NUL-delimited marker); use another key or a key prefix",
-            ));
+            return Err(internal_form());
         }
         Ok(())
+    }
+
+    /// [`full_key`](Self::full_key) written straight into `cmd` as its next argument: a
+    /// point operation then allocates no key of its own (one allocation in eight of a get).
+    pub(crate) fn push_full_key(&self, cmd: &mut Cmd, key: &[u8]) -> Result<()> {
+        self.inner.config.limits.check_key(key)?;
+        let prefix = self.prefix();
+        {
+            let mut arg = cmd.bufmut_for_next_arg(prefix.len() + key.len());
+            arg.put_slice(prefix);
+            arg.put_slice(key);
+        }
+        match cmd.args_iter().last() {
+            Some(Arg::Simple(full)) if keys::is_internal(full) => Err(internal_form()),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn full_prefix(&self, prefix: &[u8]) -> Vec<u8> {
@@ -248,4 +262,12 @@ fn parse_info(address: String, text: &str) -> NodeInfo {
         connected_clients: num("connected_clients"),
         connected_replicas: num("connected_slaves"),
     }
+}
+
+/// The error of a key whose Redis key would have the form of an internal key.
+fn internal_form() -> StateError {
+    StateError::invalid_input(
+        "the key has the form of this backend's internal keys ({digits} then a \
+         NUL-delimited marker); use another key or a key prefix",
+    )
 }

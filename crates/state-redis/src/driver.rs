@@ -304,14 +304,19 @@ impl RedisStateBackend {
         out
     }
 
-    pub(crate) fn set_cmd(full: &[u8], value: &[u8], px: Option<u64>) -> Cmd {
-        // Room for `PX ms` and a caller's `NX`.
-        let mut cmd = command("SET", 6, full.len() + value.len() + 26);
-        cmd.arg(full).arg(value);
-        if let Some(px) = px {
-            cmd.arg("PX").arg(px);
-        }
-        cmd
+    /// `SET` of `key` to `value` (both checked, in that order), with `PX px` if given.
+    pub(crate) fn set_cmd(&self, key: &[u8], value: &[u8], px: Option<u64>) -> Result<Cmd> {
+        let mut cmd = set_command(self.prefix().len() + key.len() + value.len());
+        self.push_full_key(&mut cmd, key)?;
+        self.check_value(value)?;
+        Ok(set_rest(cmd, value, px))
+    }
+
+    /// `SET` of a Redis key already made (a batch's groups, which deduplicate them).
+    pub(crate) fn set_full_cmd(full: &[u8], value: &[u8], px: Option<u64>) -> Cmd {
+        let mut cmd = set_command(full.len() + value.len());
+        cmd.arg(full);
+        set_rest(cmd, value, px)
     }
 
     /// Deletes the given Redis keys in groups; returns how many existed.
@@ -380,6 +385,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A command named `name` with room for `args` arguments (the name included) and
 /// `bytes` bytes of them besides the name, so that adding them does not reallocate.
+/// A `SET` with room for its key and value (`bytes` together), `PX ms` and a caller's `NX`.
+fn set_command(bytes: usize) -> Cmd {
+    command("SET", 6, bytes + 26)
+}
+
+/// The value and the `PX` of a `SET` whose key is in place.
+fn set_rest(mut cmd: Cmd, value: &[u8], px: Option<u64>) -> Cmd {
+    cmd.arg(value);
+    if let Some(px) = px {
+        cmd.arg("PX").arg(px);
+    }
+    cmd
+}
+
 pub(crate) fn command(name: &str, args: usize, bytes: usize) -> Cmd {
     let mut cmd = Cmd::with_capacity(args, name.len() + bytes);
     cmd.arg(name);

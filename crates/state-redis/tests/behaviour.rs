@@ -430,3 +430,63 @@ fn the_test_fixtures_declare_this_crates_schemes() {
         shapes(&state_redis::SCHEMES)
     );
 }
+
+/// A key whose Redis key (prefix included) has the form of this crate's internal keys is
+/// refused by every point operation and by a batch, before anything is sent; the same key
+/// under a prefix that breaks the form is an ordinary key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_the_internal_form_are_refused_whole_prefix_included() -> TestResult {
+    let url = shared_url().await;
+    let namespace = ns();
+    let internal_tail: &[u8] = b"\x00state-fence\x00k";
+    // The prefix makes the form: `{7}` + marker + data key.
+    let formed = connect(&url, "{7}").await?;
+    let invalid = |what: &str, result: Result<(), state_core::StateError>| {
+        let err = result
+            .err()
+            .ok_or(format!("{what} of an internal-form key succeeded"))?;
+        if err.kind() != ErrorKind::InvalidInput || !err.to_string().contains("internal keys") {
+            return Err(format!("{what}: {err}"));
+        }
+        Ok::<(), String>(())
+    };
+    invalid("put", formed.put(internal_tail, b"v").await)?;
+    invalid(
+        "put_with_ttl",
+        formed
+            .put_with_ttl(internal_tail, b"v", Duration::from_secs(60))
+            .await,
+    )?;
+    invalid("get", formed.get(internal_tail).await.map(drop))?;
+    invalid("delete", formed.delete(internal_tail).await.map(drop))?;
+    invalid(
+        "get_and_delete",
+        formed.get_and_delete(internal_tail).await.map(drop),
+    )?;
+    invalid("ttl", formed.ttl(internal_tail).await.map(drop))?;
+    invalid(
+        "set_if_not_exists",
+        formed
+            .set_if_not_exists(internal_tail, b"v", None)
+            .await
+            .map(drop),
+    )?;
+    invalid(
+        "batch_put",
+        formed
+            .batch_put(&[(b"fine", b"v"), (internal_tail, b"v")])
+            .await,
+    )?;
+    assert_eq!(
+        formed.get(b"fine").await?,
+        None,
+        "a refused batch sends nothing"
+    );
+
+    // Under this test's own prefix the same bytes are an ordinary key.
+    let plain = connect(&url, &namespace).await?;
+    plain.put(internal_tail, b"v").await?;
+    assert_eq!(plain.get(internal_tail).await?.as_deref(), Some(&b"v"[..]));
+    assert!(plain.delete(internal_tail).await?);
+    Ok(())
+}
