@@ -312,6 +312,13 @@ impl RedisStateBackend {
         Ok(set_rest(cmd, value, px))
     }
 
+    /// The command `name` of the one key `key` (checked).
+    pub(crate) fn key_cmd(&self, name: &str, key: &[u8]) -> Result<Cmd> {
+        let mut cmd = command(name, 2, self.prefix().len() + key.len());
+        self.push_full_key(&mut cmd, key)?;
+        Ok(cmd)
+    }
+
     /// `SET` of a Redis key already made (a batch's groups, which deduplicate them).
     pub(crate) fn set_full_cmd(full: &[u8], value: &[u8], px: Option<u64>) -> Cmd {
         let mut cmd = set_command(full.len() + value.len());
@@ -383,8 +390,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A command named `name` with room for `args` arguments (the name included) and
-/// `bytes` bytes of them besides the name, so that adding them does not reallocate.
 /// A `SET` with room for its key and value (`bytes` together), `PX ms` and a caller's `NX`.
 fn set_command(bytes: usize) -> Cmd {
     command("SET", 6, bytes + 26)
@@ -399,6 +404,8 @@ fn set_rest(mut cmd: Cmd, value: &[u8], px: Option<u64>) -> Cmd {
     cmd
 }
 
+/// A command named `name` with room for `args` arguments (the name included) and
+/// `bytes` bytes of them besides the name, so that adding them does not reallocate.
 pub(crate) fn command(name: &str, args: usize, bytes: usize) -> Cmd {
     let mut cmd = Cmd::with_capacity(args, name.len() + bytes);
     cmd.arg(name);
