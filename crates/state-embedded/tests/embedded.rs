@@ -13,6 +13,7 @@ use std::time::Duration;
 use state_core::stream::try_collect;
 use state_core::{ErrorKind, Registry, StateBackend, Ttl};
 use state_embedded::{Durability, RedbBackend, RedbConfig, SWEEP_BATCH};
+use testing::clock::sleep_past;
 use testing::conformance::runtime;
 
 const ROLE: &str = "STATE_EMBEDDED_TEST_ROLE";
@@ -67,7 +68,7 @@ fn ttl_is_absolute_and_survives_reopen() -> TestResult {
         let before = try_collect(backend.export(b"long")).await?;
         drop(backend);
         // The short entry expires while the file is closed.
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        sleep_past(Duration::from_millis(80)).await;
 
         let backend = RedbBackend::open(&path)?;
         let after = try_collect(backend.export(b"long")).await?;
@@ -101,7 +102,7 @@ fn writes_sweep_expired_entries_in_bounded_batches() -> TestResult {
         // Overwritten without a TTL: the sweep must not take it.
         plain.put_with_ttl(b"kept", b"v", ttl).await?;
         plain.put(b"kept", b"v2").await?;
-        tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+        sleep_past(ttl + Duration::from_millis(200)).await;
         assert_eq!(
             plain.count(b"").await?,
             1,
@@ -494,7 +495,7 @@ fn batch_get_gives_each_key_its_value_in_small_and_large_batches() -> TestResult
         backend
             .put_with_ttl(b"gone", b"expired", Duration::from_millis(1))
             .await?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        sleep_past(Duration::from_millis(20)).await;
 
         let small = backend
             .batch_get(&[b"b", b"missing", b"a", b"gone", b"empty", b"a"])

@@ -70,7 +70,7 @@ async fn run(schema: &str) -> state_core::Result<()> {
     backend.clear(b"k00").await?;
     backend.put(b"new", b"not in the checkpoint").await?;
     backend.put(b"lasting", b"overwritten").await?;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    testing::clock::sleep_past(Duration::from_millis(2100)).await;
 
     let restored = backend.restore_checkpoint(id).await?;
     let after = snapshot(&backend).await;

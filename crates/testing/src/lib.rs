@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod conformance;
 pub mod faults;
 pub mod harness;

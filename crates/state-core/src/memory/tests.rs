@@ -3,6 +3,22 @@
 use super::*;
 use crate::ErrorKind;
 
+/// Sleeps `d` and then until the wall clock, which expiry follows, has moved `d` too: a
+/// VM's wall clock can be set back under a running test (bounded, at 1000 more naps).
+async fn sleep_past(d: Duration) {
+    let start = SystemTime::now();
+    tokio::time::sleep(d).await;
+    for _ in 0..1000 {
+        if SystemTime::now()
+            .duration_since(start)
+            .is_ok_and(|moved| moved >= d)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::test]
 async fn sweep_reclaims_expired_entries_in_bounded_steps() -> Result<()> {
     let backend = MemoryBackend::new();
@@ -11,7 +27,7 @@ async fn sweep_reclaims_expired_entries_in_bounded_steps() -> Result<()> {
             .put_with_ttl(&i.to_be_bytes(), b"v", Duration::from_millis(1))
             .await?;
     }
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    sleep_past(Duration::from_millis(5)).await;
     assert_eq!(
         backend.count(b"").await?,
         0,
@@ -37,7 +53,7 @@ async fn overwriting_a_ttl_key_drops_its_expiry_index_entry() -> Result<()> {
         .put_with_ttl(b"k", b"v", Duration::from_millis(1))
         .await?;
     backend.put(b"k", b"v2").await?;
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    sleep_past(Duration::from_millis(5)).await;
     backend.store().sweep(usize::MAX);
     assert_eq!(backend.get(b"k").await?.as_deref(), Some(&b"v2"[..]));
     Ok(())

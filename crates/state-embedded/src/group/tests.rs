@@ -271,7 +271,7 @@ async fn a_failure_of_the_group_transaction_is_every_call_error() -> TestResult 
     backend
         .put_with_ttl(b"soon", b"v", Duration::from_millis(50))
         .await?;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    testing::clock::sleep_past(Duration::from_millis(100)).await;
 
     let plug = Plug::insert(backend.store()).await?;
     let mut calls = Vec::new();

@@ -7,6 +7,7 @@ use state_core::{Result, StateBackend, Ttl};
 use tokio::sync::Barrier;
 
 use super::ctx::Ctx;
+use crate::clock::sleep_past;
 use crate::harness::{some, value};
 
 /// How many tasks race in the race cases.
@@ -57,7 +58,7 @@ pub async fn set_if_not_exists_treats_an_expired_key_as_absent(ctx: &Ctx) -> Res
     let b = ctx.backend().as_ref();
     b.put_with_ttl(b"k", b"old", Duration::from_millis(20))
         .await?;
-    tokio::time::sleep(Duration::from_millis(70)).await;
+    sleep_past(Duration::from_millis(70)).await;
     assert!(
         b.set_if_not_exists(b"k", b"new", None).await?,
         "an expired key blocked the claim"
@@ -109,7 +110,7 @@ pub async fn compare_and_swap_with_none_expects_absence(ctx: &Ctx) -> Result<()>
     assert_eq!(value(b, b"k").await?, some(b"v"));
     b.put_with_ttl(b"t", b"old", Duration::from_millis(20))
         .await?;
-    tokio::time::sleep(Duration::from_millis(70)).await;
+    sleep_past(Duration::from_millis(70)).await;
     assert!(
         b.compare_and_swap(b"t", None, b"new").await?,
         "None must match an expired key"

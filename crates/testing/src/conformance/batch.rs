@@ -5,6 +5,7 @@ use std::time::Duration;
 use state_core::{ErrorKind, Result, Ttl};
 
 use super::ctx::Ctx;
+use crate::clock::sleep_past;
 use crate::harness::{expect_kind, some, value};
 
 /// `batch_get` answers in the order asked, with `None` for missing keys and repeats kept.
@@ -106,7 +107,7 @@ pub async fn batch_delete_counts_live_keys(ctx: &Ctx) -> Result<()> {
     b.put(b"keep", b"1").await?;
     b.put_with_ttl(b"c", b"1", Duration::from_millis(20))
         .await?;
-    tokio::time::sleep(Duration::from_millis(70)).await;
+    sleep_past(Duration::from_millis(70)).await;
     let deleted = b
         .batch_delete(&[b"a", b"b", b"c", b"missing", b"a"])
         .await?;

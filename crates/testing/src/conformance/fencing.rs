@@ -5,6 +5,7 @@ use std::time::Duration;
 use state_core::{ErrorKind, FencingToken, ImportMode, Result};
 
 use super::ctx::Ctx;
+use crate::clock::sleep_past;
 use crate::harness::{entries_stream, expect_kind, some, value};
 
 /// A lower token fails with `Fenced` (not retryable) and changes nothing.
@@ -87,7 +88,7 @@ pub async fn fence_survives_put_delete_and_expiry(ctx: &Ctx) -> Result<()> {
     );
     b.put_with_ttl(b"k", b"short", Duration::from_millis(20))
         .await?;
-    tokio::time::sleep(Duration::from_millis(70)).await;
+    sleep_past(Duration::from_millis(70)).await;
     expect_kind(
         "after expiry",
         b.put_fenced(b"k", b"v4", FencingToken(4)).await,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use state_core::{Entry, FencingToken, ImportMode, Result, stream};
 
 use super::ctx::Ctx;
+use crate::clock::sleep_past;
 use crate::harness::{entries_stream, keys, show, some, value};
 
 /// Writes `all` (value = key), then checks `scan` and `count` of each prefix against a
@@ -174,7 +175,7 @@ pub async fn clear_returns_live_count_and_spares_other_prefixes(ctx: &Ctx) -> Re
     .await?;
     b.put_with_ttl(b"c:4", b"v", Duration::from_millis(20))
         .await?;
-    tokio::time::sleep(Duration::from_millis(70)).await;
+    sleep_past(Duration::from_millis(70)).await;
     assert_eq!(b.clear(b"c:").await?, 3, "clear counts live keys only");
     assert_eq!(b.count(b"c:").await?, 0);
     assert_eq!(value(b, b"d:1").await?, some(b"v"));

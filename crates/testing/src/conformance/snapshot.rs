@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use state_core::{Checkpoint, Entry, ErrorKind, ImportMode, Result, StateError, Ttl, stream};
 
 use super::ctx::Ctx;
+use crate::clock::sleep_past;
 use crate::harness::{bytes, close, entries_stream, expect_kind, keys, show, some, value};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -55,7 +56,7 @@ pub async fn export_import_keeps_ttl_fidelity(ctx: &Ctx) -> Result<()> {
         .first()
         .and_then(|e| e.expires_at)
         .unwrap_or_else(|| panic!("no expiry exported"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    sleep_past(Duration::from_millis(200)).await;
     assert_eq!(b.clear(b"").await?, 2);
     assert_eq!(
         b.import(entries_stream(exported), ImportMode::Replace)
@@ -332,7 +333,7 @@ pub async fn restore_never_revives_expired_entries(ctx: &Ctx) -> Result<()> {
         .iter()
         .filter(|e| e.expires_at.is_some())
         .count();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    sleep_past(Duration::from_millis(100)).await;
     b.restore(checkpoint).await?;
     assert_eq!(
         value(b, b"short").await?,

@@ -4,11 +4,12 @@
 //! speed: where a slow machine could let a key expire before it is read, the case checks
 //! the clock before deciding what it expects.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use state_core::{ErrorKind, FencingToken, MAX_TTL, Result, Ttl};
 
 use super::ctx::Ctx;
+use crate::clock::{Stopwatch, sleep_past};
 use crate::harness::{expect_kind, keys, some, value};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -67,7 +68,7 @@ pub async fn one_millisecond_ttl_expires(ctx: &Ctx) -> Result<()> {
     let b = ctx.backend().as_ref();
     b.put_with_ttl(b"blink", b"v", Duration::from_millis(1))
         .await?;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    sleep_past(Duration::from_millis(50)).await;
     assert_eq!(
         value(b, b"blink").await?,
         None,
@@ -82,16 +83,16 @@ pub async fn one_millisecond_ttl_expires(ctx: &Ctx) -> Result<()> {
 pub async fn sub_second_ttl_expires(ctx: &Ctx) -> Result<()> {
     let b = ctx.backend().as_ref();
     let ttl = Duration::from_millis(300);
-    let started = Instant::now();
+    let watch = Stopwatch::start();
     b.put_with_ttl(b"short", b"v", ttl).await?;
     let early = value(b, b"short").await?;
     // Only a machine stalled past the TTL may have lost the key already.
     assert!(
-        early.is_some() || started.elapsed() >= ttl,
+        early.is_some() || watch.started().elapsed() >= ttl,
         "a 300ms key vanished after {:?}",
-        started.elapsed()
+        watch.started().elapsed()
     );
-    tokio::time::sleep_until((started + ttl + Duration::from_millis(150)).into()).await;
+    watch.wait_until(ttl + Duration::from_millis(150)).await;
     assert_eq!(
         value(b, b"short").await?,
         None,
@@ -109,7 +110,7 @@ pub async fn put_clears_an_old_ttl(ctx: &Ctx) -> Result<()> {
         .await?;
     b.put(b"k", b"new").await?;
     assert_eq!(b.ttl(b"k").await?, Ttl::Persistent, "put kept the old TTL");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    sleep_past(Duration::from_millis(200)).await;
     assert_eq!(
         value(b, b"k").await?,
         some(b"new"),
@@ -185,7 +186,7 @@ pub async fn expired_keys_are_invisible_to_every_read(ctx: &Ctx) -> Result<()> {
         .await?;
     b.put(b"x:live", b"v").await?;
     b.put_with_ttl(b"x:later", b"v", HOUR).await?;
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    sleep_past(Duration::from_millis(80)).await;
     assert_eq!(value(b, b"x:gone1").await?, None, "get");
     assert_eq!(
         value(b, b"x:gone2").await?,
@@ -217,7 +218,7 @@ pub async fn expired_keys_do_not_count_as_deleted(ctx: &Ctx) -> Result<()> {
         b.put_with_ttl(k, b"v", Duration::from_millis(30)).await?;
     }
     b.put(b"c:2", b"v").await?;
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    sleep_past(Duration::from_millis(80)).await;
     assert!(
         !b.delete(b"e:1").await?,
         "delete of an expired key returned true"

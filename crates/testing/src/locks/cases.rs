@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use state_core::{ErrorKind, LockGuard, MAX_LOCK_NAME_LEN, Result, new_owner_token};
 
 use super::subject::{LockKind, LockSubject, WAIT_TIMEOUT, eventually, unique_name};
+use crate::clock::sleep_past;
 use crate::harness::{expect_kind, value};
 
 /// A lease that outlives every case.
@@ -92,7 +93,7 @@ pub async fn one_winner_among_concurrent_acquirers(s: &LockSubject) -> Result<()
 pub async fn release_by_former_holder_is_not_owner(s: &LockSubject) -> Result<()> {
     let name = unique_name("former");
     let a = held("A", s.lock.try_acquire(&name, SHORT).await?);
-    tokio::time::sleep(PAST_SHORT).await;
+    sleep_past(PAST_SHORT).await;
     match s.kind {
         LockKind::Lease => {
             let b = held(
@@ -134,7 +135,7 @@ pub async fn release_by_former_holder_is_not_owner(s: &LockSubject) -> Result<()
 pub async fn extend_after_expiry_fails_and_never_recreates(s: &LockSubject) -> Result<()> {
     let name = unique_name("extend-late");
     let mut a = held("A", s.lock.try_acquire(&name, SHORT).await?);
-    tokio::time::sleep(PAST_SHORT).await;
+    sleep_past(PAST_SHORT).await;
     match s.kind {
         LockKind::Lease => {
             let late = s.lock.extend(&mut a, LONG).await;
@@ -150,7 +151,7 @@ pub async fn extend_after_expiry_fails_and_never_recreates(s: &LockSubject) -> R
             );
 
             let mut a = held("A again", s.lock.try_acquire(&name, SHORT).await?);
-            tokio::time::sleep(PAST_SHORT).await;
+            sleep_past(PAST_SHORT).await;
             let b = held("B after expiry", s.other.try_acquire(&name, LONG).await?);
             let late = s.lock.extend(&mut a, LONG).await;
             expect_kind("extend after takeover", late, ErrorKind::NotOwner);
@@ -198,7 +199,7 @@ pub async fn paused_holder_is_fenced(s: &LockSubject) -> Result<()> {
     let token_a = a.fencing_token();
     s.backend.put_fenced(&key, b"a1", token_a).await?;
 
-    tokio::time::sleep(PAST_SHORT).await; // A is paused here
+    sleep_past(PAST_SHORT).await; // A is paused here
     let b = match s.kind {
         LockKind::Lease => {
             let b = held("B after A's pause", s.other.try_acquire(&name, LONG).await?);
@@ -259,7 +260,7 @@ pub async fn tokens_increase_across_holders(s: &LockSubject) -> Result<()> {
         last = Some(token);
         if ttl == SHORT {
             // Let it run out instead of releasing it.
-            tokio::time::sleep(PAST_SHORT).await;
+            sleep_past(PAST_SHORT).await;
             expect_kind(
                 "release after expiry",
                 lock.release(guard).await,

@@ -14,6 +14,7 @@ use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use state_core::{DistributedLock, ErrorKind, FencingToken, LockGuard};
 
 use super::subject::{LockFactory, LockKind, LockSubject, unique_name};
+use crate::clock::sleep_past;
 use crate::harness::{CASE_TIMEOUT, runtime};
 
 /// Overrides the number of cases (default 12: each case sleeps through leases).
@@ -235,7 +236,7 @@ async fn run(s: &LockSubject, steps: &[Step]) -> Result<(), String> {
                     }
                 }
                 Step::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                Step::Pause => tokio::time::sleep(TTL + Duration::from_millis(50)).await,
+                Step::Pause => sleep_past(TTL + Duration::from_millis(50)).await,
             }
         }
         Ok(())

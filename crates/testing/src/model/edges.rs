@@ -18,7 +18,7 @@
 //! - After the last probe a scan of the namespace equals the model.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -28,6 +28,7 @@ use state_core::{Capabilities, ErrorKind, FencingToken, MAX_TTL, StateBackend, S
 use super::exec::scan;
 use super::ops::{Blob, key, value};
 use super::reference::Model;
+use crate::clock::Stopwatch;
 use crate::harness::show;
 
 /// Bytes of an edge input: given outright, or exactly the limit / one byte over it, of one
@@ -331,7 +332,7 @@ async fn run_probe(
     let before = model.clone();
     let got = call(b, probe, &inputs, model).await;
     // The write was applied before its reply came: its expiry is at most a TTL from now.
-    let replied = Instant::now();
+    let replied = Stopwatch::start();
     if inputs.invalid(caps) {
         return refused_and_unchanged(b, caps, &before, &inputs, got).await;
     }
@@ -550,7 +551,7 @@ async fn read_back(
     inputs: &Inputs,
     model: &mut Model,
     short_lived: Option<EdgeTtl>,
-    replied: Instant,
+    replied: Stopwatch,
 ) -> Result<(), String> {
     let writes = !matches!(
         probe,
@@ -578,8 +579,9 @@ async fn read_back(
         return Ok(());
     };
     // Slack for servers that count whole milliseconds and expire only past the last one.
-    let expired_at = replied + ttl.duration() + Duration::from_millis(3);
-    tokio::time::sleep_until(expired_at.into()).await;
+    replied
+        .wait_until(ttl.duration() + Duration::from_millis(3))
+        .await;
     let now = b.get(key).await.map_err(|e| read_failed(key, &e))?;
     let ttl_now = b.ttl(key).await.map_err(|e| read_failed(key, &e))?;
     let listed = b
