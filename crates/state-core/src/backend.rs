@@ -22,7 +22,11 @@ use crate::types::{Capabilities, Checkpoint, Entry, FencingToken, Health, Import
 ///   [`Capabilities::max_value_len`]. A violation is an
 ///   [`InvalidInput`](crate::ErrorKind::InvalidInput) error raised before anything is sent.
 /// - TTLs have millisecond precision (rounded up); zero is invalid input. An expired key is
-///   invisible to every read at once, whatever the backend's cleanup schedule.
+///   invisible to every read at once, whatever the backend's cleanup schedule. An expiry is
+///   a point on the wall clock of whoever keeps it (this process for memory and redb, the
+///   server for Redis and PostgreSQL), as it must be to survive restarts and checkpoints:
+///   a wall clock set back (NTP, a VM's host) lengthens every pending TTL by that much, and
+///   one set forward shortens them.
 /// - Every key lives under the backend's key prefix; scans of one backend never see the keys
 ///   of another whose prefix differs (prefixes must not be prefixes of one another: end
 ///   them with a separator such as `:`).

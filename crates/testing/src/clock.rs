@@ -36,7 +36,7 @@ impl Stopwatch {
     }
 
     /// Waits until `elapsed` has passed since the start on both clocks (bounded: at most
-    /// [`WALL_CLOCK_PATIENCE`] beyond `elapsed` for a wall clock that was set back).
+    /// 10 s beyond `elapsed` for a wall clock that was set back).
     pub async fn wait_until(&self, elapsed: Duration) {
         tokio::time::sleep_until((self.monotonic + elapsed).into()).await;
         let give_up = self.monotonic + elapsed + WALL_CLOCK_PATIENCE;
