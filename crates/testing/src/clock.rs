@@ -35,6 +35,18 @@ impl Stopwatch {
         self.monotonic
     }
 
+    /// How far the wall clock has moved apart from the monotonic one since the start, either
+    /// way: zero while the two run together, the size of the step after NTP or a VM's host
+    /// set the wall clock.
+    pub fn wall_clock_step(&self) -> Duration {
+        let monotonic = self.monotonic.elapsed();
+        match SystemTime::now().duration_since(self.wall) {
+            Ok(wall) => wall.abs_diff(monotonic),
+            // Set back past the start itself.
+            Err(behind) => monotonic + behind.duration(),
+        }
+    }
+
     /// Waits until `elapsed` has passed since the start on both clocks (bounded: at most
     /// 10 s beyond `elapsed` for a wall clock that was set back).
     pub async fn wait_until(&self, elapsed: Duration) {
@@ -80,5 +92,10 @@ mod tests {
             .duration_since(watch.wall)
             .unwrap_or(Duration::ZERO);
         assert!(wall >= d, "the wall clock moved only {wall:?}");
+        assert!(
+            watch.wall_clock_step() < Duration::from_millis(2),
+            "the clocks parted by {:?} in a 30ms sleep",
+            watch.wall_clock_step()
+        );
     }
 }

@@ -14,6 +14,11 @@
 //! the test run. Cases after a hang are not run and there is no shrinking, since each could
 //! hang as long again.
 //!
+//! A case that fails while the wall clock was stepped (by [`CLOCK_STEP`] or more against
+//! the monotonic clock) is drawn again instead: expiry follows the wall clock, so such a
+//! step moves every TTL the case wrote, which the model cannot know. proptest counts these
+//! as rejected cases (and fails the property past its limit of rejects); each is printed.
+//!
 //! Besides the random sequences, `edges_are_correct_or_clear_errors` (see [`edges`]) feeds
 //! inputs at and past the limits: empty, binary, maximum-size and over-size keys and
 //! values, TTLs of zero, 1 ms, the maximum and over it.
@@ -34,8 +39,14 @@ use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use state_core::{Entry, ImportMode, StateBackend};
 
+use crate::clock::Stopwatch;
 pub use crate::harness::CASE_TIMEOUT;
 use crate::harness::{CaseFn, Factory, close, entries_stream, runtime, show, unique_namespace};
+
+/// How far the wall clock may part from the monotonic one during a case before a failure
+/// of that case is put down to the step: well above NTP's slewing (at most 0.5 ms per
+/// second), well below the TTLs of milliseconds the cases wait out.
+pub const CLOCK_STEP: Duration = Duration::from_millis(2);
 
 pub use exec::{Outcome, apply_backend, apply_model, run_sequence};
 pub use ops::{Blob, Expected, Op, Seed, key, op, ops, prefix, seeds, value};
@@ -81,6 +92,7 @@ pub fn check<S, F, Fut>(
         }
         runs.set(runs.get() + 1);
         let rendered = render(&input);
+        let watch = Stopwatch::start();
         let outcome = rt.block_on(async {
             let Ok(backend) = tokio::time::timeout(CASE_TIMEOUT, factory(unique_namespace())).await
             else {
@@ -102,6 +114,13 @@ pub fn check<S, F, Fut>(
             }
         });
         match outcome {
+            Ok(Err(TestCaseError::Fail(message))) if watch.wall_clock_step() >= CLOCK_STEP => {
+                // Expiry follows the wall clock: a step under the case moves every TTL it
+                // wrote, which the model cannot know. The case is drawn again, not passed.
+                let step = watch.wall_clock_step();
+                eprintln!("property `{name}`: the wall clock stepped by {step:?} during a failing case, drawn again: {message}");
+                Err(TestCaseError::reject(format!("wall clock stepped by {step:?}")))
+            }
             Ok(result) => result,
             Err(what) => {
                 *hung.borrow_mut() = Some((what.to_string(), rendered));
