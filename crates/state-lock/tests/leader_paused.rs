@@ -23,7 +23,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::redis::{lock_on, redis_config};
 use state_core::{ErrorKind, StateBackend};
@@ -52,10 +52,10 @@ const KEY: &[u8] = b"leader/output";
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// The machine's monotonic clock, which the leader processes share: the wall clock can be
+/// stepped between two writes and reverse their order in time.
 fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
+    testing::clock::monotonic_ms()
 }
 
 /// One elector process: campaigns, leads for a few writes, steps down; until its time or

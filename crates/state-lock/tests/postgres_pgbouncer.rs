@@ -119,7 +119,7 @@ async fn lease_mode_through_pgbouncer_excludes_and_fences() {
             .expect("try_acquire")
             .is_none()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    testing::clock::sleep_past(Duration::from_millis(500)).await;
     let second = b
         .try_acquire(&name, Duration::from_secs(30))
         .await

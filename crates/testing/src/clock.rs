@@ -72,6 +72,18 @@ impl Stopwatch {
     }
 }
 
+/// Milliseconds on the machine's monotonic clock (`CLOCK_MONOTONIC`): comparable between
+/// the processes of one machine, unlike an `Instant`, and never stepped, unlike the wall
+/// clock. For ordering in real time what several processes did.
+pub fn monotonic_ms() -> u128 {
+    use nix::time::{ClockId, clock_gettime};
+    // This clock cannot fail to read on Linux; 0 would only make an ordering check weaker.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        let d = Duration::from(t);
+        d.as_millis()
+    })
+}
+
 /// Sleeps `d` on both clocks: what a test waits before it expects an expiry `d` away (or
 /// less) to have passed.
 pub async fn sleep_past(d: Duration) {
@@ -96,6 +108,18 @@ mod tests {
             watch.wall_clock_step() < Duration::from_millis(2),
             "the clocks parted by {:?} in a 30ms sleep",
             watch.wall_clock_step()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_shared_monotonic_clock_moves_with_instants() {
+        let (before, started) = (monotonic_ms(), Instant::now());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let moved = monotonic_ms() - before;
+        let elapsed = started.elapsed().as_millis();
+        assert!(
+            moved >= 29 && moved <= elapsed + 1,
+            "{moved} ms on CLOCK_MONOTONIC, {elapsed} ms on the Instant"
         );
     }
 }
