@@ -25,8 +25,9 @@ use crate::types::{Capabilities, Checkpoint, Entry, FencingToken, Health, Import
 ///   invisible to every read at once, whatever the backend's cleanup schedule. An expiry is
 ///   a point on the wall clock of whoever keeps it (this process for memory and redb, the
 ///   server for Redis and PostgreSQL), as it must be to survive restarts and checkpoints:
-///   a wall clock set back (NTP, a VM's host) lengthens every pending TTL by that much, and
-///   one set forward shortens them.
+///   a wall clock set back (NTP, a VM's host) lengthens every pending TTL by that much (and
+///   an entry that expired less than that long ago and was not yet removed is live again),
+///   and one set forward shortens them.
 /// - Every key lives under the backend's key prefix; scans of one backend never see the keys
 ///   of another whose prefix differs (prefixes must not be prefixes of one another: end
 ///   them with a separator such as `:`).
