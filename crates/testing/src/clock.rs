@@ -78,10 +78,7 @@ impl Stopwatch {
 pub fn monotonic_ms() -> u128 {
     use nix::time::{ClockId, clock_gettime};
     // This clock cannot fail to read on Linux; 0 would only make an ordering check weaker.
-    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        let d = Duration::from(t);
-        d.as_millis()
-    })
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| Duration::from(t).as_millis())
 }
 
 /// Sleeps `d` on both clocks: what a test waits before it expects an expiry `d` away (or

@@ -5,6 +5,8 @@ use crate::ErrorKind;
 
 /// Sleeps `d` and then until the wall clock, which expiry follows, has moved `d` too: a
 /// VM's wall clock can be set back under a running test (bounded, at 1000 more naps).
+/// `testing::clock::sleep_past` in small: state-core cannot depend on `testing`, which
+/// depends on it.
 async fn sleep_past(d: Duration) {
     let start = SystemTime::now();
     tokio::time::sleep(d).await;

@@ -113,13 +113,18 @@ pub fn check<S, F, Fut>(
                 (Ok(()), Ok(_)) => Ok(Ok(())),
             }
         });
+        let step = watch.wall_clock_step();
         match outcome {
-            Ok(Err(TestCaseError::Fail(message))) if watch.wall_clock_step() >= CLOCK_STEP => {
+            Ok(Err(TestCaseError::Fail(message))) if step >= CLOCK_STEP => {
                 // Expiry follows the wall clock: a step under the case moves every TTL it
                 // wrote, which the model cannot know. The case is drawn again, not passed.
-                let step = watch.wall_clock_step();
-                eprintln!("property `{name}`: the wall clock stepped by {step:?} during a failing case, drawn again: {message}");
-                Err(TestCaseError::reject(format!("wall clock stepped by {step:?}")))
+                eprintln!(
+                    "property `{name}`: the wall clock stepped by {step:?} during a failing \
+                     case, drawn again: {message}"
+                );
+                Err(TestCaseError::reject(format!(
+                    "wall clock stepped by {step:?}"
+                )))
             }
             Ok(result) => result,
             Err(what) => {
