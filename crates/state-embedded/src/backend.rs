@@ -267,10 +267,10 @@ impl StateBackend for RedbBackend {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         self.limits.check_key(key)?;
-        let txn = read::begin(&self.store.db)?;
-        let table = read::data_table(&txn)?;
-        self.with_full_key(key, |full| {
-            read::get(&table, full, &mut read::Now::default())
+        self.store.read(|table| {
+            self.with_full_key(key, |full| {
+                read::get(table, full, &mut read::Now::default())
+            })
         })
     }
 
@@ -310,13 +310,13 @@ impl StateBackend for RedbBackend {
         for key in keys {
             self.limits.check_key(key)?;
         }
-        let txn = read::begin(&self.store.db)?;
-        let table = read::data_table(&txn)?;
-        let found = keys
-            .iter()
-            .map(|key| self.with_full_key(key, |full| read::lookup(&table, full)))
-            .collect::<Result<Vec<_>>>()?;
-        read::live_values(&found)
+        self.store.read(|table| {
+            let found = keys
+                .iter()
+                .map(|key| self.with_full_key(key, |full| read::lookup(table, full)))
+                .collect::<Result<Vec<_>>>()?;
+            read::live_values(&found)
+        })
     }
 
     async fn batch_put(&self, entries: &[(&[u8], &[u8])]) -> Result<()> {
@@ -441,9 +441,9 @@ impl StateBackend for RedbBackend {
         self.limits.check_key(key)?;
         let now = SystemTime::now();
         let now_ms = record::floor_ms(now);
-        let txn = read::begin(&self.store.db)?;
-        let table = read::data_table(&txn)?;
-        let found = self.with_full_key(key, |full| read::expiry(&table, full, now_ms))?;
+        let found = self
+            .store
+            .read(|table| self.with_full_key(key, |full| read::expiry(table, full, now_ms)))?;
         Ok(match found {
             None => Ttl::Missing,
             Some(expires) => remaining_ttl(expires.map(record::from_ms), now),

@@ -11,6 +11,7 @@ pub mod fuzzing;
 mod group;
 mod read;
 mod record;
+mod snapshot;
 mod store;
 mod streams;
 mod tables;

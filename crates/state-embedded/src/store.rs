@@ -15,6 +15,8 @@ use crate::config::{Durability, RedbConfig};
 use crate::error::{already_open, redb};
 use crate::flush::{Flusher, flush};
 use crate::group::{WriteStats, WriterThread};
+use crate::read::ReadTable;
+use crate::snapshot::Snapshots;
 use crate::tables::{DATA, init_tables};
 use crate::write::{Core, Failure, Writer};
 
@@ -125,6 +127,7 @@ impl Store {
             db: db.clone(),
             next_expiry: AtomicU64::new(next_expiry),
             flush: flusher.as_ref().map(|f| f.state.clone()),
+            snapshots: Snapshots::new(),
         });
         // On an error the flusher stops as it drops.
         let writer = WriterThread::start(core.clone())?;
@@ -140,6 +143,18 @@ impl Store {
 
     pub(crate) fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Runs a point read on the data table of a snapshot holding every write returned
+    /// before this call (one kept between commits: `snapshot.rs`). `read` must not read
+    /// through the store again.
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&ReadTable) -> Result<T>) -> Result<T> {
+        self.core.snapshots.read(&self.db, read)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn core_snapshots(&self) -> &Snapshots {
+        &self.core.snapshots
     }
 
     /// Runs `f` in a write transaction of the writer thread, possibly grouped with other
@@ -215,6 +230,8 @@ impl Drop for Store {
         if let Some(flusher) = &mut self.flusher {
             flusher.stop();
         }
+        // No handle is left to read, and the file must close with no reader open.
+        self.core.snapshots.clear();
     }
 }
 

@@ -13,6 +13,7 @@ use state_core::{Result, StateError};
 use crate::error::redb;
 use crate::flush::FlushState;
 use crate::record::{self, Record, expiry_key, split_expiry_key};
+use crate::snapshot::Snapshots;
 use crate::tables::{DATA, DataTable, EXPIRY, ExpiryTable, FENCES, FenceTable};
 
 /// How many keys a `clear` removes per step; bounds its memory, not its atomicity.
@@ -26,6 +27,8 @@ pub(crate) struct Core {
     pub(crate) next_expiry: AtomicU64,
     /// The flusher's counters in `Eventual` mode: commits skip the `fsync` and are counted.
     pub(crate) flush: Option<Arc<FlushState>>,
+    /// The snapshots point reads keep between commits, made stale by every commit here.
+    pub(crate) snapshots: Snapshots,
 }
 
 /// Why a write transaction did not commit.
@@ -64,7 +67,10 @@ impl Core {
         };
         match result {
             Ok(out) => {
-                if let Err(e) = txn.commit() {
+                self.snapshots.committing();
+                let committed = txn.commit();
+                self.snapshots.committed();
+                if let Err(e) = committed {
                     // The sweep may have lowered nothing yet raised the hint; recheck next time.
                     self.reset_expiry_hint();
                     return Err(Failure::Frame(redb("commit", e)));
