@@ -3,8 +3,8 @@
 //! A point read begins a redb read transaction and opens the data table: under callgrind,
 //! 3.6k of a get's 8.1k instructions (64-byte values, 16 tasks), more than the lookup
 //! itself. While no write commits, every new transaction would see the same state, so
-//! reads share one: each thread keeps, in a shard of its own, the data table of the last
-//! snapshot it opened, with the commit generation it was opened at.
+//! reads share one: each thread keeps, in the shard its number picks, the data table of the
+//! last snapshot it opened, with the commit generation it was opened at.
 //!
 //! **Why such a read is linearizable.** The writer makes the generation odd before a commit
 //! can become visible and even again once it returned ([`Snapshots::committing`],
@@ -141,12 +141,12 @@ fn open(db: &Database) -> Result<ReadTable> {
     read::data_table(&read::begin(db)?)
 }
 
-#[cfg(test)]
-mod tests;
-
 /// Threads are numbered in the order they first read, spreading them over the shards.
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static THREAD_INDEX: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests;

@@ -146,8 +146,8 @@ impl Store {
     }
 
     /// Runs a point read on the data table of a snapshot holding every write returned
-    /// before this call (one kept between commits: `snapshot.rs`). `read` must not read
-    /// through the store again.
+    /// before this call (one kept between commits: `snapshot.rs`). A read inside `read`
+    /// runs on a transaction of its own.
     pub(crate) fn read<T>(&self, read: impl FnOnce(&ReadTable) -> Result<T>) -> Result<T> {
         self.core.snapshots.read(&self.db, read)
     }

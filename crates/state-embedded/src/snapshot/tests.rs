@@ -47,7 +47,7 @@ async fn a_read_keeps_a_snapshot_and_the_next_commit_drops_it() -> TestResult {
     Ok(())
 }
 
-/// Writers bump a counter key and publish each value once its write returned; readers on
+/// A writer bumps a counter key and publish each value once its write returned; readers on
 /// other threads must never see less than what was published before their read began, nor
 /// see the counter go back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
