@@ -17,6 +17,56 @@ pub(super) struct Options {
     pub(super) keys: u64,
     pub(super) quick: bool,
     pub(super) write: bool,
+    /// `peers --cell …`: only these cells of the peers tables, printed, not written.
+    pub(super) cells: Vec<CellChoice>,
+}
+
+/// One cell of the peers tables, named on the command line as `ENGINE:WORKLOAD@TASKS`
+/// (`postgres:batch-put@64`), to re-measure alone with more runs than a whole table can
+/// afford.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CellChoice {
+    pub(super) engine: String,
+    pub(super) workload: String,
+    pub(super) tasks: u64,
+}
+
+const CELL_ENGINES: [&str; 3] = ["redis", "postgres", "redb"];
+const CELL_WORKLOADS: [&str; 6] = ["get", "put", "mixed", "cas", "batch-get", "batch-put"];
+
+impl std::str::FromStr for CellChoice {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<CellChoice> {
+        let shape = "ENGINE:WORKLOAD@TASKS, e.g. postgres:batch-put@64";
+        let Some((engine, rest)) = text.split_once(':') else {
+            bail!("--cell `{text}` is not {shape}");
+        };
+        let Some((workload, tasks)) = rest.split_once('@') else {
+            bail!("--cell `{text}` names no task count: {shape}");
+        };
+        if !CELL_ENGINES.contains(&engine) {
+            bail!(
+                "--cell `{text}`: the engine is one of {}",
+                CELL_ENGINES.join(", ")
+            );
+        }
+        if !CELL_WORKLOADS.contains(&workload) {
+            bail!(
+                "--cell `{text}`: the workload is one of {}",
+                CELL_WORKLOADS.join(", ")
+            );
+        }
+        let tasks = match tasks.parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => bail!("--cell `{text}`: `{tasks}` is not a positive number of tasks"),
+        };
+        Ok(CellChoice {
+            engine: engine.to_string(),
+            workload: workload.to_string(),
+            tasks,
+        })
+    }
 }
 
 /// `checkpoint`: keys in the large run unless `--keys` says otherwise (the small run has a
@@ -25,7 +75,8 @@ pub(super) const KEYS: u64 = 1_000_000;
 
 const USAGE: &str = "usage: cargo xtask bench \
                      [embedded|redis|postgres|locks|overhead|checkpoint|compression|peers|all] [--runs N] \
-                     [--calls N] [--seconds S] [--keys N] [--quick] [--no-write]";
+                     [--calls N] [--seconds S] [--keys N] [--cell ENGINE:WORKLOAD@TASKS]... [--quick] \
+                     [--no-write]";
 
 pub(super) fn parse(args: &[String]) -> Result<Options> {
     let mut opts = Options {
@@ -37,6 +88,7 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
         keys: KEYS,
         quick: false,
         write: true,
+        cells: Vec::new(),
     };
     let mut runs = None;
     let mut it = args.iter();
@@ -90,6 +142,12 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                         format!("--seconds `{s}` is not a positive number; {USAGE}")
                     })?;
             }
+            "--cell" => {
+                let Some(cell) = it.next() else {
+                    bail!("--cell needs ENGINE:WORKLOAD@TASKS; {USAGE}");
+                };
+                opts.cells.push(cell.parse()?);
+            }
             "--quick" => opts.quick = true,
             "--no-write" => opts.write = false,
             "-h" | "--help" => {
@@ -123,11 +181,24 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
                 println!(
                     "  --quick     one tenth of the ops and one run: a smoke test, not numbers"
                 );
+                println!(
+                    "  --cell C    peers: only the cell C (ENGINE:WORKLOAD@TASKS, e.g. \
+                     postgres:batch-put@64; repeatable), each run's ours ÷ best printed, \
+                     no curves, BENCHMARKS.md left alone: to re-measure a noisy cell with \
+                     more --runs"
+                );
                 println!("  --no-write  print the table but leave BENCHMARKS.md alone");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}`; {USAGE}"),
         }
+    }
+    if !opts.cells.is_empty() {
+        if opts.backends.iter().any(|b| *b != "peers") {
+            bail!("--cell picks cells of `peers` only; {USAGE}");
+        }
+        opts.backends.push("peers");
+        opts.write = false;
     }
     if opts.backends.is_empty() {
         opts.backends.push("embedded");
@@ -142,4 +213,48 @@ pub(super) fn parse(args: &[String]) -> Result<Options> {
     }
     opts.backends.dedup();
     Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn a_cell_names_engine_workload_and_tasks() -> Result<()> {
+        let opts = parse(&args(
+            "--cell postgres:batch-put@64 --cell redb:get@16 --runs 9",
+        ))?;
+        assert_eq!(opts.backends, ["peers"]);
+        assert_eq!(opts.runs, 9);
+        assert!(!opts.write);
+        let named: Vec<(&str, &str, u64)> = opts
+            .cells
+            .iter()
+            .map(|c| (c.engine.as_str(), c.workload.as_str(), c.tasks))
+            .collect();
+        assert_eq!(named, [("postgres", "batch-put", 64), ("redb", "get", 16)]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_malformed_cell_says_what_is_expected() {
+        for (line, says) in [
+            ("--cell postgres", "ENGINE:WORKLOAD@TASKS"),
+            ("--cell postgres:get", "no task count"),
+            ("--cell mysql:get@16", "the engine is one of"),
+            ("--cell redis:scan@16", "the workload is one of"),
+            ("--cell redis:get@0", "not a positive number"),
+            ("--cell", "needs ENGINE:WORKLOAD@TASKS"),
+            ("redis --cell redis:get@16", "cells of `peers` only"),
+        ] {
+            match parse(&args(line)) {
+                Ok(opts) => panic!("{line}: accepted as {opts:?}"),
+                Err(err) => assert!(err.to_string().contains(says), "{line}: {err}"),
+            }
+        }
+    }
 }

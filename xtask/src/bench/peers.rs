@@ -6,6 +6,10 @@
 //! the clients rotates from run to run so none always meets a warmer (or busier) machine.
 //! "ours ÷ best" is the median over runs of ours ÷ the best peer of that run's round, both
 //! measured minutes apart at most.
+//!
+//! `--cell ENGINE:WORKLOAD@TASKS` (repeatable) measures only the cells it names, prints
+//! each run's ratio, and writes nothing: a cell whose runs spread more than the gap it
+//! shows needs more `--runs` than a whole table can afford.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -51,9 +55,20 @@ pub(super) fn run(root: &Path, opts: &Options) -> Result<()> {
 fn measure_all(root: &Path, tools: &Tools, redis_url: &str, opts: &Options) -> Result<()> {
     let mut sections = Vec::new();
     for engine in engines(redis_url, &tools.scratch)? {
-        let (cells, executions) = measure(&engine, tools, opts)?;
+        let chosen = chosen(&engine, opts);
+        if chosen.is_empty() {
+            continue;
+        }
+        let (cells, executions) = measure(&engine, &chosen, tools, opts)?;
         let md = markdown(&engine, &cells, &executions, opts);
         println!("\n{md}");
+        if !opts.cells.is_empty() {
+            // Cells picked by hand: their spread, and no curves.
+            for cell in &cells {
+                println!("{}", cell.spread(&engine.clients()));
+            }
+            continue;
+        }
         let peer = best_curve_peer(&engine, &cells);
         let curves = scaling::run(root, &engine, tools, peer, opts)?;
         sections.push(format!("{md}\n{curves}"));
@@ -72,54 +87,72 @@ fn measure_all(root: &Path, tools: &Tools, redis_url: &str, opts: &Options) -> R
     Ok(())
 }
 
-fn measure(engine: &Engine, tools: &Tools, opts: &Options) -> Result<(Vec<Cell>, Vec<String>)> {
+/// The (tasks, case) cells of `engine` to measure: its whole table, or those `--cell` names.
+fn chosen<'e>(engine: &'e Engine, opts: &Options) -> Vec<(u64, &'e Case)> {
+    if opts.cells.is_empty() {
+        return TASKS
+            .iter()
+            .flat_map(|&tasks| engine.cases.iter().map(move |case| (tasks, case)))
+            .collect();
+    }
+    opts.cells
+        .iter()
+        .filter(|cell| cell.engine == engine.key)
+        .filter_map(|cell| {
+            let case = engine.cases.iter().find(|c| c.workload == cell.workload)?;
+            Some((cell.tasks, case))
+        })
+        .collect()
+}
+
+fn measure(
+    engine: &Engine,
+    chosen: &[(u64, &Case)],
+    tools: &Tools,
+    opts: &Options,
+) -> Result<(Vec<Cell>, Vec<String>)> {
     let clients = engine.clients();
     let mut executions = vec![String::new(); clients.len()];
     let mut cells = Vec::new();
-    for tasks in TASKS {
-        for case in &engine.cases {
-            let ops = if opts.quick {
-                (case.ops / 10).max(case.batch)
-            } else {
-                case.ops
-            };
-            let args = shape(case, ops, tasks, 64, KEYSPACE);
-            let mut samples = vec![Vec::new(); clients.len()];
-            for run in 0..opts.runs {
-                // Rotate the order: each client goes first in some run.
-                for k in 0..clients.len() {
-                    let i = (k + run) % clients.len();
-                    let sample =
-                        engine
-                            .run(tools, clients[i], tasks, &args)
-                            .with_context(|| {
-                                format!("{} {} at {tasks} tasks", engine.title, clients[i])
-                            })?;
-                    let s = sample.stats;
-                    println!(
-                        "  {:<10} {:<15} {tasks:>3} tasks {:<12} run {}: {:>10.0} ops/s  p50 {:>9.1} µs  p99 {:>9.1} µs  CPU {:>6.2} µs/op",
-                        engine.key,
-                        case.label,
-                        clients[i],
-                        run + 1,
-                        s.ops_per_sec,
-                        s.p50_us,
-                        s.p99_us,
-                        s.cpu_us_per_op
-                    );
-                    samples[i].push(s);
-                    executions[i] = sample.execution;
-                }
+    for &(tasks, case) in chosen {
+        let ops = if opts.quick {
+            (case.ops / 10).max(case.batch)
+        } else {
+            case.ops
+        };
+        let args = shape(case, ops, tasks, 64, KEYSPACE);
+        let mut samples = vec![Vec::new(); clients.len()];
+        for run in 0..opts.runs {
+            // Rotate the order: each client goes first in some run.
+            for k in 0..clients.len() {
+                let i = (k + run) % clients.len();
+                let sample = engine
+                    .run(tools, clients[i], tasks, &args)
+                    .with_context(|| format!("{} {} at {tasks} tasks", engine.title, clients[i]))?;
+                let s = sample.stats;
+                println!(
+                    "  {:<10} {:<15} {tasks:>3} tasks {:<12} run {}: {:>10.0} ops/s  p50 {:>9.1} µs  p99 {:>9.1} µs  CPU {:>6.2} µs/op",
+                    engine.key,
+                    case.label,
+                    clients[i],
+                    run + 1,
+                    s.ops_per_sec,
+                    s.p50_us,
+                    s.p99_us,
+                    s.cpu_us_per_op
+                );
+                samples[i].push(s);
+                executions[i] = sample.execution;
             }
-            cells.push(Cell {
-                case: Case {
-                    ops,
-                    ..case.clone()
-                },
-                tasks,
-                samples,
-            });
         }
+        cells.push(Cell {
+            case: Case {
+                ops,
+                ..case.clone()
+            },
+            tasks,
+            samples,
+        });
     }
     Ok((cells, executions))
 }
@@ -138,14 +171,33 @@ impl Cell {
 
     /// Median over runs of ours ÷ the best peer's throughput in the same run.
     fn ours_over_best(&self) -> f64 {
+        median_of(self.ratios())
+    }
+
+    /// Per run, ours ÷ the best peer's throughput in that run.
+    fn ratios(&self) -> Vec<f64> {
         let best = self.best_peer();
-        let ratios = self.samples[0]
+        self.samples[0]
             .iter()
             .zip(&self.samples[best])
             .filter(|(_, p)| p.ops_per_sec > 0.0)
             .map(|(o, p)| o.ops_per_sec / p.ops_per_sec)
-            .collect();
-        median_of(ratios)
+            .collect()
+    }
+
+    /// One line: each run's ours ÷ best, their median and mean.
+    fn spread(&self, clients: &[&str]) -> String {
+        let ratios = self.ratios();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+        format!(
+            "{} at {} tasks, ours ÷ {} run by run: {} (median {:.2}, mean {mean:.2})",
+            self.case.label,
+            self.tasks,
+            clients.get(self.best_peer()).copied().unwrap_or("?"),
+            each.join(" "),
+            self.ours_over_best()
+        )
     }
 }
 
