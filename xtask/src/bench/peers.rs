@@ -196,7 +196,7 @@ impl Cell {
             self.tasks,
             clients.get(self.best_peer()).copied().unwrap_or("?"),
             each.join(" "),
-            self.ours_over_best()
+            median_of(ratios)
         )
     }
 }
@@ -274,4 +274,22 @@ fn markdown(engine: &Engine, cells: &[Cell], executions: &[String], opts: &Optio
     }
     let _ = writeln!(md, "\n</details>");
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::options::{ENGINE_KEYS, WORKLOADS};
+    use super::*;
+
+    #[test]
+    fn the_cell_names_are_the_engines_and_their_workloads() -> Result<()> {
+        let all = engines("redis://127.0.0.1:6379", Path::new("/tmp"))?;
+        let keys: Vec<&str> = all.iter().map(|e| e.key).collect();
+        assert_eq!(keys, ENGINE_KEYS);
+        for engine in &all {
+            let workloads: Vec<&str> = engine.cases.iter().map(|c| c.workload).collect();
+            assert_eq!(workloads, WORKLOADS, "{}", engine.key);
+        }
+        Ok(())
+    }
 }
